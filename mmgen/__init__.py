@@ -1,0 +1,3 @@
+"""mmgen: multimodal indexing, search and retrieval-augmented generation."""
+
+__version__ = "0.1.0"
