@@ -1,0 +1,302 @@
+"""mmgen command line: one typer app, sub-command groups joined with `add_typer`.
+
+Only this module turns library errors (`MmgenError`) into messages and exit codes. Heavy
+libraries (torch, faiss, open_clip, SQLAlchemy models) are imported inside the commands, so
+`mmgen --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(
+    name="mmgen",
+    help="Index image and text collections into FAISS and a SQL store; search them from the command line.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Fetch the demo corpora and write manifests.", no_args_is_help=True)
+db_app = typer.Typer(help="The SQL store: migrations.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(db_app, name="db")
+
+WorkspaceOpt = Annotated[
+    Optional[Path],
+    typer.Option("--workspace", "-w", envvar="MMGEN_WORKSPACE", help="Workspace folder [default: ./indexes]."),
+]
+DbOpt = Annotated[
+    Optional[str],
+    typer.Option("--db", envvar="MMGEN_DB", help="SQLAlchemy URL of the store [default: SQLite in the workspace]."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn library errors into one line on stderr and a non-zero exit code."""
+    from mmgen.errors import MmgenError
+
+    try:
+        yield
+    except MmgenError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _workspace(workspace: Path | None, db: str | None) -> Any:
+    from mmgen.workspace import Workspace
+
+    return Workspace.resolve(workspace, db)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+# ---- index ---------------------------------------------------------------------------------
+@app.command("index")
+def index_cmd(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="emoji | openmoji | openmoji-color | openmoji-black | twemoji | openclipart | a folder of images "
+            "(+ same-name .txt captions) | a .jsonl/.csv manifest."
+        ),
+    ],
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    name: Annotated[str, typer.Option("--name", "-n", help="Index name inside the workspace.")] = "default",
+    encoder: Annotated[
+        Optional[str],
+        typer.Option(
+            "--encoder",
+            "-e",
+            help="st:NAME_OR_PATH | openclip:ARCH/TAG_OR_CHECKPOINT | mmgen:NAME. Default: the index's encoder, "
+            "or st:all-MiniLM-L6-v2 for a new index.",
+        ),
+    ] = None,
+    preset: Annotated[
+        Optional[str],
+        typer.Option("--preset", help="FAISS preset (see `mmgen info`) or a factory string; changing it rebuilds."),
+    ] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Remove items whose source files are gone.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items per batch (and per commit).")] = 128,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Image decoding threads.")] = 2,
+    data_dir: Annotated[
+        Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA", help="Where `mmgen data fetch` put corpora.")
+    ] = None,
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Embed a corpus into an index: incremental (only new or changed items) and resumable."""
+    with _errors():
+        from mmgen.indexer import IndexOptions, index_sources
+
+        ws = _workspace(workspace, db)
+        opts = IndexOptions(
+            name=name,
+            encoder=encoder,
+            preset=preset,
+            prune=prune,
+            batch_size=batch_size,
+            workers=workers,
+            progress=not quiet and not as_json,
+            device=device,
+        )
+        report = index_sources(source, ws, opts, data_dir)
+        if as_json:
+            _print_json(report.to_json())
+        else:
+            _print_index_report(report, ws.root)
+        if report.interrupted:
+            raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _print_index_report(report: Any, root: Path) -> None:
+    echo = typer.echo
+    echo(
+        f"index {report.index!r} ({report.encoder}) in {root}: added {report.added}, updated {report.updated}, "
+        f"unchanged {report.unchanged}, removed {report.removed}, failed {report.failed_count}"
+        + (f", skipped {report.skipped}" if report.skipped else "")
+    )
+    if report.missing:
+        echo(f"  {report.missing} items are no longer in the source; re-run with --prune to remove them")
+    for reason, n in report.skipped_reasons.items():
+        echo(f"  skipped {n}: {reason}")
+    if report.failed:
+        shown = report.failed[:20]
+        echo(f"  failures ({report.failed_count}):")
+        for key, reason in shown:
+            echo(f"    {key}: {reason}")
+        if report.failed_count > len(shown):
+            echo(f"    ... and {report.failed_count - len(shown)} more (use --json for all)")
+    totals = ", ".join(f"{m} {n}" for m, n in report.totals.items())
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items())
+    echo(f"  vectors in index: {totals or 'none'}; time: {stages}")
+    if report.interrupted:
+        echo("  interrupted: everything committed so far is kept; run the same command again to finish")
+
+
+# ---- search --------------------------------------------------------------------------------
+@app.command("search")
+def search_cmd(
+    query: Annotated[Optional[str], typer.Argument(help="Query text (or use --image).")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="Query image file.")] = None,
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index name [default: default].")] = None,
+    to: Annotated[
+        Optional[str], typer.Option("--to", help="image or text [default: image when the index has images].")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of hits.")] = 10,
+    where: Annotated[
+        Optional[list[str]],
+        typer.Option("--where", help="Metadata filter key=value (repeatable; keys: meta keys, corpus, group)."),
+    ] = None,
+    encoder: Annotated[
+        Optional[str], typer.Option("--encoder", help="Must match the index's encoder [default: the index's].")
+    ] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Search an index: text->text, text->image, image->text, image->image."""
+    with _errors():
+        from mmgen.search import Searcher, parse_where
+        from mmgen.store.db import open_store
+
+        ws = _workspace(workspace, db)
+        filters = parse_where(where or [])
+        store = open_store(ws.db_url)
+        try:
+            searcher = Searcher(ws, store, index, encoder=encoder, device=device)
+            result = searcher.search(text=query, image=image, to=to, k=k, where=filters)
+        finally:
+            store.close()
+        if as_json:
+            _print_json(result.to_json())
+            return
+        q = result.query
+        typer.echo(f"{q['text'] if q['text'] is not None else q['image']} -> {q['to']} ({len(result.hits)} hits, {result.latency_ms:.0f} ms)")
+        for rank, hit in enumerate(result.hits, 1):
+            where_from = f"{hit.corpus}:{hit.key}"
+            shown = hit.text if hit.text is not None else ""
+            typer.echo(f"{rank:3d}  {hit.score:.3f}  {hit.modality:5s}  {shown[:60]:60s}  {where_from}")
+
+
+# ---- data ----------------------------------------------------------------------------------
+@data_app.command("fetch")
+def data_fetch(
+    what: Annotated[str, typer.Argument(help="emoji | openclipart | all")],
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA", help="[default: ./data]")] = None,
+) -> None:
+    """Fetch a demo corpus from the package registries (npm, Debian) and prepare it."""
+    with _errors():
+        from mmgen.data.fetch import fetch_emoji, fetch_openclipart
+        from mmgen.data.sources import data_dir_default
+        from mmgen.errors import UnknownNameError
+
+        root = (data_dir or data_dir_default()).resolve()
+        fetchers: dict[str, Callable[[Path], Any]] = {"emoji": fetch_emoji, "openclipart": fetch_openclipart}
+        if what not in (*fetchers, "all"):
+            raise UnknownNameError("corpus", what, [*fetchers, "all"])
+        for name, fetch in fetchers.items():
+            if what in (name, "all"):
+                result = fetch(root)
+                typer.echo(f"{name}: {json.dumps(result, default=str)}")
+
+
+@data_app.command("manifest")
+def data_manifest(
+    source: Annotated[str, typer.Argument(help="A corpus name, folder or manifest (as for `mmgen index`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (.jsonl or .csv).")],
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA")] = None,
+) -> None:
+    """Write the records of a source as a JSONL (or CSV) manifest."""
+    with _errors():
+        from mmgen.data.records import write_manifest
+        from mmgen.data.sources import open_sources
+
+        sources = open_sources(source, data_dir)
+        errors: list[str] = []
+
+        def good() -> Iterator[Any]:
+            for src in sources:
+                for rec in src.records():
+                    if rec.error:
+                        errors.append(f"{rec.key}: {rec.error}")
+                        continue
+                    yield rec
+
+        n = write_manifest(good(), output)
+        typer.echo(f"wrote {n} records to {output}" + (f"; {len(errors)} unreadable rows skipped" if errors else ""))
+        for line in errors[:20]:
+            typer.echo(f"  {line}", err=True)
+
+
+# ---- db ------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade(workspace: WorkspaceOpt = None, db: DbOpt = None, revision: str = "head") -> None:
+    """Apply the Alembic migrations (also done automatically when a workspace is opened)."""
+    with _errors():
+        from mmgen.store.db import current_revision, upgrade
+
+        ws = _workspace(workspace, db)
+        if ws.db_url.startswith("sqlite"):
+            ws.root.mkdir(parents=True, exist_ok=True)
+        upgrade(ws.db_url, revision)
+        typer.echo(f"store at revision {current_revision(ws.db_url)}")
+
+
+@db_app.command("current")
+def db_current(workspace: WorkspaceOpt = None, db: DbOpt = None) -> None:
+    """Print the store's schema revision."""
+    with _errors():
+        from mmgen.store.db import current_revision
+
+        typer.echo(current_revision(_workspace(workspace, db).db_url) or "(empty store)")
+
+
+# ---- info ----------------------------------------------------------------------------------
+@app.command("info")
+def info_cmd(workspace: WorkspaceOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the workspace: indexes, item counts, encoders; and the available presets."""
+    with _errors():
+        from mmgen.info import workspace_info
+
+        info = workspace_info(_workspace(workspace, db))
+        if as_json:
+            _print_json(info)
+            return
+        typer.echo(f"workspace: {info['workspace']}\nstore: {info['store']}")
+        typer.echo(f"corpora: {', '.join(f'{c} ({n})' for c, n in info['corpora'].items()) or 'none'}")
+        for ix in info["indexes"]:
+            counts = ", ".join(f"{m} {n}" for m, n in ix["vectors"].items()) or "empty"
+            typer.echo(f"index {ix['name']}: {ix['encoder']} dim {ix['dim']} {ix['factory']}: {counts}")
+        typer.echo("presets:")
+        for name, desc in info["presets"].items():
+            typer.echo(f"  {name:14s} {desc}")
+
+
+def main() -> None:
+    """Entry point for `python cli.py`."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

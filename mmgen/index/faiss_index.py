@@ -1,0 +1,189 @@
+"""A FAISS float index with explicit 64-bit ids (inner product on L2-normalised vectors)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmgen.errors import VectorIndexError
+from mmgen.index.presets import Preset
+
+
+def _faiss() -> Any:
+    import faiss
+
+    return faiss
+
+
+class FaissIndex:
+    """`IDMap2` around a factory-built index: add, remove, search by id, save and load."""
+
+    def __init__(self, dim: int, preset: Preset, index: Any | None = None) -> None:
+        faiss = _faiss()
+        self.dim = int(dim)
+        self.preset = preset
+        if index is None:
+            try:
+                index = faiss.index_factory(self.dim, f"IDMap2,{preset.factory}", faiss.METRIC_INNER_PRODUCT)
+            except RuntimeError as exc:
+                raise VectorIndexError(f"invalid FAISS factory string {preset.factory!r}: {_first_line(exc)}") from exc
+            self._apply_build_params(index)
+        if index.d != self.dim:
+            raise VectorIndexError(f"FAISS index has dimension {index.d}, expected {self.dim}")
+        self.index = index
+        self._gpu_index: Any | None = None
+
+    # ---- persistence -------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], dim: int, preset: Preset) -> FaissIndex:
+        """Read an index file; a truncated or corrupt file raises `VectorIndexError`."""
+        faiss = _faiss()
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise VectorIndexError(f"cannot read FAISS index {path}: {_first_line(exc)}") from exc
+        if not isinstance(index, faiss.IndexIDMap2):
+            index = faiss.downcast_index(index)
+        if not isinstance(index, faiss.IndexIDMap2):
+            raise VectorIndexError(f"{path} is not an mmgen index (no id map)")
+        return cls(dim, preset, index)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically: a killed save leaves the previous file intact."""
+        faiss = _faiss()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(self.index, str(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    # ---- contents ----------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        """Number of vectors held."""
+        return int(self.index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        """All ids held, as int64."""
+        return _faiss().vector_to_array(self.index.id_map).astype(np.int64)
+
+    @property
+    def supports_remove(self) -> bool:
+        """HNSW graphs cannot delete nodes; those indexes are rebuilt instead."""
+        return "HNSW" not in self.preset.factory and "NSG" not in self.preset.factory
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether the index has been trained (always true for Flat and HNSW)."""
+        return bool(self.index.is_trained)
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Train quantisers; refuses with a clear message when there are too few vectors."""
+        n = len(vectors)
+        if n < self.preset.min_train:
+            raise VectorIndexError(
+                f"index preset {self.preset.name!r} ({self.preset.factory}) needs at least "
+                f"{self.preset.min_train} vectors to train, the collection has {n}; "
+                "use --preset flat or hnsw32 for a collection this size"
+            )
+        try:
+            self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+        except RuntimeError as exc:
+            raise VectorIndexError(
+                f"training {self.preset.factory} on {n} vectors failed: {_first_line(exc)}; "
+                "use --preset flat for small collections"
+            ) from exc
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under the given ids (the index must be trained)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise VectorIndexError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
+        if len(ids) != len(vectors):
+            raise VectorIndexError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if len(ids) == 0:
+            return
+        if not self.is_trained:
+            raise VectorIndexError(f"{self.preset.factory} must be trained before vectors are added")
+        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+        self._gpu_index = None
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove ids; returns how many were removed."""
+        if len(ids) == 0:
+            return 0
+        if not self.supports_remove:
+            raise VectorIndexError(f"{self.preset.factory} cannot remove vectors; rebuild it instead")
+        removed = int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+        self._gpu_index = None
+        return removed
+
+    # ---- search ------------------------------------------------------------------------
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query; missing results have id -1. `allowed_ids` restricts the search."""
+        faiss = _faiss()
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise VectorIndexError(f"query has shape {queries.shape}, the index holds {self.dim}-d vectors")
+        k = max(1, min(int(k), max(1, self.count)))
+        if self.count == 0:
+            return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64)
+        params = self._search_params(allowed_ids)
+        if allowed_ids is None:
+            index = self._gpu_or_cpu()
+            scores, ids = index.search(queries, k) if params is None else index.search(queries, k, params=params)
+        else:
+            scores, ids = self.index.search(queries, k, params=params)
+        return scores, ids
+
+    def _search_params(self, allowed_ids: np.ndarray | None) -> Any | None:
+        faiss = _faiss()
+        settings = self.preset.search
+        sel = None
+        if allowed_ids is not None:
+            sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+        inner = faiss.downcast_index(self.index.index)
+        if isinstance(inner, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = int(settings.get("efSearch", 64))
+        elif faiss.try_extract_index_ivf(inner) is not None:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = int(settings.get("nprobe", 16))
+        elif sel is None:
+            return None
+        else:
+            params = faiss.SearchParameters()
+        if sel is not None:
+            params.sel = sel
+            params._sel_ref = sel  # keep the selector alive as long as the params object
+        return params
+
+    def _gpu_or_cpu(self) -> Any:
+        from mmgen.devices import faiss_gpu_count
+
+        if self._gpu_index is None and faiss_gpu_count() > 0 and "HNSW" not in self.preset.factory:
+            faiss = _faiss()
+            try:
+                self._gpu_index = faiss.index_cpu_to_all_gpus(self.index)
+            except RuntimeError:  # an index type without a GPU implementation: search on CPU
+                self._gpu_index = self.index
+        return self._gpu_index if self._gpu_index is not None else self.index
+
+    def _apply_build_params(self, index: Any) -> None:
+        faiss = _faiss()
+        inner = faiss.downcast_index(index.index)
+        ef = self.preset.build.get("efConstruction")
+        if ef is not None and isinstance(inner, faiss.IndexHNSW):
+            inner.hnsw.efConstruction = int(ef)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

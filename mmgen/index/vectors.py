@@ -1,0 +1,81 @@
+"""Append-only float32 vector files: the durable source every FAISS index is built from.
+
+A row id is the vector's slot in the file. Slots are only ever appended, so an id is never
+reused; a slot that no SQL row references (a run killed after writing vectors but before its
+SQL commit) is dead weight, never a wrong answer. Vectors are fsynced before the SQL rows that
+reference them are committed, which is what makes a killed run safe to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from mmgen.errors import ManifestMismatchError, VectorIndexError
+
+MAGIC = b"MMGVEC01"
+HEADER = struct.Struct("<8sII48x")  # magic, dim, dtype code (1 = float32), padding to 64 bytes
+DTYPE_F32 = 1
+
+
+class VectorFile:
+    """A file of float32 rows of fixed dimension, addressed by slot."""
+
+    def __init__(self, path: str | os.PathLike[str], dim: int) -> None:
+        self.path = Path(path)
+        self.dim = int(dim)
+        self._row_bytes = 4 * self.dim
+        if self.path.exists() and self.path.stat().st_size >= HEADER.size:
+            self._check_header()
+        self._mmap: np.memmap | None = None
+
+    def _check_header(self) -> None:
+        with open(self.path, "rb") as fh:
+            magic, dim, dtype = HEADER.unpack(fh.read(HEADER.size))
+        if magic != MAGIC or dtype != DTYPE_F32:
+            raise VectorIndexError(f"{self.path} is not an mmgen vector file")
+        if dim != self.dim:
+            raise ManifestMismatchError(f"{self.path} holds {dim}-d vectors, expected {self.dim}-d")
+
+    def __len__(self) -> int:
+        if not self.path.exists():
+            return 0
+        return max(0, (self.path.stat().st_size - HEADER.size) // self._row_bytes)
+
+    def append(self, vectors: np.ndarray) -> np.ndarray:
+        """Write rows durably (fsync) and return their slot ids."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise VectorIndexError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size < HEADER.size:
+                fh.truncate(0)
+                fh.write(HEADER.pack(MAGIC, self.dim, DTYPE_F32))
+                size = HEADER.size
+            tail = (size - HEADER.size) % self._row_bytes
+            if tail:  # a torn write from a killed run: drop the partial row
+                fh.truncate(size - tail)
+                size -= tail
+            start = (size - HEADER.size) // self._row_bytes
+            fh.write(vectors.tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._mmap = None
+        return np.arange(start, start + len(vectors), dtype=np.int64)
+
+    def get(self, slots: np.ndarray) -> np.ndarray:
+        """Rows at the given slots (memory-mapped read)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        n = len(self)
+        if slots.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if slots.min() < 0 or slots.max() >= n:
+            raise VectorIndexError(f"{self.path}: slot out of range (have {n} rows)")
+        if self._mmap is None or self._mmap.shape[0] != n:
+            self._mmap = np.memmap(self.path, dtype=np.float32, mode="r", offset=HEADER.size, shape=(n, self.dim))
+        return np.array(self._mmap[slots])

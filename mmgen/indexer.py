@@ -1,0 +1,511 @@
+"""`mmgen index`: records -> (decode, encode) -> vector files + SQL rows -> FAISS.
+
+Incremental: a record is re-embedded only when the content of a modality changed (its own
+sha256). Resumable: each batch appends its vectors durably, then commits its items and index
+rows in one SQL transaction; FAISS is synced from those two at the end of the run, and again
+by whoever next opens a stale index. A run killed at any point therefore loses at most the
+batch in flight, and the next run redoes exactly that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import delete, func, select
+
+from mmgen.errors import DataError, ImageLoadError, ManifestMismatchError
+from mmgen.index import IndexFolder, resolve_preset
+from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
+from mmgen.workspace import Workspace
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from mmgen.data.records import Record
+    from mmgen.data.sources import Source
+    from mmgen.encoders.base import Encoder
+    from mmgen.store.db import Store
+
+DEFAULT_INDEX = "default"
+MAX_REASONS_KEPT = 10_000
+
+
+@dataclass
+class IndexOptions:
+    """Settings of one `mmgen index` run."""
+
+    name: str = DEFAULT_INDEX
+    encoder: str | None = None  # None: the index's encoder, or the default text encoder for a new index
+    preset: str | None = None
+    prune: bool = False
+    batch_size: int = 128
+    image_side: int = 256
+    workers: int = 2
+    progress: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class IndexReport:
+    """What a run did; the CLI prints it and `--json` emits `to_json()`."""
+
+    index: str
+    encoder: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    missing: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed_count: int = 0
+    vectors_added: dict[str, int] = field(default_factory=dict)
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    sync: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def fail(self, key: str, reason: str) -> None:
+        """Count one failure, keeping its reason."""
+        self.failed_count += 1
+        if len(self.failed) < MAX_REASONS_KEPT:
+            self.failed.append((key, reason))
+
+    def skip(self, reason: str) -> None:
+        """Count one record skipped for a reason that is not an error."""
+        self.skipped += 1
+        self.skipped_reasons[reason] = self.skipped_reasons.get(reason, 0) + 1
+
+    def time(self, stage: str, seconds: float) -> None:
+        """Accumulate time spent in one stage."""
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+    def to_json(self) -> dict[str, Any]:
+        """Stable JSON form of the report."""
+        return {
+            "index": self.index,
+            "encoder": self.encoder,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "missing": self.missing,
+            "skipped": self.skipped,
+            "skipped_reasons": self.skipped_reasons,
+            "failed": self.failed_count,
+            "failures": [{"key": k, "reason": r} for k, r in self.failed],
+            "vectors_added": self.vectors_added,
+            "totals": self.totals,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "interrupted": self.interrupted,
+        }
+
+
+@dataclass
+class _Todo:
+    """One record that needs work, with the hashes that decide what."""
+
+    record: Record
+    item_sha: str
+    modality_sha: dict[str, str]
+    embed: list[str]
+    existing_item: int | None
+
+
+def sha256_text(text: str) -> str:
+    """Content hash of a caption."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _item_sha(record: Record, image_sha: str | None) -> str:
+    payload = {"image": image_sha, "text": record.text, "group": record.group, "meta": record.meta, "uri": record.image}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def _modality(record: Record) -> str:
+    if record.image and record.text is not None:
+        return "image+text"
+    return "image" if record.image else "text"
+
+
+def open_or_create_index(
+    ws: Workspace, store: Store, name: str, encoder: Encoder, preset_name: str | None
+) -> tuple[int, IndexFolder]:
+    """The SQL row id and folder of an index, created on first use; refuses another encoder's index."""
+    from mmgen.store.db import mask_url
+
+    checksum = encoder.checksum()
+    with store.session() as s:
+        rec = s.scalar(select(IndexRecord).where(IndexRecord.name == name))
+        if rec is not None and rec.encoder_checksum != checksum:
+            raise ManifestMismatchError(
+                f"index {name!r} was built with encoder {rec.encoder}, not {encoder.name}; "
+                f"use --encoder {rec.encoder}, another --name, or `--reembed` to rebuild it with the new encoder"
+            )
+        root = ws.index_dir(name)
+        if rec is None:
+            preset = resolve_preset(preset_name, ws.root)
+            if (root / "manifest.json").exists():
+                raise ManifestMismatchError(
+                    f"{root} holds index files that the store {mask_url(store.url)} does not know; "
+                    "remove the folder or point --db at the store that built it"
+                )
+            folder = IndexFolder.create(
+                root, name=name, encoder=encoder.name, encoder_checksum=checksum, dim=encoder.dim, preset=preset
+            )
+            rec = IndexRecord(
+                name=name,
+                encoder=encoder.name,
+                encoder_checksum=checksum,
+                dim=encoder.dim,
+                factory=preset.factory,
+                params={"preset": preset.to_json()},
+            )
+            s.add(rec)
+            s.commit()
+            return rec.id, folder
+        folder = IndexFolder.open(root)
+        folder.check(encoder=encoder.name, encoder_checksum=checksum, dim=encoder.dim)
+        if preset_name is not None:
+            preset = resolve_preset(preset_name, ws.root)
+            if preset.factory != folder.preset.factory:
+                folder.set_preset(preset)
+                rec.factory = preset.factory
+                rec.params = {**rec.params, "preset": preset.to_json()}
+                s.commit()
+        return rec.id, folder
+
+
+def live_row_ids(store: Store, index_id: int, modality: str) -> np.ndarray:
+    """Row ids SQL holds for one index and modality."""
+    with store.session() as s:
+        ids = s.scalars(
+            select(IndexRow.row_id).where(IndexRow.index_id == index_id, IndexRow.modality == modality)
+        ).all()
+    return np.asarray(ids, dtype=np.int64)
+
+
+def sql_fingerprint(store: Store, index_id: int, modality: str) -> tuple[int, int]:
+    """(count, max row id) of the live rows, compared with the FAISS file's to detect staleness."""
+    with store.session() as s:
+        count, top = s.execute(
+            select(func.count(IndexRow.id), func.max(IndexRow.row_id)).where(
+                IndexRow.index_id == index_id, IndexRow.modality == modality
+            )
+        ).one()
+    return int(count), int(top) if top is not None else -1
+
+
+def sync_index(store: Store, index_id: int, folder: IndexFolder) -> dict[str, str]:
+    """Bring every FAISS file of the index in line with SQL and save it."""
+    notes = {}
+    for modality in ("image", "text"):
+        live = live_row_ids(store, index_id, modality)
+        if len(live) == 0 and modality not in folder.modalities():
+            continue
+        rep = folder.sync(modality, live)
+        folder.save(modality)
+        notes[modality] = f"+{rep.added} -{rep.removed}" + (" (rebuilt)" if rep.rebuilt else "") + (
+            f" {rep.reason}" if rep.reason else ""
+        )
+    return notes
+
+
+class _Prefetcher:
+    """Decodes the images of the next batch in threads while the current one is encoded."""
+
+    def __init__(self, workers: int, side: int) -> None:
+        from mmgen.data.images import load_image
+
+        self._load = load_image
+        self._side = side
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mmgen-decode")
+
+    def submit(self, batch: Sequence[_Todo]) -> list[Future[Image.Image] | None]:
+        return [
+            self._pool.submit(self._load, t.record.image, self._side) if "image" in t.embed else None for t in batch
+        ]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _batches(items: Sequence[_Todo], size: int) -> Iterator[Sequence[_Todo]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Indexer:
+    """Runs `mmgen index` for one workspace and one index name."""
+
+    def __init__(self, ws: Workspace, store: Store, encoder: Encoder, options: IndexOptions) -> None:
+        self.ws = ws
+        self.store = store
+        self.encoder = encoder
+        self.opts = options
+        self.index_id, self.folder = open_or_create_index(ws, store, options.name, encoder, options.preset)
+        self.report = IndexReport(index=options.name, encoder=encoder.name)
+        self._text_cache: dict[str, np.ndarray] = {}
+
+    # ---- planning ----------------------------------------------------------------------
+    def _plan(self, source: Source, corpus_id: int) -> tuple[list[_Todo], set[str]]:
+        from mmgen.data.hashing import file_sha256
+
+        with self.store.session() as s:
+            items = {key: (iid, sha) for iid, key, sha in s.execute(
+                select(Item.id, Item.key, Item.sha256).where(Item.corpus_id == corpus_id)
+            )}
+            rows: dict[tuple[int, str], str] = {
+                (iid, mod): sha
+                for iid, mod, sha in s.execute(
+                    select(IndexRow.item_id, IndexRow.modality, IndexRow.sha256)
+                    .join(Item, Item.id == IndexRow.item_id)
+                    .where(IndexRow.index_id == self.index_id, Item.corpus_id == corpus_id)
+                )
+            }
+        todo: list[_Todo] = []
+        seen: set[str] = set()
+        started = time.perf_counter()
+        for record in source.records():
+            if record.key in seen:
+                self.report.fail(record.key, "duplicate key in source (first occurrence kept)")
+                continue
+            seen.add(record.key)
+            if record.error:
+                self.report.fail(record.key, record.error)
+                continue
+            if not record.image and record.text is None:
+                self.report.fail(record.key, "record has neither image nor text")
+                continue
+            wanted = [m for m in ("image", "text") if (record.image if m == "image" else record.text is not None)]
+            embed_modalities = [m for m in wanted if m in self.encoder.modalities]
+            for m in wanted:
+                if m not in self.encoder.modalities:
+                    self.report.skip(f"{m}: encoder {self.encoder.name} does not embed {m}s")
+            if not embed_modalities:
+                continue
+            modality_sha: dict[str, str] = {}
+            try:
+                if record.image:
+                    modality_sha["image"] = file_sha256(record.image)
+            except (DataError, OSError) as exc:
+                self.report.fail(record.key, f"image: {exc}")
+                if "text" not in embed_modalities:
+                    continue
+                embed_modalities = ["text"]
+            if record.text is not None:
+                modality_sha["text"] = sha256_text(record.text)
+            item_sha = _item_sha(record, modality_sha.get("image"))
+            existing = items.get(record.key)
+            item_id = existing[0] if existing else None
+            embed = [m for m in embed_modalities if item_id is None or rows.get((item_id, m)) != modality_sha[m]]
+            if existing and existing[1] == item_sha and not embed:
+                self.report.unchanged += 1
+                continue
+            todo.append(_Todo(record, item_sha, modality_sha, embed, item_id))
+        self.report.time("hash", time.perf_counter() - started)
+        gone = set(items) - seen
+        return todo, gone
+
+    # ---- running -----------------------------------------------------------------------
+    def run(self, sources: Sequence[Source]) -> IndexReport:
+        """Index every source; returns the report (also on Ctrl-C, marked interrupted)."""
+        with self.folder.lock():
+            try:
+                for source in sources:
+                    self._run_source(source)
+            except KeyboardInterrupt:
+                self.report.interrupted = True
+            finally:
+                started = time.perf_counter()
+                self.report.sync = sync_index(self.store, self.index_id, self.folder)
+                self.report.time("faiss", time.perf_counter() - started)
+                self.report.totals = {
+                    m: self.folder.faiss(m).count for m in self.folder.modalities()
+                }
+        return self.report
+
+    def _corpus_id(self, source: Source) -> int:
+        with self.store.session() as s:
+            corpus = s.scalar(select(Corpus).where(Corpus.name == source.corpus))
+            if corpus is None:
+                corpus = Corpus(name=source.corpus, source=source.spec)
+                s.add(corpus)
+                s.commit()
+            return corpus.id
+
+    def _run_source(self, source: Source) -> None:
+        corpus_id = self._corpus_id(source)
+        todo, gone = self._plan(source, corpus_id)
+        if gone:
+            if self.opts.prune:
+                self._prune(corpus_id, gone)
+            else:
+                self.report.missing += len(gone)
+        if not todo:
+            return
+        bar = _progress(len(todo), f"{source.corpus}", self.opts.progress)
+        prefetch = _Prefetcher(self.opts.workers, self.opts.image_side)
+        try:
+            batches = list(_batches(todo, self.opts.batch_size))
+            pending = prefetch.submit(batches[0])
+            for i, batch in enumerate(batches):
+                futures = pending
+                if i + 1 < len(batches):
+                    pending = prefetch.submit(batches[i + 1])
+                self._run_batch(corpus_id, batch, futures)
+                bar(len(batch))
+        finally:
+            prefetch.close()
+            bar(0, close=True)
+
+    def _run_batch(self, corpus_id: int, batch: Sequence[_Todo], futures: list[Future[Image.Image] | None]) -> None:
+        started = time.perf_counter()
+        images: list[Image.Image] = []
+        image_owner: list[int] = []
+        embed = [list(t.embed) for t in batch]
+        for j, fut in enumerate(futures):
+            if fut is None:
+                continue
+            try:
+                images.append(fut.result())
+                image_owner.append(j)
+            except ImageLoadError as exc:
+                self.report.fail(batch[j].record.key, f"image: {exc}")
+                embed[j].remove("image")
+        self.report.time("decode", time.perf_counter() - started)
+
+        started = time.perf_counter()
+        vectors: dict[str, tuple[list[int], np.ndarray]] = {}
+        if images:
+            vectors["image"] = (image_owner, self.encoder.encode_image(images))
+        text_owner = [j for j, mods in enumerate(embed) if "text" in mods]
+        if text_owner:
+            vectors["text"] = (text_owner, self._encode_texts([batch[j].record.text or "" for j in text_owner]))
+        self.report.time("encode", time.perf_counter() - started)
+
+        started = time.perf_counter()
+        slots: dict[tuple[int, str], int] = {}
+        for modality, (owners, vecs) in vectors.items():
+            for j, slot in zip(owners, self.folder.vectors(modality).append(vecs)):
+                slots[(j, modality)] = int(slot)
+        self._commit(corpus_id, batch, embed, slots)
+        self.report.time("write", time.perf_counter() - started)
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+        # Styles of one concept share a caption: embed each distinct text once per run.
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        if missing:
+            for text, vec in zip(missing, self.encoder.encode_text(missing)):
+                if len(self._text_cache) >= 200_000:
+                    self._text_cache.clear()
+                self._text_cache[text] = vec
+        return np.stack([self._text_cache[t] for t in texts]).astype(np.float32)
+
+    def _commit(
+        self, corpus_id: int, batch: Sequence[_Todo], embed: list[list[str]], slots: dict[tuple[int, str], int]
+    ) -> None:
+        with self.store.session() as s:
+            for j, todo in enumerate(batch):
+                done = [m for m in embed[j] if (j, m) in slots]
+                if todo.existing_item is None and not done:
+                    continue  # nothing usable yet: no item row, so the next run retries it
+                rec = todo.record
+                fields = dict(
+                    modality=_modality(rec),
+                    uri=rec.image,
+                    text=rec.text,
+                    sha256=todo.item_sha,
+                    group_key=rec.group,
+                    meta=rec.meta,
+                )
+                if todo.existing_item is None:
+                    item = Item(corpus_id=corpus_id, key=rec.key, **fields)
+                    s.add(item)
+                    s.flush()
+                    item_id = item.id
+                    self.report.added += 1
+                else:
+                    item_id = todo.existing_item
+                    item = s.get(Item, item_id)
+                    if item is not None:
+                        for name, value in fields.items():
+                            setattr(item, name, value)
+                    self.report.updated += 1
+                for modality in done:
+                    s.execute(
+                        delete(IndexRow).where(
+                            IndexRow.index_id == self.index_id,
+                            IndexRow.item_id == item_id,
+                            IndexRow.modality == modality,
+                        )
+                    )
+                    s.add(
+                        IndexRow(
+                            index_id=self.index_id,
+                            modality=modality,
+                            row_id=slots[(j, modality)],
+                            item_id=item_id,
+                            sha256=todo.modality_sha[modality],
+                        )
+                    )
+                    self.report.vectors_added[modality] = self.report.vectors_added.get(modality, 0) + 1
+            s.commit()
+
+    def _prune(self, corpus_id: int, keys: set[str]) -> None:
+        with self.store.session() as s:
+            ids = s.scalars(select(Item.id).where(Item.corpus_id == corpus_id, Item.key.in_(list(keys)))).all()
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk : chunk + 500]
+                s.execute(delete(IndexRow).where(IndexRow.index_id == self.index_id, IndexRow.item_id.in_(part)))
+                # An item stays while another index still uses it.
+                still_used = set(s.scalars(select(IndexRow.item_id).where(IndexRow.item_id.in_(part))).all())
+                s.execute(delete(Item).where(Item.id.in_([i for i in part if i not in still_used])))
+            s.commit()
+        self.report.removed += len(ids)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Callable[..., None]:
+    """A tqdm bar on stderr (items/s and ETA), or a no-op."""
+    if not enabled:
+        return lambda n, close=False: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True, smoothing=0.1)
+
+    def update(n: int, close: bool = False) -> None:
+        if n:
+            bar.update(n)
+        if close:
+            bar.close()
+
+    return update
+
+
+def index_sources(
+    spec: str, ws: Workspace, options: IndexOptions, data_dir: Any = None
+) -> IndexReport:
+    """Open the store, encoder and sources, and run the indexer."""
+    from mmgen.data.sources import open_sources
+    from mmgen.encoders.factory import DEFAULT_TEXT_ENCODER, load_encoder
+    from mmgen.store.db import open_store
+
+    store = open_store(ws.db_url)
+    try:
+        encoder_name = options.encoder
+        if encoder_name is None:
+            with store.session() as s:
+                encoder_name = s.scalar(select(IndexRecord.encoder).where(IndexRecord.name == options.name))
+        sources = open_sources(spec, data_dir)
+        encoder = load_encoder(encoder_name or DEFAULT_TEXT_ENCODER, device=options.device)
+        return Indexer(ws, store, encoder, options).run(sources)
+    finally:
+        store.close()

@@ -1,0 +1,125 @@
+"""Small queries the indexer and search share; each takes a Session, flushes, and leaves commit to the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mmgen.errors import ManifestMismatchError
+from mmgen.store.filters import filter_items_by_meta
+from mmgen.store.models import Base, Corpus, IndexRecord, IndexRow, Item, Output, Prompt, Retrieval
+
+__all__ = [
+    "filter_items_by_meta",
+    "get_or_create_corpus",
+    "get_or_create_index",
+    "items_for_rows",
+    "record_search",
+]
+
+M = TypeVar("M", bound=Base)
+
+
+def _get_or_create(s: Session, model: type[M], lookup: Mapping[str, Any], values: Mapping[str, Any]) -> M:
+    """Fetch by `lookup`, else insert in a savepoint; a concurrent insert of the same row wins."""
+    found = s.scalars(select(model).filter_by(**lookup)).one_or_none()
+    if found is not None:
+        return found
+    obj = model(**lookup, **values)
+    try:
+        with s.begin_nested():
+            s.add(obj)
+    except IntegrityError:
+        return s.scalars(select(model).filter_by(**lookup)).one()
+    return obj
+
+
+def get_or_create_corpus(s: Session, name: str, source: str) -> Corpus:
+    """The corpus called `name`, created from `source` if new (an existing one keeps its source)."""
+    return _get_or_create(s, Corpus, {"name": name}, {"source": source})
+
+
+def get_or_create_index(
+    s: Session,
+    name: str,
+    encoder: str,
+    encoder_checksum: str,
+    dim: int,
+    factory: str,
+    params: Mapping[str, Any],
+) -> IndexRecord:
+    """The index record called `name`, created if new; an existing one must match encoder, dim and factory.
+
+    Raises ManifestMismatchError naming each difference; `params` of an existing index stay as stored.
+    """
+    wanted = {"encoder": encoder, "encoder_checksum": encoder_checksum, "dim": int(dim), "factory": factory}
+    record = _get_or_create(s, IndexRecord, {"name": name}, {**wanted, "params": dict(params)})
+    differences = [
+        f"{field} is {getattr(record, field)!r}, not {value!r}"
+        for field, value in wanted.items()
+        if getattr(record, field) != value
+    ]
+    if differences:
+        raise ManifestMismatchError(
+            f"index {name!r} exists with other settings: {'; '.join(differences)}; "
+            "use another index name, or delete the index to rebuild it"
+        )
+    return record
+
+
+def record_search(
+    s: Session,
+    *,
+    text: str | None,
+    image_uri: str | None,
+    params: Mapping[str, Any],
+    hits: Sequence[tuple[int, float, str]],
+    latency_ms: float,
+    user: str | None,
+    model_id: int | None = None,
+) -> Prompt:
+    """Record one search: a `search` prompt, one retrieval per hit (rank from 1), and an output row.
+
+    `hits` are `(item_id, score, modality)` best first; the output's scores hold the hit count
+    and the top score.
+    """
+    prompt = Prompt(kind="search", text=text, image_uri=image_uri, params=dict(params), user=user)
+    prompt.retrievals = [
+        Retrieval(rank=rank, item_id=int(item_id), score=float(score), modality=str(modality))
+        for rank, (item_id, score, modality) in enumerate(hits, start=1)
+    ]
+    top = float(hits[0][1]) if hits else None
+    prompt.outputs = [
+        Output(scores={"k": len(hits), "top": top}, latency_ms=float(latency_ms), model_id=model_id)
+    ]
+    s.add(prompt)
+    s.flush()
+    return prompt
+
+
+def items_for_rows(
+    s: Session,
+    index_id: int,
+    modality: str,
+    row_ids: Iterable[int],
+    where: Mapping[str, Any] | None = None,
+) -> dict[int, Item]:
+    """Map FAISS row ids of one index and modality to their items (ids < 0, FAISS's padding, skipped).
+
+    With `where`, rows whose item fails the filter (see `filter_items_by_meta`) are left out.
+    """
+    wanted = sorted({int(r) for r in row_ids if int(r) >= 0})
+    if not wanted:
+        return {}
+    stmt = (
+        select(IndexRow.row_id, Item)
+        .join(Item, IndexRow.item_id == Item.id)
+        .where(IndexRow.index_id == index_id, IndexRow.modality == modality, IndexRow.row_id.in_(wanted))
+    )
+    if where:
+        stmt = filter_items_by_meta(stmt, where)
+    return {row_id: item for row_id, item in s.execute(stmt)}

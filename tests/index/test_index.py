@@ -1,0 +1,155 @@
+"""FAISS index, vector files and index folders against brute-force ground truth on seeded data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mmgen.errors import ManifestMismatchError, UnknownNameError, VectorIndexError
+from mmgen.index import IndexFolder, list_presets, resolve_preset
+from mmgen.index.faiss_index import FaissIndex
+from mmgen.index.vectors import VectorFile
+
+DIM = 16
+
+
+def unit(n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(base: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    return ids[np.argsort(-(q @ base.T), axis=1, kind="stable")[:, :k]]
+
+
+def test_presets_are_discoverable_and_unknown_names_list_choices() -> None:
+    presets = list_presets()
+    assert {"flat", "hnsw32", "ivf1024-flat", "ivf4096-pq48"} <= set(presets)
+    assert resolve_preset(None).factory == "Flat"
+    assert resolve_preset("IVF8,Flat").factory == "IVF8,Flat"
+    with pytest.raises(UnknownNameError, match="flat"):
+        resolve_preset("no-such-preset")
+
+
+def test_workspace_preset_overrides(tmp_path) -> None:
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "mine.json").write_text(json.dumps({"factory": "HNSW8"}))
+    assert resolve_preset("mine", tmp_path).factory == "HNSW8"
+
+
+def test_vector_file_appends_durably_and_drops_torn_tail(tmp_path) -> None:
+    vf = VectorFile(tmp_path / "v.f32", DIM)
+    a, b = unit(5, 1), unit(3, 2)
+    assert list(vf.append(a)) == [0, 1, 2, 3, 4]
+    with open(vf.path, "ab") as fh:  # a killed writer left half a row
+        fh.write(b"\x00" * (4 * DIM // 2))
+    assert len(vf) == 5
+    assert list(vf.append(b)) == [5, 6, 7]
+    np.testing.assert_array_equal(vf.get(np.array([6, 0])), np.stack([b[1], a[0]]))
+    with pytest.raises(ManifestMismatchError):
+        VectorFile(vf.path, DIM + 1)
+    with pytest.raises(VectorIndexError, match="shape"):
+        vf.append(unit(2)[:, :4])
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat"])
+def test_search_matches_brute_force(factory: str) -> None:
+    base, ids = unit(400, 3), np.arange(400, dtype=np.int64) * 7 + 11
+    q = unit(20, 4)
+    preset = resolve_preset(factory)
+    preset = type(preset)(name=factory, factory=factory, search={"efSearch": 256, "nprobe": 4})
+    index = FaissIndex(DIM, preset)
+    if not index.is_trained:
+        index.train(base)
+    index.add(ids, base)
+    _, got = index.search(q, 5)
+    expected = brute_force(base, ids, q, 5)
+    assert (got == expected).mean() >= (1.0 if factory == "Flat" else 0.95)
+
+
+def test_remove_and_allowed_ids_filter() -> None:
+    base, ids = unit(100, 5), np.arange(100, dtype=np.int64)
+    index = FaissIndex(DIM, resolve_preset("flat"))
+    index.add(ids, base)
+    assert index.remove(np.array([0, 1, 2])) == 3
+    assert index.count == 97 and not {0, 1, 2} & set(index.ids().tolist())
+    allowed = np.array([10, 20, 30], dtype=np.int64)
+    _, got = index.search(base[:2], 5, allowed_ids=allowed)
+    assert set(got[got >= 0].ravel().tolist()) <= {10, 20, 30}
+    np.testing.assert_array_equal(got[:, :3], brute_force(base[allowed], allowed, base[:2], 3))
+    with pytest.raises(VectorIndexError, match="16-d"):
+        index.search(unit(1)[:, :8], 3)
+
+
+def test_too_few_vectors_to_train_is_a_clear_error() -> None:
+    index = FaissIndex(DIM, resolve_preset("ivf1024-flat"))
+    with pytest.raises(VectorIndexError, match="needs at least"):
+        index.train(unit(50))
+
+
+def test_bad_factory_string() -> None:
+    with pytest.raises(VectorIndexError, match="invalid FAISS factory"):
+        FaissIndex(DIM, resolve_preset("IVFxx,Flat"))
+
+
+def make_folder(tmp_path, factory: str = "flat") -> IndexFolder:
+    return IndexFolder.create(
+        tmp_path / "ix", name="ix", encoder="enc:a", encoder_checksum="a" * 64, dim=DIM, preset=resolve_preset(factory)
+    )
+
+
+@pytest.mark.parametrize("factory", ["flat", "hnsw32"])
+def test_folder_sync_save_load_round_trip(tmp_path, factory: str) -> None:
+    folder = make_folder(tmp_path, factory)
+    base = unit(60, 6)
+    slots = folder.vectors("text").append(base)
+    rep = folder.sync("text", slots[:50])
+    assert rep.added == 50
+    folder.save("text")
+    rep = folder.sync("text", slots[10:])  # ten removed, ten added
+    assert (rep.added, rep.removed) == (10, 10)
+    folder.save("text")
+    again = IndexFolder.open(folder.root)
+    assert again.fingerprint("text") == (50, 59)
+    assert sorted(again.faiss("text").ids().tolist()) == list(range(10, 60))
+    _, got = again.faiss("text").search(base[30:31], 1)
+    assert got[0, 0] == 30
+
+
+def test_corrupt_faiss_file_is_rebuilt_from_vectors(tmp_path) -> None:
+    folder = make_folder(tmp_path)
+    slots = folder.vectors("image").append(unit(30, 7))
+    folder.sync("image", slots)
+    folder.save("image")
+    path = folder.root / "image.faiss"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # half-written
+    again = IndexFolder.open(folder.root)
+    rep = again.sync("image", slots)
+    assert rep.added == 30 and "cannot read FAISS index" in rep.reason
+    assert again.faiss("image").count == 30
+
+
+def test_manifest_mismatch_is_refused(tmp_path) -> None:
+    folder = make_folder(tmp_path)
+    folder.check(encoder="enc:a", encoder_checksum="a" * 64, dim=DIM)
+    with pytest.raises(ManifestMismatchError, match="built with encoder enc:a"):
+        folder.check(encoder="enc:b", encoder_checksum="b" * 64, dim=DIM)
+    with pytest.raises(ManifestMismatchError, match="16-d"):
+        folder.check(dim=DIM * 2)
+    with pytest.raises(VectorIndexError, match="already exists"):
+        make_folder(tmp_path)
+    with pytest.raises(VectorIndexError, match="no index"):
+        IndexFolder.open(tmp_path / "nothing")
+
+
+def test_switching_preset_rebuilds_from_stored_vectors(tmp_path) -> None:
+    folder = make_folder(tmp_path)
+    base = unit(200, 8)
+    slots = folder.vectors("text").append(base)
+    folder.sync("text", slots)
+    folder.set_preset(resolve_preset("IVF4,Flat"))
+    rep = folder.sync("text", slots)
+    assert rep.rebuilt and folder.faiss("text").count == 200
+    assert "IVF" in IndexFolder.open(folder.root).manifest["factory"]
