@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, select
 
 from mmgen.errors import DataError, ImageLoadError, ManifestMismatchError
 from mmgen.index import IndexFolder, resolve_preset
-from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
+from mmgen.store.models import IndexRecord, IndexRow, Item
 from mmgen.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -334,12 +334,11 @@ class Indexer:
         return self.report
 
     def _corpus_id(self, source: Source) -> int:
+        from mmgen.store.repo import get_or_create_corpus
+
         with self.store.session() as s:
-            corpus = s.scalar(select(Corpus).where(Corpus.name == source.corpus))
-            if corpus is None:
-                corpus = Corpus(name=source.corpus, source=source.spec)
-                s.add(corpus)
-                s.commit()
+            corpus = get_or_create_corpus(s, source.corpus, source.spec)
+            s.commit()
             return corpus.id
 
     def _run_source(self, source: Source) -> None:

@@ -189,22 +189,12 @@ class Searcher:
             return np.asarray(s.scalars(stmt).all(), dtype=np.int64)
 
     def _join(self, modality: str, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
-        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
-        rows: dict[int, tuple[Item, str]] = {}
+        from mmgen.store.repo import items_for_rows
+
         with self.store.session() as s:
-            for chunk in range(0, len(wanted), 900):
-                stmt = (
-                    select(IndexRow.row_id, Item, Corpus.name)
-                    .join(Item, Item.id == IndexRow.item_id)
-                    .join(Corpus, Corpus.id == Item.corpus_id)
-                    .where(
-                        IndexRow.index_id == self.index_id,
-                        IndexRow.modality == modality,
-                        IndexRow.row_id.in_(wanted[chunk : chunk + 900]),
-                    )
-                )
-                for row_id, item, corpus in s.execute(stmt):
-                    rows[int(row_id)] = (item, corpus)
+            items = items_for_rows(s, self.index_id, modality, ids.ravel().tolist())
+            corpora = {int(i): n for i, n in s.execute(select(Corpus.id, Corpus.name))}
+        rows = {rid: (item, corpora.get(item.corpus_id, "")) for rid, item in items.items()}
         out: list[list[Hit]] = []
         for qs, qi in zip(scores, ids):
             hits = []

@@ -1,0 +1,184 @@
+"""Fetch the demo corpora: emoji via npm (then rasterise OpenMoji SVGs), OpenClipart via apt."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from mmgen.data import emoji, openclipart
+from mmgen.errors import DataError, MissingDependencyError
+
+NPM_TIMEOUT_S = 600
+APT_TIMEOUT_S = 1800
+RENDER_TIMEOUT_S = 60
+OPENCLIPART_PACKAGES = ("openclipart-svg", "openclipart-png")
+_NPM_HINT = "npm is needed to fetch the emoji corpora; install Node.js: apt-get install -y npm"
+_RSVG_HINT = "rsvg-convert is needed to rasterise OpenMoji; install it: apt-get install -y librsvg2-bin"
+
+
+def fetch_emoji(data_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Install OpenMoji and Twemoji with npm into data_dir/npm, then rasterise OpenMoji to 128 px PNGs.
+
+    Both steps skip work already done (same package versions, PNGs newer than their SVG).
+    """
+    data_dir = Path(data_dir).expanduser().resolve()
+    rsvg = shutil.which("rsvg-convert")
+    if rsvg is None:
+        raise MissingDependencyError(_RSVG_HINT)
+    installed = _npm_install(data_dir)
+    counts: dict[str, Any] = {"data_dir": str(data_dir), "npm_installed": installed, "packages": emoji.NPM_PACKAGES}
+    jobs: list[tuple[Path, Path]] = []
+    for style in emoji.OPENMOJI_STYLES:
+        svg_dir = emoji.openmoji_svg_dir(data_dir, style)
+        png_dir = emoji.openmoji_png_dir(data_dir, style)
+        png_dir.mkdir(parents=True, exist_ok=True)
+        svgs = sorted(svg_dir.glob("*.svg"))
+        if not svgs:
+            raise DataError(f"no OpenMoji SVGs in {svg_dir}; delete {data_dir / 'npm'} and fetch again")
+        counts[style] = len(svgs)
+        for svg in svgs:
+            png = png_dir / f"{svg.stem}.png"
+            if not (png.is_file() and png.stat().st_mtime >= svg.stat().st_mtime):
+                jobs.append((svg, png))
+    failures = _render_all(rsvg, jobs, progress)
+    counts["rendered"] = len(jobs) - len(failures)
+    counts["up_to_date"] = sum(counts[s] for s in emoji.OPENMOJI_STYLES) - len(jobs)
+    counts["twemoji"] = len(list((emoji.twemoji_dir(data_dir) / "img" / "twitter" / "64").glob("*.png")))
+    if failures:
+        svg, reason = failures[0]
+        raise DataError(f"{len(failures)} of {len(jobs)} OpenMoji SVGs failed to render, e.g. {svg}: {reason}")
+    return counts
+
+
+def _npm_install(data_dir: Path) -> bool:
+    """Install the pinned packages unless they are already there; return whether npm ran."""
+    npm_dir = data_dir / "npm"
+    modules = emoji.node_modules(data_dir)
+    if all(_package_version(modules / name) == version for name, version in emoji.NPM_PACKAGES.items()):
+        return False
+    npm = shutil.which("npm")
+    if npm is None:
+        raise MissingDependencyError(_NPM_HINT)
+    npm_dir.mkdir(parents=True, exist_ok=True)
+    if not (npm_dir / "package.json").is_file():
+        manifest = {"name": "mmgen-data", "version": "0.0.0", "private": True, "description": "mmgen demo corpora"}
+        (npm_dir / "package.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    specs = [f"{name}@{version}" for name, version in emoji.NPM_PACKAGES.items()]
+    cmd = [npm, "install", "--ignore-scripts", "--no-audit", "--no-fund", "--save-exact", *specs]
+    try:
+        done = subprocess.run(cmd, cwd=npm_dir, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise DataError(f"npm install took longer than {NPM_TIMEOUT_S} s in {npm_dir}") from e
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise DataError(f"npm install failed in {npm_dir} (exit {done.returncode}): {' | '.join(tail)}")
+    for name, version in emoji.NPM_PACKAGES.items():
+        if _package_version(modules / name) != version:
+            raise DataError(f"npm did not install {name}@{version} into {modules}")
+    return True
+
+
+def _package_version(package_dir: Path) -> str | None:
+    try:
+        version = json.loads((package_dir / "package.json").read_text(encoding="utf-8")).get("version")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return version if isinstance(version, str) else None
+
+
+def _render_one(rsvg: str, svg: Path, png: Path) -> str | None:
+    """Render one SVG to PNG atomically (temp file + rename); return an error reason or None."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{png.stem}.", suffix=".png", dir=png.parent)
+    os.close(fd)
+    side = str(emoji.PNG_SIDE)
+    cmd = [rsvg, "--width", side, "--height", side, "--keep-aspect-ratio", "--output", tmp, str(svg)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=RENDER_TIMEOUT_S, check=False)
+        if done.returncode != 0 or os.path.getsize(tmp) == 0:
+            lines = done.stderr.strip().splitlines()
+            return lines[0] if lines else f"rsvg-convert exit {done.returncode}"
+        os.replace(tmp, png)
+        return None
+    except subprocess.TimeoutExpired:
+        return f"took longer than {RENDER_TIMEOUT_S} s"
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _render_all(rsvg: str, jobs: list[tuple[Path, Path]], progress: bool) -> list[tuple[Path, str]]:
+    """Render in parallel (each job is its own rsvg-convert process); return (svg, reason) failures."""
+    if not jobs:
+        return []
+    from tqdm import tqdm
+
+    workers = max(2, os.cpu_count() or 2)
+    failures: list[tuple[Path, str]] = []
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(total=len(jobs), desc="rasterise OpenMoji", unit="svg", disable=not progress) as bar,
+    ):
+        for (svg, _png), reason in zip(jobs, pool.map(lambda job: _render_one(rsvg, *job), jobs), strict=True):
+            if reason is not None:
+                failures.append((svg, reason))
+            bar.update(1)
+    return failures
+
+
+def fetch_openclipart(data_dir: Path) -> dict[str, Any]:
+    """Make sure OpenClipart's svg/ and png/ trees exist (apt-get when root) and record where in data_dir."""
+    data_dir = Path(data_dir).expanduser().resolve()
+    root = openclipart.openclipart_root(None)
+    installed = False
+    if not ((root / "svg").is_dir() and (root / "png").is_dir()):
+        install = f"apt-get install -y {' '.join(OPENCLIPART_PACKAGES)}"
+        if root != openclipart.DEFAULT_ROOT:
+            raise DataError(f"{openclipart.ENV_ROOT}={root} has no svg/ and png/ folders")
+        apt = shutil.which("apt-get")
+        if apt is None or os.geteuid() != 0:
+            raise MissingDependencyError(f"OpenClipart is not installed at {root}; run: sudo {install}")
+        _apt_install(apt)
+        installed = True
+        if not ((root / "svg").is_dir() and (root / "png").is_dir()):
+            raise DataError(f"{install} succeeded but {root}/svg and {root}/png are still missing")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    location = {"root": str(root), "svg": str(root / "svg"), "png": str(root / "png")}
+    loc_file = data_dir / openclipart.LOCATION_FILE
+    tmp = loc_file.with_name(f".{loc_file.name}.tmp")
+    tmp.write_text(json.dumps(location, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, loc_file)
+    n_png = sum(1 for _ in (root / "png").rglob("*.png"))
+    n_svg = sum(1 for _ in (root / "svg").rglob("*.svg"))
+    return {
+        "root": str(root),
+        "installed": installed,
+        "png_paths": n_png,
+        "svg_paths": n_svg,
+        "recorded": str(loc_file),
+    }
+
+
+def _apt_install(apt: str) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = [apt, "install", "-y", "--no-install-recommends", *OPENCLIPART_PACKAGES]
+
+    def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(args, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise DataError(f"{' '.join(args)} took longer than {APT_TIMEOUT_S} s") from e
+
+    done = run(cmd)
+    if done.returncode != 0 and "Unable to locate package" in (done.stderr + done.stdout):
+        update = run([apt, "update"])
+        if update.returncode != 0:
+            raise DataError(f"apt-get update failed: {update.stderr.strip().splitlines()[-1:]}")
+        done = run(cmd)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-2:]
+        raise DataError(f"{' '.join(cmd)} failed (exit {done.returncode}): {' | '.join(tail)}")

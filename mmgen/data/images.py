@@ -1,0 +1,242 @@
+"""Decode any supported image (raster or SVG) to a small RGB picture on white, with bounded memory."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import struct
+import subprocess
+import warnings
+import xml.etree.ElementTree as ET
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmgen.errors import ConfigError, ImageLoadError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+MAX_SIDE_DEFAULT = 256
+# Above this many pixels Pillow never decodes the file: libvips streams it down to size instead.
+PIXEL_BUDGET = 40_000_000
+SVG_SUFFIXES = (".svg", ".svgz")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = RASTER_SUFFIXES + SVG_SUFFIXES
+SVG_TIMEOUT_S = 60
+# Formats decoded in-process; others Pillow may open (EPS, PDF...) shell out or are rarely images.
+_PIL_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "ICO"})
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, zlib.error, struct.error)
+_WHITE = (255, 255, 255)
+_RSVG_HINT = "rsvg-convert is needed to render SVG; install it: apt-get install librsvg2-bin"
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """Return (width, height) from the file header only; SVGs report their declared size or viewBox."""
+    p = _check_file(path)
+    if p.suffix.lower() in SVG_SUFFIXES:
+        return _svg_size(p)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with _quiet_bombs(), Image.open(p) as im:
+            return im.size
+    except Image.DecompressionBombError:
+        return _vips_size(p)
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(f"{p}: not a recognised image (unknown format or corrupt header)") from e
+    except _DECODE_ERRORS as e:
+        raise ImageLoadError(f"{p}: unreadable image header ({e})") from e
+
+
+def load_image(path: str | Path, max_side: int = MAX_SIDE_DEFAULT) -> Image.Image:
+    """Decode an image to RGB composited on white, longest side at most max_side (never upscaled).
+
+    Raises ImageLoadError for a missing, empty, corrupt, truncated or unsupported file.
+    """
+    if max_side < 1:
+        raise ConfigError(f"max_side must be a positive number of pixels, got {max_side}")
+    p = _check_file(path)
+    if p.suffix.lower() in SVG_SUFFIXES:
+        return _load_svg(p, max_side)
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with _quiet_bombs():
+            im = Image.open(p)
+    except Image.DecompressionBombError:
+        return _load_vips(p, max_side)
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(f"{p}: not a recognised image (unknown format or corrupt header)") from e
+    except _DECODE_ERRORS as e:
+        raise ImageLoadError(f"{p}: unreadable image header ({e})") from e
+    with im:
+        if im.format not in _PIL_FORMATS:
+            raise ImageLoadError(f"{p}: unsupported image format {im.format}")
+        width, height = im.size
+        if width < 1 or height < 1:
+            raise ImageLoadError(f"{p}: image has no pixels ({width}x{height})")
+        if width * height > PIXEL_BUDGET:
+            return _load_vips(p, max_side)
+        if im.format in ("JPEG", "MPO"):
+            im.draft("RGB", (max_side, max_side))
+        try:
+            im.load()
+            out = ImageOps.exif_transpose(im) if im.format in ("JPEG", "MPO", "TIFF", "WEBP") else im
+            return _finish(out, max_side)
+        except _DECODE_ERRORS as e:
+            raise ImageLoadError(f"{p}: corrupt or truncated image ({e})") from e
+
+
+def _check_file(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ImageLoadError(f"{p}: file not found")
+    if not p.is_file():
+        raise ImageLoadError(f"{p}: not a regular file")
+    if p.stat().st_size == 0:
+        raise ImageLoadError(f"{p}: empty file (0 bytes)")
+    return p
+
+
+@contextlib.contextmanager
+def _quiet_bombs() -> Iterator[None]:
+    """Silence Pillow's DecompressionBombWarning: big images are routed to libvips on purpose."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _finish(im: Image.Image, max_side: int) -> Image.Image:
+    """Normalise mode, downscale to max_side, then flatten transparency onto white."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything above 255 to white.
+        im = im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    elif im.mode == "F":
+        im = im.point(lambda v: v * 255).convert("L")
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    im = im.convert("RGBA" if has_alpha else "RGB")
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    if has_alpha:
+        background = Image.new("RGB", im.size, _WHITE)
+        background.paste(im, mask=im.getchannel("A"))
+        return background
+    return im
+
+
+def _import_pyvips() -> Any:  # pyvips has no type stubs
+    try:
+        import pyvips
+    except (ImportError, OSError) as e:
+        raise MissingDependencyError(
+            f"pyvips is needed to decode images over {PIXEL_BUDGET:,} pixels: pip install pyvips pyvips-binary ({e})"
+        ) from e
+    return pyvips
+
+
+def _vips_size(p: Path) -> tuple[int, int]:
+    pyvips = _import_pyvips()
+    try:
+        header = pyvips.Image.new_from_file(str(p), access="sequential")
+    except pyvips.Error as e:
+        raise ImageLoadError(f"{p}: unreadable image header ({_vips_reason(e)})") from e
+    return header.width, header.height
+
+
+def _load_vips(p: Path, max_side: int) -> Image.Image:
+    """Shrink a huge image with libvips, which streams the decode instead of holding every pixel."""
+    from PIL import Image
+
+    pyvips = _import_pyvips()
+    try:
+        img = pyvips.Image.thumbnail(str(p), max_side, height=max_side, size="down", fail_on="error")
+        if img.interpretation != "srgb" or img.format != "uchar":
+            img = img.colourspace("srgb")
+        if img.hasalpha():
+            img = img.flatten(background=[255] * (img.bands - 1))
+        if img.format != "uchar":
+            img = img.cast("uchar")
+        if img.bands == 1:
+            img = img.bandjoin([img, img])
+        elif img.bands > 3:
+            img = img.extract_band(0, n=3)
+        data = img.write_to_memory()
+    except pyvips.Error as e:
+        raise ImageLoadError(f"{p}: corrupt or truncated image ({_vips_reason(e)})") from e
+    return Image.frombytes("RGB", (img.width, img.height), data)
+
+
+def _vips_reason(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return "; ".join(lines[:2]) or type(e).__name__
+
+
+def _rsvg() -> str:
+    exe = shutil.which("rsvg-convert")
+    if exe is None:
+        raise MissingDependencyError(_RSVG_HINT)
+    return exe
+
+
+def render_svg_png(path: str | Path, side: int) -> bytes:
+    """Render an SVG with rsvg-convert to PNG bytes fitting a side x side box (aspect kept)."""
+    p = Path(path)
+    cmd = [_rsvg(), "--width", str(side), "--height", str(side), "--keep-aspect-ratio", str(p)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=SVG_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise ImageLoadError(f"{p}: SVG rendering took longer than {SVG_TIMEOUT_S} s") from e
+    if done.returncode != 0 or not done.stdout:
+        reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise ImageLoadError(f"{p}: cannot render SVG ({reason[0] if reason else 'no output'})")
+    return done.stdout
+
+
+def _load_svg(p: Path, max_side: int) -> Image.Image:
+    from PIL import Image
+
+    png = render_svg_png(p, max_side)
+    try:
+        with Image.open(io.BytesIO(png)) as im:
+            im.load()
+            return _finish(im, max_side)
+    except _DECODE_ERRORS as e:
+        raise ImageLoadError(f"{p}: SVG renderer returned an unreadable PNG ({e})") from e
+
+
+_UNITS_PX = {"": 1.0, "px": 1.0, "pt": 4 / 3, "pc": 16.0, "mm": 96 / 25.4, "cm": 96 / 2.54, "in": 96.0}
+
+
+def _svg_length(value: str | None) -> float | None:
+    if not value:
+        return None
+    v = value.strip()
+    unit = v.lstrip("0123456789.+-eE")
+    number = v[: len(v) - len(unit)]
+    scale = _UNITS_PX.get(unit.strip().lower())
+    try:
+        return float(number) * scale if scale is not None and number else None
+    except ValueError:
+        return None
+
+
+def _svg_size(p: Path) -> tuple[int, int]:
+    try:
+        for _event, el in ET.iterparse(p, events=("start",)):
+            width, height = _svg_length(el.get("width")), _svg_length(el.get("height"))
+            if width and height:
+                return round(width), round(height)
+            box = (el.get("viewBox") or "").replace(",", " ").split()
+            if len(box) == 4:
+                return round(float(box[2])), round(float(box[3]))
+            break
+    except (ET.ParseError, ValueError) as e:
+        raise ImageLoadError(f"{p}: unreadable SVG ({e})") from e
+    raise ImageLoadError(f"{p}: SVG declares neither width/height nor viewBox")

@@ -1,0 +1,83 @@
+"""The source factory: a SOURCE string (corpus name, folder or manifest) becomes Source objects."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmgen.data import emoji, openclipart
+from mmgen.data.folder import folder_records
+from mmgen.data.records import MANIFEST_SUFFIXES, Record, read_manifest
+from mmgen.errors import DataError, UnknownNameError
+
+SOURCE_NAMES: tuple[str, ...] = ("emoji", "openmoji", "openmoji-color", "openmoji-black", "twemoji", "openclipart")
+# Names that expand to several corpora.
+SOURCE_GROUPS: dict[str, tuple[str, ...]] = {
+    "emoji": emoji.EMOJI_STYLES,
+    "openmoji": emoji.OPENMOJI_STYLES,
+}
+ENV_DATA = "MMGEN_DATA"
+
+
+@dataclass
+class Source:
+    """One corpus to index: its name in the SQL store and a cheap generator of its records."""
+
+    corpus: str
+    spec: str
+    kind: str = "manifest"  # "emoji", "openclipart", "folder" or "manifest"
+    root: Path | None = None
+    licence: str | None = None
+    loader: Callable[[], Iterator[Record]] = field(default=lambda: iter(()), repr=False, compare=False)
+
+    def records(self) -> Iterator[Record]:
+        """Yield the corpus's records (no image is decoded)."""
+        return self.loader()
+
+
+def data_dir_default() -> Path:
+    """Return the data folder: $MMGEN_DATA, else ./data."""
+    return Path(os.environ.get(ENV_DATA) or "data").expanduser().resolve()
+
+
+def source_choices() -> list[str]:
+    """Return what open_sources accepts, for error messages and help text."""
+    return [*SOURCE_NAMES, "<folder>", "<manifest.jsonl|.json|.csv>"]
+
+
+def open_sources(spec: str, data_dir: Path | None = None) -> list[Source]:
+    """Resolve a SOURCE string to its sources; raise UnknownNameError or DataError (not fetched, not found)."""
+    name = spec.strip()
+    ddir = Path(data_dir).expanduser().resolve() if data_dir is not None else data_dir_default()
+    if name in SOURCE_NAMES:
+        names = SOURCE_GROUPS.get(name, (name,))
+        return [_named_source(n, spec, ddir) for n in names]
+    path = Path(name).expanduser()
+    if name and path.is_dir():
+        root = path.resolve()
+        return [Source(str(root), spec, "folder", root, None, lambda: folder_records(root))]
+    if name and path.suffix.lower() in MANIFEST_SUFFIXES:
+        if not path.is_file():
+            raise DataError(f"manifest not found: {path}")
+        manifest = path.resolve()
+        return [Source(str(manifest), spec, "manifest", manifest, None, lambda: read_manifest(manifest))]
+    if name.endswith(("/", os.sep)) or (name.startswith((".", "/", "~")) and not path.suffix):
+        raise DataError(f"folder not found: {path}")
+    raise UnknownNameError("source", spec, source_choices())
+
+
+def _named_source(name: str, spec: str, data_dir: Path) -> Source:
+    if name == "openclipart":
+        root = openclipart.openclipart_root(data_dir)
+        openclipart.check_fetched(root)
+        return Source(
+            name, spec, "openclipart", root, openclipart.LICENCE, lambda: openclipart.openclipart_records(root)
+        )
+    emoji.check_fetched(data_dir, name)
+    if name == "twemoji":
+        loader: Callable[[], Iterator[Record]] = lambda: emoji.twemoji_records(data_dir)  # noqa: E731
+    else:
+        loader = lambda: emoji.openmoji_records(data_dir, name)  # noqa: E731
+    return Source(name, spec, "emoji", data_dir, emoji.LICENCES[name], loader)

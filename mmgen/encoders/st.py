@@ -1,0 +1,91 @@
+"""sentence-transformers text encoders (`st:PATH_OR_NAME`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmgen.encoders.base import Encoder, configure_torch_threads, sha256_files, sha256_state_dict
+from mmgen.errors import MissingDependencyError, ModelLoadError
+
+# Files that define a sentence-transformers folder's weights and behaviour (not its README or cards).
+_MODEL_SUFFIXES = frozenset({".json", ".safetensors", ".bin", ".pt", ".pth", ".txt", ".model"})
+# Alternative exports of the same weights that sentence-transformers does not load by default.
+_SKIPPED_FOLDERS = frozenset({"onnx", "openvino"})
+
+
+class SentenceTransformerEncoder(Encoder):
+    """A text-only encoder backed by a `SentenceTransformer` model."""
+
+    modalities = frozenset({"text"})
+
+    def __init__(self, name: str, source: str, device: str) -> None:
+        """Load `source` (a local folder, or a hub id where a network exists) onto `device`."""
+        super().__init__()
+        self.name = name
+        self.device = device
+        self._folder = Path(source) if Path(source).is_dir() else None
+        self._model = _load(name, source, device)
+        dim = _embedding_dim(self._model)
+        if not dim:
+            raise ModelLoadError(f"encoder {name}: the model does not report its embedding dimension")
+        self.dim = int(dim)
+
+    def _encode_text(self, texts: list[str], batch_size: int) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self._model.encode(
+                texts,
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+
+    def _compute_checksum(self) -> str:
+        if self._folder is None:  # loaded from a hub cache: identify the weights themselves
+            return sha256_state_dict(self._model.state_dict())
+        return sha256_files(model_files(self._folder), root=self._folder)
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The weight, config and vocabulary files of a sentence-transformers folder."""
+    files = []
+    for path in folder.rglob("*"):
+        parts = path.relative_to(folder).parts
+        if any(p.startswith(".") or p in _SKIPPED_FOLDERS for p in parts[:-1]) or parts[-1].startswith("."):
+            continue
+        if path.is_file() and path.suffix in _MODEL_SUFFIXES:
+            files.append(path)
+    return files
+
+
+def _load(name: str, source: str, device: str) -> Any:
+    from mmgen.compat import ensure_torchvision
+
+    ensure_torchvision()
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"encoder {name} needs sentence-transformers: pip install sentence-transformers"
+        ) from exc
+    configure_torch_threads()
+    try:
+        model = SentenceTransformer(source, device=device)
+    # The loader can fail in many third-party ways (hub, config, weights); all mean "cannot load".
+    except Exception as exc:
+        hint = "" if Path(source).is_dir() else " (a hub name needs a network or a warm Hugging Face cache)"
+        raise ModelLoadError(
+            f"encoder {name}: cannot load sentence-transformers model {source!r}{hint}: {exc}"
+        ) from exc
+    model.eval()
+    return model
+
+
+def _embedding_dim(model: Any) -> int | None:
+    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return get()

@@ -1,0 +1,1 @@
+"""Encoder fixtures live in tests/conftest.py (shared with the indexer and search tests)."""

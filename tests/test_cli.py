@@ -1,0 +1,135 @@
+"""The typer app end to end with CliRunner: index, search (all four directions), info, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from cli import app
+from mmgen.store.db import open_store
+from mmgen.store.models import Output, Prompt, Retrieval
+from mmgen.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def invoke(*args: str) -> object:
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['mmgen', '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'cli.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('torch', 'faiss', 'open_clip', 'sentence_transformers', 'sqlalchemy', 'numpy')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "Usage" in out.stdout
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]
+
+
+def test_index_search_json_where_and_recording(tmp_path, text_folder) -> None:
+    ws = str(tmp_path / "ws")
+    res = invoke("index", str(text_folder), "--workspace", ws, "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["added"] == 30 and report["failed"] == 1 and report["encoder"] == "st:all-MiniLM-L6-v2"
+    assert report["failures"][0]["key"] == "latin1"
+
+    res = invoke("search", "a picture of a bus number 7", "--workspace", ws, "-k", "3", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["query"]["to"] == "text" and len(out["hits"]) == 3
+    first = out["hits"][0]
+    assert set(first) >= {"id", "score", "modality", "text", "uri", "meta"}
+    assert first["text"] == "a picture of a bus number 7" and first["score"] > 0.99
+
+    # where: a column filter and a hostile value that must match nothing (and break nothing)
+    res = invoke("search", "bus", "--workspace", ws, "--where", "corpus=nope", "--json")
+    assert json.loads(res.stdout)["hits"] == []
+    res = invoke("search", "bus", "--workspace", ws, "--where", "group=x' OR 1=1 --", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["hits"] == []
+
+    store = open_store(Workspace.resolve(ws).db_url)
+    with store.session() as s:
+        assert s.scalar(select(func.count(Prompt.id))) == 3
+        prompt = s.scalars(select(Prompt).order_by(Prompt.id)).first()
+        assert prompt.kind == "search" and prompt.text == "a picture of a bus number 7"
+        ranks = s.execute(select(Retrieval.rank, Retrieval.item_id).where(Retrieval.prompt_id == prompt.id)).all()
+        assert [r for r, _ in ranks] == [1, 2, 3] and ranks[0][1] == first["id"]
+        assert s.scalar(select(Output.latency_ms).where(Output.prompt_id == prompt.id)) > 0
+    store.close()
+
+    res = invoke("info", "--workspace", ws, "--json")
+    info = json.loads(res.stdout)
+    assert info["indexes"][0]["vectors"] == {"text": 30} and "flat" in info["presets"]
+
+
+def test_all_four_directions_with_a_local_open_clip_checkpoint(tmp_path, image_folder, tiny_clip) -> None:
+    ws = str(tmp_path / "ws")
+    res = invoke("index", str(image_folder), "--workspace", ws, "--encoder", tiny_clip.dir_name, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["failed"] == 4
+    query_image = str(image_folder / "img005.png")
+    for args, to in (
+        (["a red circle"], "image"),
+        (["a red circle", "--to", "text"], "text"),
+        (["--image", query_image], "image"),
+        (["--image", query_image, "--to", "text"], "text"),
+    ):
+        res = invoke("search", *args, "--workspace", ws, "-k", "4", "--json")
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        assert out["query"]["to"] == to and len(out["hits"]) == 4
+        assert all(h["modality"] == to for h in out["hits"])
+    # image -> image: the indexed image itself is the nearest neighbour
+    res = invoke("search", "--image", query_image, "--workspace", ws, "-k", "1", "--json")
+    assert json.loads(res.stdout)["hits"][0]["uri"] == query_image
+
+
+def test_errors_are_one_clear_line(tmp_path, text_folder) -> None:
+    ws = str(tmp_path / "ws")
+    res = invoke("index", str(text_folder), "--workspace", ws, "--encoder", "nosuch:thing")
+    assert res.exit_code == 2 and "unknown encoder" in res.stderr and "st:" in res.stderr and "openclip:" in res.stderr
+    res = invoke("index", str(tmp_path / "missing-folder"), "--workspace", ws)
+    assert res.exit_code == 2 and "error:" in res.stderr
+    res = invoke("search", "anything", "--workspace", ws)
+    assert res.exit_code == 2 and "no index yet" in res.stderr
+    invoke("index", str(text_folder), "--workspace", ws, "--quiet")
+    res = invoke("search", "--image", str(tmp_path / "x.png"), "--workspace", ws)
+    assert res.exit_code == 2 and "text-only encoder" in res.stderr
+    res = invoke("search", "bus", "--workspace", ws, "--where", "novalue")
+    assert res.exit_code == 2 and "key=value" in res.stderr
+    res = invoke("search", "--workspace", ws)
+    assert res.exit_code == 2 and "query text or --image" in res.stderr
+
+
+def test_data_manifest_round_trip(tmp_path, text_folder) -> None:
+    out = tmp_path / "m.jsonl"
+    res = invoke("data", "manifest", str(text_folder), "-o", str(out))
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 30 and all("text" in r for r in lines)
+    ws = str(tmp_path / "ws")
+    res = invoke("index", str(out), "--workspace", ws, "--json")
+    assert json.loads(res.stdout)["added"] == 30
+
+
+def test_db_upgrade_command(tmp_path) -> None:
+    ws = str(tmp_path / "ws")
+    res = invoke("db", "upgrade", "--workspace", ws)
+    assert res.exit_code == 0 and "revision" in res.stdout
+    assert (tmp_path / "ws" / "mmgen.db").exists()
