@@ -19,7 +19,7 @@ class UnknownNameError(MmgenError, KeyError):
         super().__init__(f"unknown {kind} {name!r}; valid choices: {', '.join(self.choices)}")
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
-        return self.args[0]
+        return str(self.args[0])
 
 
 class ConfigError(MmgenError):

@@ -112,15 +112,18 @@ def _quiet_bombs() -> Iterator[None]:
 
 
 def _finish(im: Image.Image, max_side: int) -> Image.Image:
-    """Normalise mode, downscale to max_side, then flatten transparency onto white."""
+    """Normalise mode, downscale to max_side, then flatten transparency onto white; returns a new image."""
     from PIL import Image
 
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if max(im.size) > max_side and im.mode in ("RGB", "RGBA", "L", "LA") and "transparency" not in im.info:
+        # Shrink in place first so that the mode conversion below copies a small image, not a big one.
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16/32-bit greyscale: scale to 8 bits instead of clipping everything above 255 to white.
         im = im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     elif im.mode == "F":
         im = im.point(lambda v: v * 255).convert("L")
-    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
     im = im.convert("RGBA" if has_alpha else "RGB")
     if max(im.size) > max_side:
         im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
