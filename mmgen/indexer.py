@@ -412,7 +412,13 @@ class Indexer:
     def _commit(
         self, corpus_id: int, batch: Sequence[_Todo], embed: list[list[str]], slots: dict[tuple[int, str], int]
     ) -> None:
+        """One transaction per batch: upsert the items, replace their index rows."""
         with self.store.session() as s:
+            written: list[tuple[int, _Todo, Item, list[str]]] = []
+            existing = {
+                item.id: item
+                for item in s.scalars(select(Item).where(Item.id.in_([t.existing_item for t in batch if t.existing_item])))
+            }
             for j, todo in enumerate(batch):
                 done = [m for m in embed[j] if (j, m) in slots]
                 if todo.existing_item is None and not done:
@@ -426,33 +432,35 @@ class Indexer:
                     group_key=rec.group,
                     meta=rec.meta,
                 )
-                if todo.existing_item is None:
+                item = existing.get(todo.existing_item) if todo.existing_item is not None else None
+                if item is None:
                     item = Item(corpus_id=corpus_id, key=rec.key, **fields)
                     s.add(item)
-                    s.flush()
-                    item_id = item.id
                     self.report.added += 1
                 else:
-                    item_id = todo.existing_item
-                    item = s.get(Item, item_id)
-                    if item is not None:
-                        for name, value in fields.items():
-                            setattr(item, name, value)
+                    for name, value in fields.items():
+                        setattr(item, name, value)
                     self.report.updated += 1
-                for modality in done:
+                written.append((j, todo, item, done))
+            s.flush()  # assigns ids to the new items, in one round trip per batch
+            for modality in ("image", "text"):
+                replaced = [item.id for j, todo, item, done in written if modality in done and todo.existing_item]
+                if replaced:
                     s.execute(
                         delete(IndexRow).where(
                             IndexRow.index_id == self.index_id,
-                            IndexRow.item_id == item_id,
                             IndexRow.modality == modality,
+                            IndexRow.item_id.in_(replaced),
                         )
                     )
+            for j, todo, item, done in written:
+                for modality in done:
                     s.add(
                         IndexRow(
                             index_id=self.index_id,
                             modality=modality,
                             row_id=slots[(j, modality)],
-                            item_id=item_id,
+                            item_id=item.id,
                             sha256=todo.modality_sha[modality],
                         )
                     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +77,8 @@ def _load(name: str, source: str, device: str) -> Any:
         ) from exc
     configure_torch_threads()
     try:
-        model = SentenceTransformer(source, device=device)
+        with _quiet_weight_loading():
+            model = SentenceTransformer(source, device=device)
     # The loader can fail in many third-party ways (hub, config, weights); all mean "cannot load".
     except Exception as exc:
         hint = "" if Path(source).is_dir() else " (a hub name needs a network or a warm Hugging Face cache)"
@@ -84,6 +87,20 @@ def _load(name: str, source: str, device: str) -> Any:
         ) from exc
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def _quiet_weight_loading() -> Iterator[None]:
+    """Hide transformers' per-load "Loading weights" bar (mmgen shows its own progress)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _embedding_dim(model: Any) -> int | None:
