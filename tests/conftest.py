@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,25 @@ from mmgen.encoders import Encoder, clear_encoder_cache, load_encoder, save_open
 # Tests never reach a model hub; everything they load is local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# ---- databases: `db_url` runs a test on SQLite and on PostgreSQL (see tests/pgserver.py) ----
+def _load_pgserver() -> ModuleType:
+    # Loaded by path under one module name, so every conftest that does this shares one server.
+    name = "mmgen_tests_pgserver"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "pgserver.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+pgserver = _load_pgserver()
+pg_server_url = pgserver.pg_server_url
+db_url = pgserver.db_url
+
+
 
 # ---- encoders: a tiny seeded open_clip model saved in every supported form, and the real MiniLM ----
 

@@ -133,3 +133,20 @@ def test_db_upgrade_command(tmp_path) -> None:
     res = invoke("db", "upgrade", "--workspace", ws)
     assert res.exit_code == 0 and "revision" in res.stdout
     assert (tmp_path / "ws" / "mmgen.db").exists()
+
+
+def test_index_and_search_on_each_backend(tmp_path, text_folder, db_url) -> None:
+    """The whole flow on SQLite and on PostgreSQL (`--db`), including an incremental re-run and prune."""
+    ws = str(tmp_path / "ws")
+    res = invoke("index", str(text_folder), "--workspace", ws, "--db", db_url, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["added"] == 30
+    (text_folder / "c005.txt").unlink()
+    res = invoke("index", str(text_folder), "--workspace", ws, "--db", db_url, "--prune", "--json")
+    report = json.loads(res.stdout)
+    assert (report["added"], report["unchanged"], report["removed"]) == (0, 29, 1)
+    res = invoke("search", "a picture of a cat number 8", "--workspace", ws, "--db", db_url, "-k", "2",
+                 "--where", "corpus=" + str(text_folder.resolve()), "--json")
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)["hits"]
+    assert hits[0]["text"] == "a picture of a cat number 8" and len(hits) == 2

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from mmgen.store import Store, open_store
 
 
-def _load_pgserver() -> ModuleType:
-    # Loaded by path under one module name, so every conftest that does this shares one server.
-    name = "mmgen_tests_pgserver"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "pgserver.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-pgserver = _load_pgserver()
-pg_server_url = pgserver.pg_server_url
-db_url = pgserver.db_url
+# Loaded once by tests/conftest.py, which also provides `pg_server_url` and `db_url`.
+pgserver = sys.modules["mmgen_tests_pgserver"]
 
 
 @pytest.fixture(scope="module", params=pgserver.BACKENDS)
