@@ -95,6 +95,9 @@ def index_cmd(
         typer.Option("--preset", help="FAISS preset (see `mmgen info`) or a factory string; changing it rebuilds."),
     ] = None,
     prune: Annotated[bool, typer.Option("--prune", help="Remove items whose source files are gone.")] = False,
+    reembed: Annotated[
+        bool, typer.Option("--reembed", help="Drop all vectors of the index and rebuild it with --encoder (then index its other sources again).")
+    ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items per batch (and per commit).")] = 128,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Image decoding threads.")] = 2,
     data_dir: Annotated[
@@ -114,6 +117,7 @@ def index_cmd(
             encoder=encoder,
             preset=preset,
             prune=prune,
+            reembed=reembed,
             batch_size=batch_size,
             workers=workers,
             progress=not quiet and not as_json,

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,6 +51,7 @@ class IndexOptions:
     workers: int = 2
     progress: bool = True
     device: str = "auto"
+    reembed: bool = False
 
 
 @dataclass
@@ -137,20 +139,42 @@ def _modality(record: Record) -> str:
 
 
 def open_or_create_index(
-    ws: Workspace, store: Store, name: str, encoder: Encoder, preset_name: str | None
+    ws: Workspace, store: Store, name: str, encoder: Encoder, preset_name: str | None, reembed: bool = False
 ) -> tuple[int, IndexFolder]:
-    """The SQL row id and folder of an index, created on first use; refuses another encoder's index."""
+    """The SQL row id and folder of an index, created on first use.
+
+    An index built with another encoder is refused, unless `reembed`: then its rows and files are
+    dropped and it is rebuilt with `encoder` (items stay in the store; only vectors are redone).
+    """
     from mmgen.store.db import mask_url
 
     checksum = encoder.checksum()
+    root = ws.index_dir(name)
     with store.session() as s:
         rec = s.scalar(select(IndexRecord).where(IndexRecord.name == name))
-        if rec is not None and rec.encoder_checksum != checksum:
-            raise ManifestMismatchError(
-                f"index {name!r} was built with encoder {rec.encoder}, not {encoder.name}; "
-                f"use --encoder {rec.encoder}, another --name, or `--reembed` to rebuild it with the new encoder"
-            )
-        root = ws.index_dir(name)
+        if rec is not None and (reembed or rec.encoder_checksum != checksum):
+            if not reembed:
+                raise ManifestMismatchError(
+                    f"index {name!r} was built with encoder {rec.encoder}, not {encoder.name}; "
+                    f"use --encoder {rec.encoder}, another --name, or --reembed to rebuild it with the new encoder"
+                )
+            preset_name = preset_name or rec.params.get("preset", {}).get("name")
+            # Files first, then SQL: a run killed in between leaves an index record with no rows
+            # and no folder, which the branch below recreates.
+            _discard_folder(root)
+            s.execute(delete(IndexRow).where(IndexRow.index_id == rec.id))
+            s.delete(rec)
+            s.commit()
+            rec = None
+        if rec is not None and not (root / "manifest.json").exists():
+            has_rows = s.scalar(select(func.count(IndexRow.id)).where(IndexRow.index_id == rec.id))
+            if has_rows:
+                raise ManifestMismatchError(
+                    f"the files of index {name!r} are missing from {root}; rebuild it with --reembed"
+                )
+            s.delete(rec)
+            s.commit()
+            rec = None
         if rec is None:
             preset = resolve_preset(preset_name, ws.root)
             if (root / "manifest.json").exists():
@@ -182,6 +206,15 @@ def open_or_create_index(
                 rec.params = {**rec.params, "preset": preset.to_json()}
                 s.commit()
         return rec.id, folder
+
+
+def _discard_folder(root: Path) -> None:
+    """Remove an index folder's files (vectors, FAISS, manifest); the folder itself stays."""
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if path.is_file() and (path.suffix in (".f32", ".faiss", ".tmp") or path.name == "manifest.json"):
+            path.unlink()
 
 
 def live_row_ids(store: Store, index_id: int, modality: str) -> np.ndarray:
@@ -251,7 +284,9 @@ class Indexer:
         self.store = store
         self.encoder = encoder
         self.opts = options
-        self.index_id, self.folder = open_or_create_index(ws, store, options.name, encoder, options.preset)
+        self.index_id, self.folder = open_or_create_index(
+            ws, store, options.name, encoder, options.preset, reembed=options.reembed
+        )
         self.report = IndexReport(index=options.name, encoder=encoder.name)
         self._text_cache: dict[str, np.ndarray] = {}
 

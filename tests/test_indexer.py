@@ -147,3 +147,17 @@ def test_resume_after_sigkill(tmp_path, kill_after_items: int) -> None:
     hit = Searcher(ws, store).search(text="caption number 777 about topic 0", k=1, record=False).hits[0]
     store.close()
     assert hit.text == "caption number 777 about topic 0"
+
+
+def test_reembed_rebuilds_with_another_encoder(tmp_path, image_folder, minilm, tiny_encoder) -> None:
+    ws = Workspace.resolve(tmp_path / "ws")
+    run_index(ws, minilm, str(image_folder))
+    n_items, rows = counts(ws)
+    assert rows == {"text": n_items}
+    rep = run_index(ws, tiny_encoder, str(image_folder), reembed=True)
+    assert rep.added == 0 and rep.updated == n_items  # items are kept, their vectors redone
+    n_after, rows = counts(ws)
+    assert n_after == n_items and rows["text"] == n_items and rows["image"] == 12
+    folder = IndexFolder.open(ws.index_dir("default"))
+    assert folder.manifest["encoder"] == tiny_encoder.name and folder.dim == tiny_encoder.dim
+    assert faiss_counts(ws) == {"image": 12, "text": n_items}
