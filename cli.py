@@ -96,7 +96,11 @@ def index_cmd(
     ] = None,
     prune: Annotated[bool, typer.Option("--prune", help="Remove items whose source files are gone.")] = False,
     reembed: Annotated[
-        bool, typer.Option("--reembed", help="Drop all vectors of the index and rebuild it with --encoder (then index its other sources again).")
+        bool,
+        typer.Option(
+            "--reembed",
+            help="Drop all vectors of the index and rebuild it with --encoder (then index its other sources again).",
+        ),
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items per batch (and per commit).")] = 128,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Image decoding threads.")] = 2,

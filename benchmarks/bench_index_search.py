@@ -108,7 +108,7 @@ def main() -> None:
     print("(seconds include opening the store and loading the encoder; stages: hash = content hashing, "
           "decode = waiting for image decoding, encode = model, write = vector files + SQL, faiss = sync and save)")
 
-    print(f"\n## Image decoding (the reader stage of an image index; model-independent)")
+    print("\n## Image decoding (the reader stage of an image index; model-independent)")
     decode_images(args.sources, args.decode_sample, args.seed)
 
     from mmgen.search import Searcher

@@ -128,7 +128,6 @@ class FaissIndex:
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query; missing results have id -1. `allowed_ids` restricts the search."""
-        faiss = _faiss()
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise VectorIndexError(f"query has shape {queries.shape}, the index holds {self.dim}-d vectors")
