@@ -25,8 +25,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Fetch the demo corpora and write manifests.", no_args_is_help=True)
 db_app = typer.Typer(help="The SQL store: migrations.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate encoders with the field's standard protocols.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(db_app, name="db")
+app.add_typer(eval_app, name="eval")
 
 WorkspaceOpt = Annotated[
     Optional[Path],
@@ -255,6 +257,50 @@ def data_manifest(
         typer.echo(f"wrote {n} records to {output}" + (f"; {len(errors)} unreadable rows skipped" if errors else ""))
         for line in errors[:20]:
             typer.echo(f"  {line}", err=True)
+
+
+@data_app.command("protocol")
+def data_protocol(
+    name: Annotated[str, typer.Argument(help="loso (leave Twemoji out) | product (held-out concepts)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for train.jsonl, the eval manifests, protocol.json.")],
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out split (product).")] = 0,
+) -> None:
+    """Write the train and evaluation manifests of a fixed evaluation protocol."""
+    with _errors():
+        from mmgen.eval.protocols import write_protocol
+
+        paths = write_protocol(name, output, data_dir, seed)  # type: ignore[arg-type]
+        for label, path in paths.items():
+            typer.echo(f"{label:22s} {path}")
+
+
+# ---- eval ----------------------------------------------------------------------------------
+@eval_app.command("retrieval")
+def eval_retrieval(
+    manifest: Annotated[Path, typer.Argument(help="JSONL/CSV manifest: images and texts, relevance by `group`.")],
+    encoder: Annotated[str, typer.Option("--encoder", "-e", help="Encoder name (mmgen:NAME resolves in the workspace).")],
+    workspace: WorkspaceOpt = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Recall@1/5/10 image->text and text->image over a manifest (CLIP_benchmark's definition)."""
+    with _errors():
+        from mmgen.eval.retrieval import evaluate_manifest
+
+        ws = _workspace(workspace, None)
+        report = evaluate_manifest(manifest, encoder, device=device, progress=not as_json, models_dir=ws.models_dir)
+        if as_json:
+            _print_json(report.to_json())
+            return
+        typer.echo(f"{manifest} with {report.encoder}: {report.n_images} images, {report.n_texts} texts")
+        typer.echo(f"{'direction':15s} {'R@1':>7s} {'R@5':>7s} {'R@10':>7s}")
+        for label, scores in (("image->text", report.image_to_text), ("text->image", report.text_to_image)):
+            typer.echo(f"{label:15s} " + " ".join(f"{100 * scores[k]:6.1f}%" for k in ("R@1", "R@5", "R@10")))
+        if report.skipped:
+            typer.echo(f"skipped {len(report.skipped)} records:")
+            for key, reason in report.skipped[:20]:
+                typer.echo(f"  {key}: {reason}")
 
 
 # ---- db ------------------------------------------------------------------------------------

@@ -547,7 +547,7 @@ def index_sources(
             with store.session() as s:
                 encoder_name = s.scalar(select(IndexRecord.encoder).where(IndexRecord.name == options.name))
         sources = open_sources(spec, data_dir)
-        encoder = load_encoder(encoder_name or DEFAULT_TEXT_ENCODER, device=options.device)
+        encoder = load_encoder(encoder_name or DEFAULT_TEXT_ENCODER, device=options.device, models_dir=ws.models_dir)
         return Indexer(ws, store, encoder, options).run(sources)
     finally:
         store.close()

@@ -116,7 +116,7 @@ class Searcher:
                 raise VectorIndexError(f"index {self.name!r} disappeared from the store")
             self.index_id, built_with, checksum = rec.id, rec.encoder, rec.encoder_checksum
         self.folder = IndexFolder.open(ws.index_dir(self.name))
-        self.encoder: Encoder = load_encoder(encoder or built_with, device=device)
+        self.encoder: Encoder = load_encoder(encoder or built_with, device=device, models_dir=ws.models_dir)
         if self.encoder.checksum() != checksum:
             raise ManifestMismatchError(
                 f"index {self.name!r} was built with encoder {built_with}, not {self.encoder.name}; "

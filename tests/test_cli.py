@@ -149,3 +149,17 @@ def test_index_and_search_on_each_backend(tmp_path, text_folder, db_url) -> None
     assert res.exit_code == 0, res.output
     hits = json.loads(res.stdout)["hits"]
     assert hits[0]["text"] == "a picture of a cat number 8" and len(hits) == 2
+
+
+def test_eval_retrieval_command(tmp_path, image_folder, tiny_clip) -> None:
+    manifest = tmp_path / "m.jsonl"
+    assert invoke("data", "manifest", str(image_folder), "-o", str(manifest)).exit_code == 0
+    res = invoke("eval", "retrieval", str(manifest), "--encoder", tiny_clip.dir_name, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert set(out["image_to_text"]) == {"R@1", "R@5", "R@10"} and out["n_images"] == 12
+    assert out["skipped"] == 4  # the four unreadable images, each with its reason
+    res = invoke("eval", "retrieval", str(manifest), "--encoder", "st:all-MiniLM-L6-v2")
+    assert res.exit_code == 2 and "embeds text only" in res.stderr
+    res = invoke("data", "protocol", "nope", "-o", str(tmp_path / "p"))
+    assert res.exit_code == 2 and "loso" in res.stderr and "product" in res.stderr

@@ -39,8 +39,12 @@ class EncoderSpec:
     cwd: str | None = None  # where a relative checkpoint path resolves (part of the cache key)
 
 
-def resolve_encoder_name(name: str) -> EncoderSpec:
-    """Parse and check an encoder name without loading anything heavy."""
+def resolve_encoder_name(name: str, models_dir: Path | None = None) -> EncoderSpec:
+    """Parse and check an encoder name without loading anything heavy.
+
+    `models_dir` is where `mmgen:NAME` looks (the workspace's `models/`; default: the workspace
+    from `MMGEN_WORKSPACE` or `./indexes`).
+    """
     prefix, sep, rest = name.strip().partition(":")
     rest = rest.strip()
     if not sep or prefix not in ("st", "openclip", "mmgen"):
@@ -51,14 +55,14 @@ def resolve_encoder_name(name: str) -> EncoderSpec:
         return _resolve_st(rest)
     if prefix == "openclip":
         return _resolve_openclip(rest)
-    return _resolve_mmgen(rest)
+    return _resolve_mmgen(rest, models_dir)
 
 
-def load_encoder(name: str, device: str = "auto") -> Encoder:
+def load_encoder(name: str, device: str = "auto", models_dir: Path | None = None) -> Encoder:
     """Load (once per process, name and device) the encoder a name string designates."""
     from mmgen.devices import torch_device
 
-    spec = resolve_encoder_name(name)
+    spec = resolve_encoder_name(name, models_dir)
     key = (spec, torch_device(device))
     with _cache_lock:
         encoder = _cache.get(key)
@@ -118,7 +122,7 @@ def _resolve_openclip(rest: str) -> EncoderSpec:
     return EncoderSpec("openclip", f"openclip:{rest}", arch, weights or None, os.getcwd() if relative else None)
 
 
-def _resolve_mmgen(rest: str) -> EncoderSpec:
+def _resolve_mmgen(rest: str, models_dir: Path | None = None) -> EncoderSpec:
     if _looks_like_path(rest) or os.sep in rest or "/" in rest:
         folder = Path(rest).expanduser().resolve()
         if not folder.is_dir():
@@ -126,7 +130,7 @@ def _resolve_mmgen(rest: str) -> EncoderSpec:
         return EncoderSpec("openclip-dir", f"mmgen:{rest}", str(folder))
     from mmgen.workspace import Workspace
 
-    models = Workspace.resolve().models_dir
+    models = models_dir if models_dir is not None else Workspace.resolve().models_dir
     folder = models / rest
     if folder.is_dir():
         return EncoderSpec("openclip-dir", f"mmgen:{rest}", str(folder))

@@ -1,0 +1,40 @@
+"""Evaluations: retrieval Recall@k (CLIP_benchmark's definition) and the fixed train/eval protocols.
+
+Importing this package is cheap: numpy and the modules load on first use of a name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mmgen.eval.protocols import PROTOCOLS as PROTOCOLS
+    from mmgen.eval.protocols import build_protocol as build_protocol
+    from mmgen.eval.protocols import write_protocol as write_protocol
+    from mmgen.eval.retrieval import RetrievalReport as RetrievalReport
+    from mmgen.eval.retrieval import evaluate_manifest as evaluate_manifest
+    from mmgen.eval.retrieval import evaluate_retrieval as evaluate_retrieval
+    from mmgen.eval.retrieval import recall_at_k as recall_at_k
+
+_LAZY = {
+    "RetrievalReport": "mmgen.eval.retrieval",
+    "evaluate_manifest": "mmgen.eval.retrieval",
+    "evaluate_retrieval": "mmgen.eval.retrieval",
+    "recall_at_k": "mmgen.eval.retrieval",
+    "PROTOCOLS": "mmgen.eval.protocols",
+    "build_protocol": "mmgen.eval.protocols",
+    "write_protocol": "mmgen.eval.protocols",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines `name` on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmgen.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,281 @@
+"""The two fixed train/eval protocols of the joint encoder, written as manifests.
+
+- `loso` (leave one style out): train on OpenMoji color and black and OpenClipart; evaluate on
+  Twemoji, a style training never sees.
+- `product`: hold out a seeded 20% of base emoji concepts in every style (skin-tone variants
+  with them) and a seeded 10% of OpenClipart drawings; train on everything else.
+
+Evaluation manifests hold base emoji only (no skin-tone variants, components or OpenMoji extras),
+flags in a manifest of their own, and never an image whose PNG bytes equal the image of another
+concept in the same style (261 OpenMoji black flags are the same blank rectangle): such an image
+cannot be retrieved right, whatever the model. Manifest ids are `SOURCE:KEY` (emoji keys repeat
+across styles); `group` stays the concept (code points, or the OpenClipart key), and `meta.style`
+names the source. The builder is a pure function over record lists; `write_protocol` opens the
+real corpora and writes the files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mmgen.data.hashing import file_sha256
+from mmgen.data.records import Record, write_manifest
+from mmgen.errors import DataError, UnknownNameError
+
+PROTOCOLS: tuple[str, ...] = ("loso", "product")
+SOURCES: tuple[str, ...] = ("openmoji-color", "openmoji-black", "twemoji", "openclipart")
+EMOJI_SOURCES: tuple[str, ...] = ("openmoji-color", "openmoji-black", "twemoji")
+EMOJI_HOLDOUT = 0.2
+OPENCLIPART_HOLDOUT = 0.1
+TRAIN = "train.jsonl"
+SUMMARY = "protocol.json"
+_SKIN_TONES = frozenset({"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"})
+_REQUIRED: dict[str, tuple[str, ...]] = {"loso": SOURCES, "product": SOURCES}
+# Sources whose records reach an evaluation manifest: only their images are hashed for duplicates.
+_EVALUATED: dict[str, tuple[str, ...]] = {"loso": ("twemoji",), "product": SOURCES}
+
+DESCRIPTIONS = {
+    "loso": (
+        "Leave-one-style-out: train on every OpenMoji color and black record and every OpenClipart drawing; "
+        "evaluate on Twemoji base emoji (no skin-tone variants, components or extras), flags in a manifest "
+        "of their own; evaluation images whose PNG bytes equal another concept's image in the same style "
+        "are dropped."
+    ),
+    "product": (
+        "Product model: numpy default_rng(seed) permutes the sorted list of base emoji concepts (code points "
+        "without FE0F) and holds out the first 20% in every style (OpenMoji color, OpenMoji black, Twemoji) "
+        "together with their skin-tone variants, then permutes the sorted OpenClipart keys and holds out the "
+        "first 10%; train on everything else of the four sources; evaluate on the held-out base emoji without "
+        "flags among themselves and against every base emoji without flags of the three styles (the rest as "
+        "meta.role=candidate), on held-out flags, and on the OpenClipart hold-out; evaluation images whose "
+        "bytes equal another concept's image in the same source are dropped."
+    ),
+}
+
+
+@dataclass
+class Protocol:
+    """A built protocol: manifest name -> records, in write order, and its summary."""
+
+    name: str
+    seed: int
+    manifests: dict[str, list[Record]]
+    summary: dict[str, Any]
+
+
+def write_protocol(
+    name: Literal["loso", "product"], out_dir: Path, data_dir: Path | None = None, seed: int = 0
+) -> dict[str, Path]:
+    """Build a protocol from the fetched corpora and write its manifests and protocol.json into out_dir."""
+    from mmgen.data.sources import data_dir_default, open_sources
+
+    _check_name(name)
+    ddir = Path(data_dir).expanduser().resolve() if data_dir is not None else data_dir_default()
+    corpora = {source: list(open_sources(source, ddir)[0].records()) for source in _REQUIRED[name]}
+    protocol = build_protocol(name, corpora, seed)
+    protocol.summary["data"] = data_versions(ddir)
+    return save_protocol(protocol, out_dir)
+
+
+def save_protocol(protocol: Protocol, out_dir: Path) -> dict[str, Path]:
+    """Write a built protocol's manifests and protocol.json into out_dir; return file name -> path."""
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for filename, records in protocol.manifests.items():
+        paths[filename] = out / filename
+        write_manifest(records, paths[filename])
+    paths[SUMMARY] = out / SUMMARY
+    paths[SUMMARY].write_text(json.dumps(protocol.summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return paths
+
+
+def build_protocol(name: str, corpora: Mapping[str, Iterable[Record]], seed: int = 0) -> Protocol:
+    """Split record lists keyed by source ("openmoji-color", ..., "openclipart") into a protocol's manifests.
+
+    Records carrying an error are left out and counted; every image is hashed once (SHA-256 of
+    the file) to find evaluation images that duplicate another concept's.
+    """
+    _check_name(name)
+    missing = [s for s in _REQUIRED[name] if s not in corpora]
+    if missing:
+        raise DataError(f"protocol {name} needs the sources {', '.join(missing)}")
+    tagged: dict[str, list[Record]] = {}
+    errors: dict[str, int] = {}
+    for source in _REQUIRED[name]:
+        records = list(corpora[source])
+        errors[source] = sum(r.error is not None for r in records)
+        tagged[source] = [_tag(r, source) for r in records if r.error is None]
+    duplicates = {s: _duplicate_images(_eval_pool(tagged[s], s)) for s in _EVALUATED[name]}
+    if name == "loso":
+        manifests, extra = _loso(tagged, duplicates)
+    else:
+        manifests, extra = _product(tagged, duplicates, seed)
+    summary: dict[str, Any] = {
+        "name": name,
+        "seed": seed,
+        "description": DESCRIPTIONS[name],
+        **extra,
+        "duplicate_images_dropped": {s: len(d) for s, d in duplicates.items()},
+        "records_with_errors": errors,
+        "manifests": {f: manifest_counts(rs) for f, rs in manifests.items()},
+    }
+    return Protocol(name, seed, manifests, summary)
+
+
+def manifest_counts(records: list[Record]) -> dict[str, int]:
+    """Records, images, texts and distinct groups of one manifest (and candidates, where any)."""
+    counts = {
+        "records": len(records),
+        "images": sum(r.image is not None for r in records),
+        "texts": sum(r.text is not None for r in records),
+        "groups": len({r.group for r in records}),
+    }
+    candidates = [r for r in records if r.meta.get("role") == "candidate"]
+    if candidates:
+        counts["candidates"] = len(candidates)
+        counts["query_groups"] = len({r.group for r in records if r.meta.get("role") != "candidate"})
+    return counts
+
+
+def concept_of(record: Record) -> str:
+    """The base emoji concept of an emoji record: its skin-tone base, else its code points without tones."""
+    base = record.meta.get("skintone_base")
+    if isinstance(base, str) and base:
+        return base
+    group = record.group or record.key
+    stripped = "-".join(c for c in group.split("-") if c not in _SKIN_TONES)
+    return stripped or group
+
+
+def data_versions(data_dir: Path) -> dict[str, Any]:
+    """Versions of the corpora: the installed npm packages' and the Debian OpenClipart package's."""
+    from mmgen.data.emoji import NPM_PACKAGES, node_modules
+
+    out: dict[str, Any] = {}
+    for package, expected in NPM_PACKAGES.items():
+        try:
+            info = json.loads((node_modules(data_dir) / package / "package.json").read_text(encoding="utf-8"))
+            out[package] = str(info.get("version") or expected)
+        except (OSError, ValueError):
+            out[package] = expected
+    out["openclipart"] = _debian_version("openclipart-png")
+    return out
+
+
+def _debian_version(package: str) -> str | None:
+    exe = shutil.which("dpkg-query")
+    if exe is None:
+        return None
+    done = subprocess.run([exe, "-W", "-f", "${Version}", package], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+def _check_name(name: str) -> None:
+    if name not in PROTOCOLS:
+        raise UnknownNameError("protocol", name, PROTOCOLS)
+
+
+def _tag(r: Record, source: str) -> Record:
+    """Copy a record with a corpus-unique id `SOURCE:KEY`, its group set and `meta.style` = source."""
+    return Record(
+        key=f"{source}:{r.key}", image=r.image, text=r.text, group=r.group or r.key, meta={**r.meta, "style": source}
+    )
+
+
+def _eval_pool(records: list[Record], source: str) -> list[Record]:
+    """The records a source can contribute to evaluation: base emoji, or every OpenClipart drawing."""
+    return records if source == "openclipart" else [r for r in records if r.meta.get("base") is True]
+
+
+def _duplicate_images(records: list[Record]) -> set[str]:
+    """Ids of records whose image file has the same bytes as the image of a record of another concept."""
+    by_hash: dict[str, list[Record]] = {}
+    for r in records:
+        if r.image is not None:
+            try:
+                digest = file_sha256(r.image)
+            except OSError as e:
+                raise DataError(f"{r.image}: cannot read ({e.strerror or e})") from e
+            by_hash.setdefault(digest, []).append(r)
+    return {r.key for same in by_hash.values() if len({x.group for x in same}) > 1 for r in same}
+
+
+def _eval_split(records: list[Record], duplicates: set[str]) -> tuple[list[Record], list[Record]]:
+    """(non-flags, flags) among base records, images that duplicate another concept's dropped."""
+    base = [r for r in records if r.meta.get("base") is True and r.key not in duplicates]
+    return [r for r in base if not r.meta.get("is_flag")], [r for r in base if r.meta.get("is_flag")]
+
+
+def _loso(
+    tagged: dict[str, list[Record]], duplicates: dict[str, set[str]]
+) -> tuple[dict[str, list[Record]], dict[str, Any]]:
+    train = [r for s in ("openmoji-color", "openmoji-black", "openclipart") for r in tagged[s]]
+    twemoji, flags = _eval_split(tagged["twemoji"], duplicates["twemoji"])
+    manifests = {TRAIN: train, "twemoji.jsonl": twemoji, "twemoji-flags.jsonl": flags}
+    return manifests, {
+        "train_sources": ["openmoji-color", "openmoji-black", "openclipart"],
+        "eval_sources": ["twemoji"],
+    }
+
+
+def _product(
+    tagged: dict[str, list[Record]], duplicates: dict[str, set[str]], seed: int
+) -> tuple[dict[str, list[Record]], dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    concepts = sorted({r.group for s in EMOJI_SOURCES for r in tagged[s] if r.meta.get("base") is True})
+    held = _hold_out(concepts, EMOJI_HOLDOUT, rng)
+    keys = sorted({str(r.group) for r in tagged["openclipart"]})
+    held_art = _hold_out(keys, OPENCLIPART_HOLDOUT, rng)
+
+    train = [r for s in EMOJI_SOURCES for r in tagged[s] if concept_of(r) not in held and r.group not in held]
+    train += [r for r in tagged["openclipart"] if r.group not in held_art]
+    queries: list[Record] = []
+    pool: list[Record] = []
+    flags: list[Record] = []
+    for s in EMOJI_SOURCES:
+        emoji, emoji_flags = _eval_split(tagged[s], duplicates[s])
+        queries += [r for r in emoji if r.group in held]
+        pool += [_as_candidate(r) for r in emoji if r.group not in held]
+        flags += [r for r in emoji_flags if r.group in held]
+    art = [r for r in tagged["openclipart"] if r.group in held_art and r.key not in duplicates["openclipart"]]
+    manifests = {
+        TRAIN: train,
+        "heldout-concepts.jsonl": queries,
+        "heldout-vs-pool.jsonl": queries + pool,
+        "heldout-flags.jsonl": flags,
+        "openclipart-heldout.jsonl": art,
+    }
+    extra = {
+        "holdout": {
+            "emoji_fraction": EMOJI_HOLDOUT,
+            "emoji_base_concepts": len(concepts),
+            "emoji_heldout_concepts": len(held),
+            "openclipart_fraction": OPENCLIPART_HOLDOUT,
+            "openclipart_drawings": len(keys),
+            "openclipart_heldout": len(held_art),
+        },
+        "train_sources": list(SOURCES),
+        "eval_sources": list(SOURCES),
+    }
+    return manifests, extra
+
+
+def _hold_out(names: list[str], fraction: float, rng: np.random.Generator) -> frozenset[str]:
+    """The first round(fraction * n) names of a seeded permutation of the sorted names."""
+    order = rng.permutation(len(names))
+    return frozenset(names[i] for i in order[: round(fraction * len(names))])
+
+
+def _as_candidate(r: Record) -> Record:
+    return Record(key=r.key, image=r.image, text=r.text, group=r.group, meta={**r.meta, "role": "candidate"})
