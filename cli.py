@@ -26,7 +26,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Fetch the demo corpora and write manifests.", no_args_is_help=True)
 db_app = typer.Typer(help="The SQL store: migrations.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate encoders with the field's standard protocols.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models on the workspace's corpora.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
 app.add_typer(db_app, name="db")
 app.add_typer(eval_app, name="eval")
 
@@ -202,7 +204,9 @@ def search_cmd(
             _print_json(result.to_json())
             return
         q = result.query
-        typer.echo(f"{q['text'] if q['text'] is not None else q['image']} -> {q['to']} ({len(result.hits)} hits, {result.latency_ms:.0f} ms)")
+        typer.echo(
+            f"{q['text'] if q['text'] is not None else q['image']} -> {q['to']} ({len(result.hits)} hits, {result.latency_ms:.0f} ms)"
+        )
         for rank, hit in enumerate(result.hits, 1):
             where_from = f"{hit.corpus}:{hit.key}"
             shown = hit.text if hit.text is not None else ""
@@ -213,7 +217,9 @@ def search_cmd(
 @data_app.command("fetch")
 def data_fetch(
     what: Annotated[str, typer.Argument(help="emoji | openclipart | all")],
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA", help="[default: ./data]")] = None,
+    data_dir: Annotated[
+        Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA", help="[default: ./data]")
+    ] = None,
 ) -> None:
     """Fetch a demo corpus from the package registries (npm, Debian) and prepare it."""
     with _errors():
@@ -262,7 +268,9 @@ def data_manifest(
 @data_app.command("protocol")
 def data_protocol(
     name: Annotated[str, typer.Argument(help="loso (leave Twemoji out) | product (held-out concepts)")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for train.jsonl, the eval manifests, protocol.json.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for train.jsonl, the eval manifests, protocol.json.")
+    ],
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out split (product).")] = 0,
 ) -> None:
@@ -275,11 +283,91 @@ def data_protocol(
             typer.echo(f"{label:22s} {path}")
 
 
+# ---- train ---------------------------------------------------------------------------------
+@train_app.command("encoder")
+def train_encoder_cmd(
+    sources: Annotated[
+        list[str], typer.Argument(help="Corpora, folders or manifests to train on (as for `mmgen index`).")
+    ],
+    name: Annotated[
+        str, typer.Option("--name", "-n", help="Model name: saved in WORKSPACE/models/NAME, used as mmgen:NAME.")
+    ],
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    tower: Annotated[
+        str,
+        typer.Option(
+            "--tower", help="Image tower: mmgen-convnet-s | mmgen-convnet-m | mmgen-vit-tiny | openclip:ARCH."
+        ),
+    ] = "mmgen-convnet-s",
+    init: Annotated[
+        Optional[str], typer.Option("--init", help="Start the image tower from openclip:ARCH/TAG_OR_CHECKPOINT.")
+    ] = None,
+    minutes: Annotated[
+        Optional[float], typer.Option("--minutes", help="Training time budget (the schedule fits it).")
+    ] = None,
+    epochs: Annotated[
+        Optional[float], typer.Option("--epochs", help="Passes over the concepts (instead of --minutes).")
+    ] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (instead of --minutes).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Distinct concepts per batch.")] = 256,
+    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
+    image_size: Annotated[int, typer.Option("--image-size", min=16)] = 64,
+    unlock_text_layers: Annotated[
+        int, typer.Option("--unlock-text-layers", min=0, help="Train the top N MiniLM layers (0: locked).")
+    ] = 0,
+    augment: Annotated[str, typer.Option("--augment", help="style | strong | none")] = "style",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resume: Annotated[str, typer.Option("--resume", help="auto | require | never")] = "auto",
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA")] = None,
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a joint image-text encoder: a locked MiniLM text tower and a trainable image tower (LiT-style)."""
+    with _errors():
+        from mmgen.train.encoder import TrainConfig, train_encoder
+
+        ws = _workspace(workspace, db)
+        cfg = TrainConfig(
+            name=name,
+            image_tower=tower,
+            init=init,
+            image_size=image_size,
+            batch_size=batch_size,
+            lr=lr,
+            max_minutes=minutes if minutes is not None or epochs is not None or steps is not None else 12.0,
+            epochs=epochs,
+            steps=steps,
+            seed=seed,
+            unlocked_text_layers=unlock_text_layers,
+            augment=augment,
+            resume=resume,
+            device=device,
+            progress=not quiet and not as_json,
+            data_dir=str(data_dir) if data_dir else None,
+        )
+        result = train_encoder(sources, ws, cfg)
+        if as_json:
+            _print_json({**result.manifest, "status": result.status, "path": str(result.path)})
+        else:
+            typer.echo(
+                f"{result.status}: mmgen:{result.name} after {result.steps} steps, {result.samples_seen} samples, "
+                f"{result.train_seconds / 60:.1f} min ({result.samples_per_second:.0f} samples/s), "
+                f"final loss {result.final_loss if result.final_loss is None else round(result.final_loss, 4)}"
+                + (f"\n  saved in {result.path}" if result.path else "")
+            )
+        if result.status != "completed":
+            raise typer.Exit(EXIT_INTERRUPTED)
+
+
 # ---- eval ----------------------------------------------------------------------------------
 @eval_app.command("retrieval")
 def eval_retrieval(
     manifest: Annotated[Path, typer.Argument(help="JSONL/CSV manifest: images and texts, relevance by `group`.")],
-    encoder: Annotated[str, typer.Option("--encoder", "-e", help="Encoder name (mmgen:NAME resolves in the workspace).")],
+    encoder: Annotated[
+        str, typer.Option("--encoder", "-e", help="Encoder name (mmgen:NAME resolves in the workspace).")
+    ],
     workspace: WorkspaceOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
