@@ -62,7 +62,7 @@ def main() -> None:
         started = time.perf_counter()
         trained = train_encoder([str(paths["train.jsonl"])], ws, cfg)
         wall = time.perf_counter() - started
-        print(f"\n## {protocol}: trained mmgen:{cfg.name} on {paths['train'].name}")
+        print(f"\n## {protocol}: trained mmgen:{cfg.name} on {paths['train.jsonl'].name}")
         print(f"steps {trained.steps}, samples {trained.samples_seen}, training loop {trained.train_seconds / 60:.1f} min "
               f"({trained.samples_per_second:.0f} samples/s), wall incl. decoding and text caching {wall / 60:.1f} min, "
               f"final loss {trained.final_loss:.3f}")

