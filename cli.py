@@ -348,15 +348,25 @@ def train_encoder_cmd(
             data_dir=str(data_dir) if data_dir else None,
         )
         result = train_encoder(sources, ws, cfg)
+        data = result.report
         if as_json:
-            _print_json({**result.manifest, "status": result.status, "path": str(result.path)})
+            _print_json({**result.manifest, "status": result.status, "path": str(result.path), "data": data.to_json()})
         else:
+            loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
             typer.echo(
                 f"{result.status}: mmgen:{result.name} after {result.steps} steps, {result.samples_seen} samples, "
-                f"{result.train_seconds / 60:.1f} min ({result.samples_per_second:.0f} samples/s), "
-                f"final loss {result.final_loss if result.final_loss is None else round(result.final_loss, 4)}"
-                + (f"\n  saved in {result.path}" if result.path else "")
+                f"{result.train_seconds / 60:.1f} min ({result.samples_per_second:.0f} samples/s), final loss {loss}"
             )
+            typer.echo(f"  trained on {data.used} of {data.records} records ({data.units} concepts)")
+            if data.skipped:
+                typer.echo(
+                    f"  skipped {data.skipped}: no image {data.skipped_no_image}, no text {data.skipped_no_text}, "
+                    f"unreadable {data.record_errors + data.corrupt_images}, duplicate images {data.duplicate_images}"
+                )
+                for message in data.errors[:10]:
+                    typer.echo(f"    {message}")
+            if result.path:
+                typer.echo(f"  saved in {result.path}")
         if result.status != "completed":
             raise typer.Exit(EXIT_INTERRUPTED)
 
