@@ -42,6 +42,10 @@ DbOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+DataDirOpt = Annotated[
+    Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA", help="Where `mmgen data fetch` put corpora.")
+]
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -108,11 +112,9 @@ def index_cmd(
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items per batch (and per commit).")] = 128,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Image decoding threads.")] = 2,
-    data_dir: Annotated[
-        Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA", help="Where `mmgen data fetch` put corpora.")
-    ] = None,
+    data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Embed a corpus into an index: incremental (only new or changed items) and resumable."""
@@ -241,7 +243,7 @@ def data_fetch(
 def data_manifest(
     source: Annotated[str, typer.Argument(help="A corpus name, folder or manifest (as for `mmgen index`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (.jsonl or .csv).")],
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA")] = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Write the records of a source as a JSONL (or CSV) manifest."""
     with _errors():
@@ -271,7 +273,7 @@ def data_protocol(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for train.jsonl, the eval manifests, protocol.json.")
     ],
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA")] = None,
+    data_dir: DataDirOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out split (product).")] = 0,
 ) -> None:
     """Write the train and evaluation manifests of a fixed evaluation protocol."""
@@ -319,9 +321,9 @@ def train_encoder_cmd(
     augment: Annotated[str, typer.Option("--augment", help="style | strong | none")] = "style",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[str, typer.Option("--resume", help="auto | require | never")] = "auto",
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA")] = None,
+    data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a joint image-text encoder: a locked MiniLM text tower and a trainable image tower (LiT-style)."""

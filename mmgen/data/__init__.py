@@ -5,9 +5,9 @@ Importing this package is cheap: Pillow, pyvips and numpy load only when an imag
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mmgen._lazy import lazy_getattr
 from mmgen.data.records import Record, read_manifest, record_to_json, write_manifest
 
 if TYPE_CHECKING:
@@ -40,11 +40,4 @@ _LAZY = {
 __all__ = ["Record", "read_manifest", "record_to_json", "write_manifest", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the module that defines `name` on first use (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmgen.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

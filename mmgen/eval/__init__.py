@@ -5,8 +5,9 @@ Importing this package is cheap: numpy and the modules load on first use of a na
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mmgen._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from mmgen.eval.protocols import PROTOCOLS as PROTOCOLS
@@ -30,11 +31,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    """Import the module that defines `name` on first use (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmgen.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

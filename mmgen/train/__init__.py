@@ -5,8 +5,9 @@ Importing this package is cheap; torch and open_clip load when training starts.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mmgen._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from mmgen.train.augment import AUGMENT_PRESETS as AUGMENT_PRESETS
@@ -34,11 +35,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    """Import the module that defines `name` on first use (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmgen.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
