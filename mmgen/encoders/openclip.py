@@ -285,7 +285,10 @@ def _create(
     force_quick_gelu: bool = False,
     **model_kwargs: Any,
 ) -> tuple[Any, Any]:
+    from mmgen.encoders.timm_towers import register_timm_towers
+
     configure_torch_threads()
+    register_timm_towers()  # configs saved by mmgen may name its timm towers
     try:
         return open_clip.create_model_from_pretrained(
             model_name, pretrained=pretrained, device=device, force_quick_gelu=force_quick_gelu, **model_kwargs

