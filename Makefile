@@ -37,7 +37,7 @@ data: setup
 # The demo's joint encoder: trained once on the product protocol's training split (held-out
 # concepts never seen), then reused. MODEL_MINUTES bounds its training loop.
 MODEL         ?= product
-MODEL_MINUTES ?= 10
+MODEL_MINUTES ?= 8
 PROTO         := $(WS)/protocols/product
 TWEMOJI_PNG   := $(DATA)/npm/node_modules/emoji-datasource-twitter/img/twitter/64
 
