@@ -319,6 +319,12 @@ def train_encoder_cmd(
         int, typer.Option("--unlock-text-layers", min=0, help="Train the top N MiniLM layers (0: locked).")
     ] = 0,
     augment: Annotated[str, typer.Option("--augment", help="style | strong | none")] = "style",
+    sampling: Annotated[
+        str,
+        typer.Option(
+            "--sampling", help="Batch units: concept (each once per epoch) | image (weighted by their images)."
+        ),
+    ] = "concept",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[str, typer.Option("--resume", help="auto | require | never")] = "auto",
     data_dir: DataDirOpt = None,
@@ -344,6 +350,7 @@ def train_encoder_cmd(
             seed=seed,
             unlocked_text_layers=unlock_text_layers,
             augment=augment,
+            sampling=sampling,
             resume=resume,
             device=device,
             progress=not quiet and not as_json,

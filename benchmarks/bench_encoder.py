@@ -1,7 +1,8 @@
 """Train the joint encoder under both fixed protocols and print held-out retrieval tables.
 
-    python benchmarks/bench_encoder.py --workspace build/bench-encoder [--minutes 30]
-        [--protocols loso product] [--tower mmgen-convnet-s] [--seed 0]
+    python benchmarks/bench_encoder.py --workspace build/bench-encoder [--minutes 30 | --steps N]
+        [--protocols loso product] [--tower mmgen-convnet-s] [--lr 2e-3] [--sampling concept]
+        [--augment style] [--seed 0]
 
 For each protocol (see `mmgen data protocol`): write its manifests, train `mmgen:bench-PROTOCOL`
 on `train.jsonl` only, then evaluate Recall@1/5/10 in both directions on every held-out
@@ -38,15 +39,21 @@ def main() -> None:
     ap.add_argument("--workspace", type=Path, default=Path("build/bench-encoder"))
     ap.add_argument("--protocols", nargs="+", default=["loso", "product"], choices=sorted(EVALS))
     ap.add_argument("--minutes", type=float, default=30.0, help="training budget per model")
-    ap.add_argument("--tower", default="mmgen-convnet-s")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=None, help="optimiser steps per model instead of --minutes")
+    ap.add_argument("--tower", default=TrainConfig.image_tower)
+    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--sampling", default=TrainConfig.sampling, choices=["concept", "image"])
+    ap.add_argument("--augment", default=TrainConfig.augment)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
     ws = Workspace.resolve(args.workspace)
     print(f"# mmgen encoder benchmark: {' '.join(sys.argv)}")
-    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores; tower {args.tower}, {args.minutes} min per model")
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes} min"
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores; tower {args.tower}, {budget} per model, "
+          f"lr {args.lr}, sampling {args.sampling}, augment {args.augment}")
     results: dict[str, dict] = {}
     for protocol in args.protocols:
         paths = write_protocol(protocol, ws.root / "protocols" / protocol, seed=args.seed)
@@ -54,7 +61,11 @@ def main() -> None:
             name=f"bench-{protocol}",
             image_tower=args.tower,
             batch_size=args.batch_size,
-            max_minutes=args.minutes,
+            lr=args.lr,
+            sampling=args.sampling,
+            augment=args.augment,
+            max_minutes=None if args.steps else args.minutes,
+            steps=args.steps,
             seed=args.seed,
             resume="never",
             progress=sys.stderr.isatty(),

@@ -242,10 +242,22 @@ def decode_one(path: str, image_size: int, crop: str) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+SAMPLING_MODES = ("concept", "image")
+
+
+def check_sampling(sampling: str) -> None:
+    """Raise ConfigError unless `sampling` names a batch sampling mode."""
+    if sampling not in SAMPLING_MODES:
+        raise ConfigError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, not {sampling!r}")
+
+
 class BatchSampler:
     """Seeded, stateless batches of distinct units: step i's batch depends only on (seed, i)."""
 
-    def __init__(self, data: TrainingSet, batch_size: int, seed: int, alternate_p: float) -> None:
+    def __init__(
+        self, data: TrainingSet, batch_size: int, seed: int, alternate_p: float, sampling: str = "concept"
+    ) -> None:
+        check_sampling(sampling)
         if batch_size < 2:
             raise ConfigError(f"batch_size must be at least 2 for a contrastive loss, not {batch_size}")
         if data.n_units < 2:
@@ -253,17 +265,26 @@ class BatchSampler:
         self.batch_size = min(batch_size, data.n_units)
         self.seed = seed
         self.alternate_p = alternate_p
-        self.steps_per_epoch = data.n_units // self.batch_size
+        self.sampling = sampling
         self.n_units = data.n_units
         self._images = _ragged(data.unit_images)
+        # "image": a concept drawn in k styles is k times as likely to be in a batch (an epoch is a pass
+        # over the images); "concept": every concept once per epoch.
+        self._p = self._images.counts / self._images.counts.sum() if sampling == "image" else None
+        per_epoch = int(self._images.counts.sum()) if sampling == "image" else data.n_units
+        self.steps_per_epoch = max(1, per_epoch // self.batch_size)
         self._primary = _ragged(data.unit_primary)
         self._alternates = _ragged(data.unit_alternates)
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(unit ids, image rows, caption ids) of one step."""
         epoch, position = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_units)
-        units = order[position * self.batch_size : (position + 1) * self.batch_size]
+        if self._p is None:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n_units)
+            units = order[position * self.batch_size : (position + 1) * self.batch_size]
+        else:
+            draw = np.random.default_rng([self.seed, epoch, position, 2])
+            units = draw.choice(self.n_units, size=self.batch_size, replace=False, p=self._p)
         rng = np.random.default_rng([self.seed, epoch, position, 1])
         images = self._images.pick(units, rng.random(len(units)))
         captions = self._primary.pick(units, rng.random(len(units)))

@@ -27,7 +27,14 @@ import numpy as np
 import mmgen
 from mmgen.errors import ConfigError, ModelLoadError
 from mmgen.train.augment import augment_batch, augment_preset, caption_allows_gray, caption_allows_mirror
-from mmgen.train.data import BatchSampler, DataReport, TrainingSet, build_training_set, collect_examples
+from mmgen.train.data import (
+    BatchSampler,
+    DataReport,
+    TrainingSet,
+    build_training_set,
+    check_sampling,
+    collect_examples,
+)
 from mmgen.train.state import (
     MANIFEST_TYPE,
     STATE_NAME,
@@ -83,6 +90,7 @@ class TrainConfig:
     text_lr: float = 1e-5  # learning rate of unlocked text layers
     augment: str = "style"  # augmentation preset: style, strong, none
     alternate_caption_p: float = 0.3  # chance of "annotation, tags" instead of the annotation
+    sampling: str = "concept"  # batch units: "concept" (each once per epoch) or "image" (weighted by images)
     workers: int = 0  # image decoding threads; 0: one per core
     device: str = "auto"
     precision: str = "auto"  # auto: mixed precision on CUDA, fp32 on CPU
@@ -121,6 +129,7 @@ class TrainConfig:
         if self.precision not in _PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(_PRECISIONS)}, not {self.precision!r}")
         augment_preset(self.augment)
+        check_sampling(self.sampling)
 
     def run_key(self) -> dict[str, Any]:
         """The settings a saved state must share to be resumed (not time, workers, device or display)."""
@@ -221,7 +230,7 @@ def train_encoder(
         def text_batch(ids: torch.Tensor) -> torch.Tensor:
             return model.encode_text(_trim(tokens[ids]), normalize=True)
 
-    sampler = BatchSampler(data, cfg.batch_size, cfg.seed, cfg.alternate_caption_p)
+    sampler = BatchSampler(data, cfg.batch_size, cfg.seed, cfg.alternate_caption_p, cfg.sampling)
     gray_ok, mirror_ok = _unit_flags(data)
     optimizer = _optimizer(model, cfg)
     amp_dtype = _amp_dtype(device, cfg.precision)

@@ -185,6 +185,7 @@ def test_default_configs_are_shipped() -> None:
         ({"steps": 10, "epochs": 1.0}, "not both"),
         ({"augment": "wild"}, "augmentation preset"),
         ({"crop": "edges"}, "crop"),
+        ({"sampling": "styles"}, "sampling"),
     ],
 )
 def test_invalid_config(overrides: dict[str, Any], message: str) -> None:

@@ -1,0 +1,63 @@
+"""Seeded batch sampling over concept units."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmgen.errors import ConfigError
+from mmgen.train.data import BatchSampler, DataReport, TrainingSet
+
+
+def units_set(image_counts: list[int]) -> TrainingSet:
+    """A pixel-free training set whose unit i holds image_counts[i] images and one caption."""
+    rows, start = [], 0
+    for n in image_counts:
+        rows.append(np.arange(start, start + n, dtype=np.int64))
+        start += n
+    n_units = len(image_counts)
+    return TrainingSet(
+        pixels=np.zeros((start, 1, 1, 3), np.uint8),
+        captions=[f"c{i}" for i in range(n_units)],
+        unit_images=rows,
+        unit_primary=[np.asarray([i], np.int64) for i in range(n_units)],
+        unit_alternates=[np.zeros(0, np.int64) for _ in range(n_units)],
+        report=DataReport(),
+        fingerprint="test",
+    )
+
+
+@pytest.mark.parametrize("sampling", ["concept", "image"])
+def test_batches_hold_distinct_units_and_are_seeded(sampling: str) -> None:
+    data = units_set([1, 3] * 20)
+    sampler = BatchSampler(data, 8, seed=3, alternate_p=0.0, sampling=sampling)
+    for step in range(12):
+        units, images, captions = sampler.batch(step)
+        assert len(set(units.tolist())) == len(units) == 8
+        assert all(img in data.unit_images[u] for u, img in zip(units, images))
+        np.testing.assert_array_equal(captions, units)  # caption i belongs to unit i
+        again = BatchSampler(data, 8, seed=3, alternate_p=0.0, sampling=sampling).batch(step)
+        np.testing.assert_array_equal(again[0], units)
+        np.testing.assert_array_equal(again[1], images)
+
+
+def test_concept_sampling_visits_every_unit_once_per_epoch() -> None:
+    data = units_set([1, 3] * 20)
+    sampler = BatchSampler(data, 8, seed=0, alternate_p=0.0)
+    seen = np.concatenate([sampler.batch(s)[0] for s in range(sampler.steps_per_epoch)])
+    assert sorted(seen.tolist()) == list(range(40))
+
+
+def test_image_sampling_weights_units_by_their_images() -> None:
+    """Units with 3 styles are drawn about 3x as often as single-image units (batch 4 of 100 keeps it near-linear)."""
+    data = units_set([1, 3] * 50)
+    sampler = BatchSampler(data, 4, seed=0, alternate_p=0.0, sampling="image")
+    assert sampler.steps_per_epoch == 200 // 4  # an epoch is a pass over the 200 images
+    counts = np.bincount(np.concatenate([sampler.batch(s)[0] for s in range(2000)]), minlength=100)
+    ratio = counts[1::2].sum() / counts[0::2].sum()
+    assert 2.7 < ratio < 3.3
+
+
+def test_unknown_sampling_mode() -> None:
+    with pytest.raises(ConfigError, match="sampling must be one of concept, image"):
+        BatchSampler(units_set([1, 1]), 2, seed=0, alternate_p=0.0, sampling="styles")
