@@ -112,6 +112,18 @@ def index_cmd(
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items per batch (and per commit).")] = 128,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Image decoding threads.")] = 2,
+    hash_name: Annotated[
+        Optional[str],
+        typer.Option(
+            "--hash",
+            help="Also keep the binary codes of this hasher (`mmgen train hasher`) in a FAISS binary index; "
+            "recorded, so later runs keep the codes in step.",
+        ),
+    ] = None,
+    hash_preset: Annotated[
+        Optional[str],
+        typer.Option("--hash-preset", help="Binary index preset: binary-flat (default), binary-hnsw32, binary-ivf1024."),
+    ] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
@@ -132,6 +144,8 @@ def index_cmd(
             workers=workers,
             progress=not quiet and not as_json,
             device=device,
+            hash=hash_name,
+            hash_preset=hash_preset,
         )
         report = index_sources(source, ws, opts, data_dir)
         if as_json:
@@ -163,6 +177,8 @@ def _print_index_report(report: Any, root: Path) -> None:
     totals = ", ".join(f"{m} {n}" for m, n in report.totals.items())
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items())
     echo(f"  vectors in index: {totals or 'none'}; time: {stages}")
+    if report.hasher:
+        echo(f"  codes of hasher {report.hasher}: " + ", ".join(f"{m} {n}" for m, n in report.codes.items()))
     if report.interrupted:
         echo("  interrupted: everything committed so far is kept; run the same command again to finish")
 
@@ -186,6 +202,18 @@ def search_cmd(
     encoder: Annotated[
         Optional[str], typer.Option("--encoder", help="Must match the index's encoder [default: the index's].")
     ] = None,
+    mode: Annotated[
+        Optional[str],
+        typer.Option(
+            "--mode",
+            help="float (exact, default) | codes (Hamming ranking of the index's binary codes) | rerank "
+            "(Hamming short list, re-scored exactly from the memory-mapped vectors).",
+        ),
+    ] = None,
+    rerank: Annotated[
+        Optional[int],
+        typer.Option("--rerank", min=1, help="Short-list size C of --mode rerank [default: 100]; implies --mode rerank."),
+    ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -199,7 +227,10 @@ def search_cmd(
         store = open_store(ws.db_url)
         try:
             searcher = Searcher(ws, store, index, encoder=encoder, device=device)
-            result = searcher.search(text=query, image=image, to=to, k=k, where=filters)
+            result = searcher.search(
+                text=query, image=image, to=to, k=k, where=filters,
+                mode=mode or ("rerank" if rerank is not None else "float"), rerank=rerank,
+            )  # fmt: skip
         finally:
             store.close()
         if as_json:
@@ -213,6 +244,124 @@ def search_cmd(
             where_from = f"{hit.corpus}:{hit.key}"
             shown = hit.text if hit.text is not None else ""
             typer.echo(f"{rank:3d}  {hit.score:.3f}  {hit.modality:5s}  {shown[:60]:60s}  {where_from}")
+
+
+# ---- caption -------------------------------------------------------------------------------
+@app.command("caption")
+def caption_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Image files to caption.")],
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index to retrieve from [default: default].")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Captioner in WORKSPACE/models.")] = "captioner",
+    k: Annotated[
+        Optional[int], typer.Option("-k", "--k", min=1, help="Retrieved captions [default: the captioner's k].")
+    ] = None,
+    decode: Annotated[str, typer.Option("--decode", help="greedy | beam | sample")] = "beam",
+    beams: Annotated[int, typer.Option("--beams", min=1, help="Beam width (--decode beam).")] = 3,
+    temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature (--decode sample).")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of --decode sample.")] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Caption images, grounded on the k nearest captions of the workspace (all recorded in SQL).
+
+    --json prints one JSON object per image and line (JSON Lines): {"image", "caption", "retrieved":
+    [{"id", "text", "score"}], "model", "latency_ms", "prompt_id"}, or {"image", "error"}.
+    """
+    with _errors():
+        from mmgen.generate.caption import CaptionSettings, caption_images
+
+        settings = CaptionSettings(
+            model=model, index=index, k=k, decode=decode, beams=beams, temperature=temperature, seed=seed, device=device
+        )
+        results = caption_images(_workspace(workspace, db), images, settings)
+    for result in results:
+        if as_json:
+            typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
+        if result.error is not None:
+            typer.secho(f"error: {result.image}: {result.error}", fg=typer.colors.RED, err=True)
+        elif not as_json:
+            typer.echo(f"{result.image}: {result.caption}  ({result.latency_ms:.0f} ms, {result.model})")
+            for rank, hit in enumerate(result.retrieved, 1):
+                typer.echo(f"  {rank}. {hit.score:.3f}  {hit.text}")
+    failed = sum(r.error is not None for r in results)
+    if failed:
+        typer.secho(f"{failed} of {len(results)} images could not be captioned", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_ERROR)
+
+
+# ---- generate ------------------------------------------------------------------------------
+@app.command("generate")
+def generate_cmd(
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Prompt text(s); or --prompts FILE.")] = None,
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    prompts: Annotated[
+        Optional[Path], typer.Option("--prompts", help="Text file, one prompt per line (# comments).")
+    ] = None,
+    n: Annotated[int, typer.Option("--n", help="Pictures per prompt.")] = 4,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="0..2**32-1 (default: random, printed).")] = None,
+    k: Annotated[
+        Optional[int], typer.Option("-k", "--k", help="Retrieved images (default: the generator's k).")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="DDIM sampling steps.")] = 30,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (1: none).")] = 3.0,
+    model: Annotated[str, typer.Option("--model", "-m", help="Generator in WORKSPACE/models.")] = "generator",
+    index: Annotated[
+        Optional[str], typer.Option("--index", help="Index to retrieve from (default: the generator's).")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Folder for the PNGs (default: WORKSPACE/outputs).")
+    ] = None,
+    sheet: Annotated[
+        Optional[Path], typer.Option("--sheet", help="Also write a labelled grid, prompts x samples (PNG).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate pictures from text, conditioned on the k nearest indexed images (all recorded in SQL).
+
+    --json prints {"generations": [{"prompt", "prompt_id", "seed", "model", "files", "similarity",
+    "retrieved": [{"rank", "item_id", "score", "uri", "text", "group"}], "latency_ms", "params"}], "sheet"}.
+    """
+    with _errors():
+        import secrets
+
+        from mmgen.errors import ConfigError
+        from mmgen.generate.image import ImageGenerator, check_seed, read_prompts
+        from mmgen.store.db import open_store
+
+        wanted = list(texts or []) + (read_prompts(prompts) if prompts is not None else [])
+        if not wanted:
+            raise ConfigError("give a prompt text (or --prompts FILE)")
+        seed = secrets.randbits(32) if seed is None else check_seed(seed)
+        ws = _workspace(workspace, db)
+        with open_store(ws.db_url) as store:
+            generator = ImageGenerator(ws, store, model, index, device)
+            results = [
+                generator.generate_and_record(text, n=n, seed=seed, k=k, steps=steps, guidance=guidance, out_dir=out)
+                for text in wanted
+            ]
+        sheet_path = None
+        if sheet is not None:
+            from mmgen.generate.sheet import SheetRow, save_sheet
+
+            rows = [
+                SheetRow(r.prompt, r.images, [nb.uri for nb in r.neighbours], note=f"seed {r.seed}") for r in results
+            ]
+            sheet_path = save_sheet(rows, sheet, title=f"{model}: {steps} DDIM steps, guidance {guidance:g}")
+        if as_json:
+            _print_json({"generations": [r.to_json() for r in results], "sheet": str(sheet_path) if sheet_path else None})
+            return
+        for r in results:
+            typer.echo(f"{r.prompt!r} (seed {r.seed}, {r.latency_ms / 1000:.1f} s, {r.model}, prompt {r.prompt_id})")
+            for path, sim in zip(r.files, r.similarity):
+                typer.echo(f"  {path}  similarity {sim:.3f}")
+            if r.neighbours:
+                typer.echo("  retrieved: " + " | ".join(f"{nb.text} ({nb.score:.2f})" for nb in r.neighbours))
+        if sheet_path:
+            typer.echo(f"sheet: {sheet_path}")
 
 
 # ---- data ----------------------------------------------------------------------------------
@@ -380,6 +529,199 @@ def train_encoder_cmd(
             raise typer.Exit(EXIT_INTERRUPTED)
 
 
+@train_app.command("captioner")
+def train_captioner_cmd(
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index to train on [default: default].")] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Option("--name", "-n", help="Saved as WORKSPACE/models/NAME [default: captioner, or captioner-noret]."),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Retrieved captions per image.")] = 4,
+    no_retrieval: Annotated[
+        bool, typer.Option("--no-retrieval", help="Train the image-only baseline decoder (no prompt, no copy head).")
+    ] = False,
+    epochs: Annotated[
+        Optional[float], typer.Option("--epochs", help="Passes over the indexed images [default: 5].")
+    ] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (instead of --epochs).")] = None,
+    minutes: Annotated[
+        Optional[float], typer.Option("--minutes", help="Stop (and save) after this many minutes of training.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
+    image_noise: Annotated[
+        float, typer.Option("--image-noise", min=0.0, help="Std of Gaussian noise on image embeddings.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the retrieval-augmented caption decoder on the workspace's indexed images and captions."""
+    with _errors():
+        from mmgen.train.captioner import CaptionerConfig, train_captioner
+
+        cfg = CaptionerConfig(
+            name=name or ("captioner-noret" if no_retrieval else "captioner"),
+            index=index,
+            k=k,
+            retrieval=not no_retrieval,
+            epochs=epochs,
+            steps=steps,
+            minutes=minutes,
+            batch_size=batch_size,
+            lr=lr,
+            image_noise=image_noise,
+            seed=seed,
+            device=device,
+            progress=not quiet and not as_json,
+        )
+        result = train_captioner(_workspace(workspace, db), cfg)
+        if as_json:
+            _print_json({**result.manifest, "path": str(result.path), "model_id": result.model_id})
+            return
+        loss = "n/a" if result.final_loss is None else f"{result.final_loss:.3f}"
+        typer.echo(
+            f"captioner {result.name}: {result.steps} steps ({result.epochs:g} epochs over {result.examples} images), "
+            f"{result.train_seconds / 60:.1f} min, final loss {loss}"
+            + (" (stopped by --minutes)" if result.stopped_by_time else "")
+        )
+        typer.echo(f"  saved in {result.path} (models row {result.model_id})")
+
+
+@train_app.command("generator")
+def train_generator_cmd(
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index to train on (default: default).")] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Option(
+            "--name", "-n", help="Saved as WORKSPACE/models/NAME (default: generator, or generator-noretrieval)."
+        ),
+    ] = None,
+    no_retrieval: Annotated[
+        bool, typer.Option("--no-retrieval", help="Train the text-only baseline (same data, network and budget).")
+    ] = False,
+    k: Annotated[int, typer.Option("-k", "--k", help="Retrieved images per training picture.")] = 4,
+    preset: Annotated[
+        str, typer.Option("--preset", help="auto (gpu on CUDA, else cpu) | cpu | gpu | tiny: network and budget.")
+    ] = "auto",
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (default: the preset's).")] = None,
+    minutes: Annotated[
+        Optional[float], typer.Option("--minutes", help="Stop, export and keep the state after this many minutes.")
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="(default: the preset's)")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="(default: the preset's)")] = None,
+    image_size: Annotated[int, typer.Option("--image-size", help="Side of the generated pictures.")] = 64,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the saved state of an interrupted or time-capped run.")
+    ] = False,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the diffusion image generator on the workspace's indexed images and captions."""
+    with _errors():
+        from mmgen.train.generator import GeneratorConfig, train_generator
+
+        cfg = GeneratorConfig(
+            name=name,
+            index=index,
+            retrieval=not no_retrieval,
+            neighbours=k,
+            preset=preset,
+            steps=steps,
+            minutes=minutes,
+            batch_size=batch_size,
+            lr=lr,
+            image_size=image_size,
+            seed=seed,
+            resume=resume,
+            device=device,
+            progress=not quiet and not as_json,
+        )
+        result = train_generator(_workspace(workspace, db), cfg)
+        if as_json:
+            _print_json(
+                {**result.manifest, "status": result.status, "path": str(result.path) if result.path else None,
+                 "model_id": result.model_id, "steps": result.steps}
+            )  # fmt: skip
+        else:
+            loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+            typer.echo(
+                f"{result.status}: generator {result.name} at step {result.steps} of {result.total_steps} "
+                f"({result.images} images, {result.train_seconds / 60:.1f} min), final loss {loss}"
+            )
+            if any(result.skipped.values()):
+                typer.echo(f"  skipped images: {result.skipped}")
+            if result.path:
+                typer.echo(f"  saved in {result.path} (models row {result.model_id})")
+            if result.status != "completed":
+                typer.echo("  the state is saved: run again with --resume to continue")
+        if result.status == "interrupted":
+            raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@train_app.command("hasher")
+def train_hasher_cmd(
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    bits: Annotated[int, typer.Option("--bits", help="Code width: 32, 64, 128 or 256.")] = 64,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index whose vectors it learns (default: default).")] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", "-n", help="Saved in WORKSPACE/models/NAME [default: INDEX-BITSb].")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps (the schedule's length).")] = 1500,
+    minutes: Annotated[
+        Optional[float], typer.Option("--minutes", help="Optional wall-clock cap (stops early, schedule unchanged).")
+    ] = None,
+    hidden: Annotated[int, typer.Option("--hidden", min=0, help="Hidden width of the MLPs (0: linear).")] = 512,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Of the target softmax over embedding cosines (lower: sharper).")
+    ] = 0.03,
+    holdout: Annotated[
+        float, typer.Option("--holdout", help="Fraction of groups held out as `eval hashing` queries.")
+    ] = 0.1,
+    holdout_seed: Annotated[int, typer.Option("--holdout-seed", help="Seed of the held-out groups.")] = 0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a semantic-hashing autoencoder on an index's image and text vectors (one code space for both)."""
+    with _errors():
+        from mmgen.train.hasher import HasherConfig, train_hasher
+
+        cfg = HasherConfig(
+            bits=bits, index=index, name=name, steps=steps, minutes=minutes, hidden=hidden, lr=lr,
+            temperature=temperature, holdout_fraction=holdout, holdout_seed=holdout_seed, seed=seed, device=device,
+            progress=not quiet and not as_json,
+        )  # fmt: skip
+        result = train_hasher(_workspace(workspace, db), cfg)
+        if as_json:
+            manifest = {k: v for k, v in result.manifest.items() if k != "holdout"}
+            holdout_info = {k: v for k, v in result.manifest["holdout"].items() if k != "groups"}
+            _print_json({**manifest, "holdout": {**holdout_info, "groups": len(result.manifest["holdout"]["groups"])},
+                         "path": str(result.path), "model_id": result.model_id})  # fmt: skip
+            return
+        m = result.manifest
+        typer.echo(
+            f"hasher {m['name']}: {m['bits']} bits on index {m['index']!r} ({m['encoder']}), {result.steps} steps in "
+            f"{result.train_seconds / 60:.1f} min, final loss {result.final_loss:.4f}"
+            + (" (stopped by --minutes)" if result.stopped_by_time else "")
+        )
+        typer.echo(
+            f"  trained on {', '.join(f'{n} {mod}s' for mod, n in m['training_vectors'].items())}; "
+            f"held out {len(m['holdout']['groups'])} groups for `mmgen eval hashing`"
+        )
+        typer.echo(f"  saved in {result.path} (models row {result.model_id}); use it: mmgen index SOURCE --hash {m['name']}")
+
+
 # ---- eval ----------------------------------------------------------------------------------
 @eval_app.command("retrieval")
 def eval_retrieval(
@@ -408,6 +750,164 @@ def eval_retrieval(
             typer.echo(f"skipped {len(report.skipped)} records:")
             for key, reason in report.skipped[:20]:
                 typer.echo(f"  {key}: {reason}")
+
+
+@eval_app.command("captions")
+def eval_captions_cmd(
+    manifest: Annotated[Path, typer.Argument(help="JSONL/CSV manifest of captioned images (text = reference).")],
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index to retrieve from [default: default].")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="The retrieval-augmented captioner.")] = "captioner",
+    baseline: Annotated[
+        str, typer.Option("--baseline", help="The captioner run without retrieved captions (b).")
+    ] = "captioner-noret",
+    k: Annotated[
+        Optional[int], typer.Option("-k", "--k", min=1, help="Retrieved captions [default: the captioner's k].")
+    ] = None,
+    decode: Annotated[str, typer.Option("--decode", help="greedy | beam")] = "beam",
+    beams: Annotated[int, typer.Option("--beams", min=1)] = 3,
+    show: Annotated[int, typer.Option("--show", min=0, help="Print N example captions beside the true ones.")] = 0,
+    limit: Annotated[
+        Optional[int], typer.Option("--limit", min=1, help="Evaluate N records spread over the manifest (demos).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """BLEU-4, CIDEr and exact match per style: (a) retrieval only, (b) decoder alone, (c) retrieval-augmented."""
+    with _errors():
+        from mmgen.eval.captions import METHODS, CaptionEvalSettings, evaluate_captions
+
+        settings = CaptionEvalSettings(
+            model=model, baseline=baseline, index=index, k=k, decode=decode, beams=beams, device=device,
+            show=show, limit=limit, progress=not as_json,
+        )  # fmt: skip
+        report = evaluate_captions(manifest, _workspace(workspace, db), settings)
+        if as_json:
+            _print_json(report.to_json())
+            return
+        typer.echo(
+            f"{manifest}: {report.n_images} images; index {report.index!r} ({report.encoder}), k={report.k}, "
+            f"decode {report.decode}; (b) = {report.baseline} ({report.baseline_mode})"
+        )
+        typer.echo(f"{'split':16s} {'method':34s} {'BLEU-4':>7s} {'CIDEr':>7s} {'exact':>7s} {'n':>5s}")
+        for split, methods in report.splits.items():
+            for method, s in methods.items():
+                typer.echo(
+                    f"{split:16s} {METHODS[method]:34s} {s['bleu4']:7.3f} {s['cider']:7.3f} "
+                    f"{100 * s['exact']:6.1f}% {s['n']:5d}"
+                )
+        for ex in report.examples:
+            typer.echo(f"\n{ex['key']}  true: {ex['truth']}")
+            typer.echo(f"  retrieved: {' | '.join(ex['retrieved'])}")
+            for method in ("retrieval", "decoder", "ra_decoder"):
+                typer.echo(f"  {METHODS[method].strip():34s} {ex[method]}")
+        if report.skipped:
+            typer.echo(f"skipped {len(report.skipped)} records:")
+            for key, reason in report.skipped[:20]:
+                typer.echo(f"  {key}: {reason}")
+
+
+@eval_app.command("generation")
+def eval_generation_cmd(
+    prompts: Annotated[
+        list[Path],
+        typer.Argument(help="Prompt sets: JSONL/CSV manifests (one prompt per group = its text; its images = reference)."),
+    ],
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index to retrieve from (default: the generator's).")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="The retrieval-augmented generator (c).")] = "generator",
+    baseline: Annotated[
+        str, typer.Option("--baseline", help="The generator trained with --no-retrieval (b).")
+    ] = "generator-noretrieval",
+    sample: Annotated[
+        int, typer.Option("--sample", help="Seeded sample of this many concepts per set (0: all).")
+    ] = 200,
+    where: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--where", help="Keep records whose meta matches KEY=VALUE (repeatable; a repeated key means any of)."
+        ),
+    ] = None,
+    per_prompt: Annotated[int, typer.Option("--per-prompt", help="Pictures per prompt and generator.")] = 1,
+    steps: Annotated[int, typer.Option("--steps", help="DDIM sampling steps.")] = 30,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 3.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the samples, the noise and the R-precision draws.")] = 0,
+    sheet: Annotated[
+        Optional[Path], typer.Option("--sheet", help="Write a sheet: real | retrieval | (b) | (c) per prompt.")
+    ] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Prompt similarity, R-precision, Frechet distance and memorisation: (a) retrieval only, (b) generator, (c) RA generator."""
+    with _errors():
+        from mmgen.eval.generation import evaluate_generation, parse_filters
+
+        report = evaluate_generation(
+            _workspace(workspace, db), prompts, model=model, baseline=baseline, index=index,
+            sample=sample or None, where=parse_filters(where or []), samples_per_prompt=per_prompt, steps=steps, guidance=guidance,
+            seed=seed, device=device, sheet=sheet, progress=not as_json,
+        )  # fmt: skip
+        if as_json:
+            _print_json(report.to_json())
+            return
+        s = report.settings
+        typer.echo(
+            f"index {s['index']!r} ({s['encoder']}); (c) {report.models['ra-generator']['name']}, "
+            f"(b) {report.models['generator']['name']}; k={s['k']}, {s['steps']} steps, guidance {s['guidance']:g}"
+        )
+        labels = {
+            "retrieval": "(a) retrieval only",
+            "generator": "(b) generator, no retrieval",
+            "ra-generator": "(c) retrieval-augmented",
+            "real": "real pictures (reference)",
+        }
+        typer.echo(f"{'prompt set':22s} {'method':30s} {'sim':>6s} {'R-prec':>7s} {'FD':>7s} {'NN-dist':>8s} {'n':>5s}")
+        for rep in report.sets:
+            for key, m in rep.methods.items():
+                typer.echo(
+                    f"{rep.name:22s} {labels[key]:30s} {m.similarity:6.3f} {100 * m.r_precision:6.1f}% "
+                    f"{m.fd:7.3f} {m.nn_distance:8.3f} {m.n:5d}"
+                )
+        typer.echo(f"{report.seconds / 60:.1f} min" + (f"; sheet: {report.sheet}" if report.sheet else ""))
+
+
+@eval_app.command("hashing")
+def eval_hashing_cmd(
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    index: Annotated[Optional[str], typer.Option("--index", help="Index [default: default].")] = None,
+    hasher: Annotated[
+        Optional[list[str]], typer.Option("--hasher", help="Hasher name (repeatable) [default: all trained on the index].")
+    ] = None,
+    bits: Annotated[
+        Optional[str], typer.Option("--bits", help="Comma-separated code widths to evaluate, e.g. 32,64,128,256.")
+    ] = None,
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated: autoencoder, lsh, itq, pca.")
+    ] = "autoencoder,lsh,itq,pca",
+    rerank: Annotated[int, typer.Option("--rerank", min=10, help="Short list re-ranked exactly.")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recall@10 vs exact search and group mAP@100 of binary codes (autoencoder vs FAISS LSH / ITQ / PCA-sign)."""
+    with _errors():
+        from mmgen.errors import ConfigError
+        from mmgen.eval.hashing import evaluate_hashing
+
+        try:
+            widths = [int(b) for b in bits.split(",")] if bits else None
+        except ValueError:
+            raise ConfigError(f"--bits takes comma-separated integers, not {bits!r}") from None
+        report = evaluate_hashing(
+            _workspace(workspace, db), index=index, hashers=hasher, bits=widths,
+            methods=[m.strip() for m in methods.split(",") if m.strip()], rerank=rerank,
+            progress=None if as_json else (lambda msg: typer.echo(f"  evaluating {msg}", err=True)),
+        )  # fmt: skip
+        if as_json:
+            _print_json(report.to_json())
+        else:
+            typer.echo(report.table())
 
 
 # ---- db ------------------------------------------------------------------------------------

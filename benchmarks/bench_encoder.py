@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--augment", default=TrainConfig.augment)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted run (Ctrl-C saves its state)")
     args = ap.parse_args()
 
     ws = Workspace.resolve(args.workspace)
@@ -67,12 +68,14 @@ def main() -> None:
             max_minutes=None if args.steps else args.minutes,
             steps=args.steps,
             seed=args.seed,
-            resume="never",
+            resume="auto" if args.resume else "never",
             progress=sys.stderr.isatty(),
         )
         started = time.perf_counter()
         trained = train_encoder([str(paths["train.jsonl"])], ws, cfg)
         wall = time.perf_counter() - started
+        if trained.status != "completed":
+            sys.exit(f"{protocol}: training {trained.status} at step {trained.steps}; rerun with --resume to continue")
         print(f"\n## {protocol}: trained mmgen:{cfg.name} on {paths['train.jsonl'].name}")
         print(f"steps {trained.steps}, samples {trained.samples_seen}, training loop {trained.train_seconds / 60:.1f} min "
               f"({trained.samples_per_second:.0f} samples/s), wall incl. decoding and text caching {wall / 60:.1f} min, "

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from mmgen.errors import DataError, ImageLoadError, ManifestMismatchError
-from mmgen.index import IndexFolder, resolve_preset
+from mmgen.errors import ConfigError, DataError, ImageLoadError, ManifestMismatchError
+from mmgen.index import IndexFolder, Preset, SyncReport, resolve_preset
 from mmgen.store.models import IndexRecord, IndexRow, Item
 from mmgen.workspace import Workspace
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from mmgen.data.records import Record
     from mmgen.data.sources import Source
     from mmgen.encoders.base import Encoder
+    from mmgen.hashing.model import Hasher
     from mmgen.store.db import Store
 
 DEFAULT_INDEX = "default"
@@ -52,6 +53,8 @@ class IndexOptions:
     progress: bool = True
     device: str = "auto"
     reembed: bool = False
+    hash: str | None = None  # a hasher (`mmgen train hasher`): keep its binary codes beside the float index
+    hash_preset: str | None = None  # binary index preset (default binary-flat)
 
 
 @dataclass
@@ -74,6 +77,8 @@ class IndexReport:
     totals: dict[str, int] = field(default_factory=dict)
     sync: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
+    codes: dict[str, int] = field(default_factory=dict)  # codes per modality, when the index has a hasher
+    hasher: str | None = None
 
     def fail(self, key: str, reason: str) -> None:
         """Count one failure, keeping its reason."""
@@ -108,6 +113,7 @@ class IndexReport:
             "totals": self.totals,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "interrupted": self.interrupted,
+            **({"hasher": self.hasher, "codes": self.codes} if self.hasher else {}),
         }
 
 
@@ -237,8 +243,8 @@ def sql_fingerprint(store: Store, index_id: int, modality: str) -> tuple[int, in
     return int(count), int(top) if top is not None else -1
 
 
-def sync_index(store: Store, index_id: int, folder: IndexFolder) -> dict[str, str]:
-    """Bring every FAISS file of the index in line with SQL and save it."""
+def sync_index(store: Store, index_id: int, folder: IndexFolder, hasher: Hasher | None = None) -> dict[str, str]:
+    """Bring every FAISS file of the index (and its binary codes, given the hasher) in line with SQL and save it."""
     notes = {}
     for modality in ("image", "text"):
         live = live_row_ids(store, index_id, modality)
@@ -246,10 +252,61 @@ def sync_index(store: Store, index_id: int, folder: IndexFolder) -> dict[str, st
             continue
         rep = folder.sync(modality, live)
         folder.save(modality)
-        notes[modality] = f"+{rep.added} -{rep.removed}" + (" (rebuilt)" if rep.rebuilt else "") + (
-            f" {rep.reason}" if rep.reason else ""
-        )
+        notes[modality] = _sync_note(rep)
+        if hasher is not None:
+            rep = folder.sync_codes(modality, live, hasher.encode, hasher.checksum)
+            folder.save_codes(modality)
+            notes[f"{modality} codes"] = _sync_note(rep)
     return notes
+
+
+def _sync_note(rep: SyncReport) -> str:
+    return f"+{rep.added} -{rep.removed}" + (" (rebuilt)" if rep.rebuilt else "") + (f" {rep.reason}" if rep.reason else "")
+
+
+def open_index_hasher(
+    ws: Workspace, store: Store, index_id: int, folder: IndexFolder, name: str | None, preset_name: str | None
+) -> Hasher | None:
+    """The hasher whose codes the index keeps: `name` (recorded in the index from now on), else the recorded one.
+
+    Refuses a hasher trained on another encoder's embeddings, and a recorded hasher that was
+    retrained since its codes were built (its codes would not match; re-run with --hash NAME).
+    """
+    from mmgen.hashing.model import load_hasher
+
+    info = folder.hash
+    if name is None:
+        if preset_name is not None:
+            raise ConfigError("--hash-preset configures the binary codes of --hash HASHER; give --hash too")
+        if info is None:
+            return None
+        hasher = load_hasher(info["name"], ws.models_dir)
+        if hasher.checksum != info["checksum"]:
+            raise ManifestMismatchError(
+                f"hasher {info['name']!r} was retrained since index {folder.manifest['name']!r} encoded its codes "
+                f"(checksum {info['checksum'][:12]}, now {hasher.checksum[:12]}); re-encode them with "
+                f"`mmgen index SOURCE --name {folder.manifest['name']} --hash {info['name']}`"
+            )
+        return hasher
+    hasher = load_hasher(name, ws.models_dir)
+    hasher.check_index(
+        index=folder.manifest["name"],
+        encoder=folder.manifest["encoder"],
+        encoder_checksum=folder.manifest["encoder_checksum"],
+        dim=folder.dim,
+    )
+    if preset_name is None and info is not None:
+        preset = Preset.from_json(info["preset"])
+    else:
+        preset = resolve_preset(preset_name, ws.root, binary=True)
+    folder.set_hash(name=name, checksum=hasher.checksum, bits=hasher.bits, preset=preset)
+    with store.session() as s:
+        rec = s.get(IndexRecord, index_id)
+        if rec is not None:
+            hash_info = {"name": name, "checksum": hasher.checksum, "bits": hasher.bits, "preset": preset.to_json()}
+            rec.params = {**rec.params, "hash": hash_info}
+            s.commit()
+    return hasher
 
 
 class _Prefetcher:
@@ -289,6 +346,8 @@ class Indexer:
         )
         self.report = IndexReport(index=options.name, encoder=encoder.name)
         self._text_cache: dict[str, np.ndarray] = {}
+        self.hasher = open_index_hasher(ws, store, self.index_id, self.folder, options.hash, options.hash_preset)
+        self.report.hasher = self.hasher.name if self.hasher is not None else None
 
     # ---- planning ----------------------------------------------------------------------
     def _plan(self, source: Source, corpus_id: int) -> tuple[list[_Todo], set[str]]:
@@ -361,11 +420,13 @@ class Indexer:
                 self.report.interrupted = True
             finally:
                 started = time.perf_counter()
-                self.report.sync = sync_index(self.store, self.index_id, self.folder)
+                self.report.sync = sync_index(self.store, self.index_id, self.folder, self.hasher)
                 self.report.time("faiss", time.perf_counter() - started)
                 self.report.totals = {
                     m: self.folder.faiss(m).count for m in self.folder.modalities()
                 }
+                if self.hasher is not None:
+                    self.report.codes = {m: self.folder.codes(m).count for m in self.folder.modalities()}
         return self.report
 
     def _corpus_id(self, source: Source) -> int:

@@ -1,4 +1,11 @@
-"""`mmgen search`: encode a query, search FAISS, join the hits to SQL, record the search."""
+"""`mmgen search`: encode a query, search FAISS, join the hits to SQL, record the search.
+
+Modes: `float` (exact inner product on the float index), `codes` (Hamming ranking of the
+hasher's packed codes in the binary index) and `rerank` (a Hamming short list of C candidates,
+re-scored exactly against the float vectors memory-mapped from the vector file, so RAM holds
+only the codes). The hasher maps text queries and image queries into one code space, so a text
+query ranks image codes and the reverse.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +21,18 @@ from sqlalchemy import select
 
 from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
 from mmgen.index import IndexFolder
+from mmgen.index.vectors import VectorFile
 from mmgen.indexer import DEFAULT_INDEX, live_row_ids, sql_fingerprint
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.workspace import Workspace
 
 if TYPE_CHECKING:
     from mmgen.encoders.base import Encoder
+    from mmgen.hashing.model import Hasher
     from mmgen.store.db import Store
+
+SEARCH_MODES = ("float", "codes", "rerank")
+DEFAULT_RERANK = 100
 
 
 @dataclass
@@ -123,7 +135,10 @@ class Searcher:
                 f"search it with --encoder {built_with} (or leave --encoder out)"
             )
         self.folder.check(encoder=self.encoder.name, encoder_checksum=checksum, dim=self.encoder.dim)
+        self.device = device
         self._ready: set[str] = set()
+        self._codes_ready: set[str] = set()
+        self._hasher: Hasher | None = None
 
     def modalities(self) -> list[str]:
         """Modalities that have vectors in this index."""
@@ -139,6 +154,42 @@ class Searcher:
                         self.folder.save(modality)
             self._ready.add(modality)
         return self.folder.faiss(modality)
+
+    def hasher(self) -> Hasher:
+        """The hasher whose codes the index keeps; refuses one retrained (other checksum or width) since."""
+        if self._hasher is None:
+            from mmgen.hashing.model import load_hasher
+
+            info = self.folder.hash
+            if info is None:
+                raise ConfigError(
+                    f"index {self.name!r} keeps no binary codes, so only --mode float works; add codes with "
+                    f"`mmgen train hasher --index {self.name}` and `mmgen index SOURCE --name {self.name} --hash HASHER`"
+                )
+            hasher = load_hasher(info["name"], self.ws.models_dir)
+            if hasher.bits != int(info["bits"]) or hasher.checksum != info["checksum"]:
+                raise ManifestMismatchError(
+                    f"index {self.name!r} holds {info['bits']}-bit codes of hasher {info['name']!r} "
+                    f"(checksum {info['checksum'][:12]}), but that hasher is now {hasher.bits}-bit "
+                    f"(checksum {hasher.checksum[:12]}); re-encode with `mmgen index SOURCE --name {self.name} "
+                    f"--hash {info['name']}`"
+                )
+            self._hasher = hasher
+        return self._hasher
+
+    def _codes(self, modality: str) -> Any:
+        hasher = self.hasher()
+        if modality not in self._codes_ready:
+            live_fp = sql_fingerprint(self.store, self.index_id, modality)
+            if live_fp != self.folder.codes_fingerprint(modality) or self.folder.codes(modality).count != live_fp[0]:
+                # A run killed before its save of the codes, or a lost codes file: catch up from the vectors.
+                live = live_row_ids(self.store, self.index_id, modality)
+                self.folder.sync_codes(modality, live, hasher.encode, hasher.checksum)
+                with self.folder.lock(wait=False) as got:
+                    if got:
+                        self.folder.save_codes(modality)
+            self._codes_ready.add(modality)
+        return self.folder.codes(modality)
 
     def encode_queries(self, texts: Sequence[str] | None = None, images: Sequence[str | Path] | None = None) -> np.ndarray:
         """Embed text or image queries with the index's encoder."""
@@ -156,11 +207,24 @@ class Searcher:
         return self.encoder.encode_image([load_image(p) for p in images or []])
 
     def search_vectors(
-        self, queries: np.ndarray, to: str | None = None, k: int = 10, where: dict[str, str] | None = None
+        self,
+        queries: np.ndarray,
+        to: str | None = None,
+        k: int = 10,
+        where: dict[str, str] | None = None,
+        mode: str = "float",
+        rerank: int | None = None,
+        query_modality: str | None = None,
     ) -> tuple[str, list[list[Hit]]]:
-        """Top-k hits per query vector in the `to` modality."""
+        """Top-k hits per query vector in the `to` modality; codes modes need the queries' modality."""
         if k < 1:
             raise ConfigError("k must be at least 1")
+        if mode not in SEARCH_MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(SEARCH_MODES)}, not {mode!r}")
+        if rerank is not None and mode != "rerank":
+            raise ConfigError(f"--rerank C re-ranks a short list of codes; it does not apply to --mode {mode}")
+        if mode != "float" and query_modality not in ("image", "text"):
+            raise ConfigError("searching codes needs the modality of the query vectors (image or text)")
         available = self.modalities()
         if not available:
             raise VectorIndexError(f"index {self.name!r} is empty; run `mmgen index SOURCE --name {self.name}`")
@@ -169,12 +233,39 @@ class Searcher:
             raise ConfigError(f"--to must be image or text, not {to!r}")
         if to not in available:
             raise ConfigError(f"index {self.name!r} has no {to} vectors (it has: {', '.join(available)})")
-        index = self._faiss(to)
         allowed = self._allowed_rows(to, where) if where else None
         if allowed is not None and len(allowed) == 0:
             return to, [[] for _ in range(len(queries))]
-        scores, ids = index.search(queries, k, allowed_ids=allowed)
+        if mode == "float":
+            scores, ids = self._faiss(to).search(queries, k, allowed_ids=allowed)
+        else:
+            scores, ids = self._search_codes(queries, str(query_modality), to, k, allowed, mode, rerank)
         return to, self._join(to, scores, ids)
+
+    def _search_codes(
+        self,
+        queries: np.ndarray,
+        query_modality: str,
+        to: str,
+        k: int,
+        allowed: np.ndarray | None,
+        mode: str,
+        rerank: int | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Hamming top-k (scores: 1 - 2 * distance / bits), or a Hamming short list re-scored exactly."""
+        from mmgen.hashing.codes import code_similarity
+
+        hasher = self.hasher()
+        codes = hasher.encode(np.ascontiguousarray(queries, dtype=np.float32), query_modality)
+        index = self._codes(to)
+        if mode == "codes":
+            dist, ids = index.search(codes, k, allowed_ids=allowed, device=self.device)
+            return np.where(ids >= 0, code_similarity(dist, hasher.bits), 0.0).astype(np.float32), ids
+        depth = max(k, rerank if rerank is not None else DEFAULT_RERANK)
+        if depth < 1:
+            raise ConfigError("--rerank must be at least 1")
+        _, short = index.search(codes, depth, allowed_ids=allowed, device=self.device)
+        return rerank_exact(queries, short, self.folder.vectors(to), k)
 
     def _allowed_rows(self, modality: str, where: dict[str, str]) -> np.ndarray:
         from mmgen.store.repo import filter_items_by_meta
@@ -227,13 +318,18 @@ class Searcher:
         k: int = 10,
         where: dict[str, str] | None = None,
         record: bool = True,
+        mode: str = "float",
+        rerank: int | None = None,
     ) -> SearchResult:
         """One query, text or image, recorded in the store (prompt, retrievals, latency)."""
         if (text is None) == (image is None):
             raise ConfigError("give a query text or --image PATH (one of them)")
         started = time.perf_counter()
         vec = self.encode_queries(texts=[text] if text is not None else None, images=[image] if image else None)
-        to, hits = self.search_vectors(vec, to=to, k=k, where=where)
+        query_modality = "text" if text is not None else "image"
+        to, hits = self.search_vectors(
+            vec, to=to, k=k, where=where, mode=mode, rerank=rerank, query_modality=query_modality
+        )
         latency = (time.perf_counter() - started) * 1000
         query = {
             "text": text,
@@ -243,7 +339,12 @@ class Searcher:
             "where": where or {},
             "index": self.name,
             "encoder": self.encoder.name,
+            "mode": mode,
         }
+        if mode == "rerank":
+            query["rerank"] = max(k, rerank if rerank is not None else DEFAULT_RERANK)
+        if mode != "float":
+            query["hasher"] = self.hasher().name
         result = SearchResult(query=query, hits=hits[0], latency_ms=latency)
         if record:
             result.prompt_id = self._record(result)
@@ -264,6 +365,20 @@ class Searcher:
             )
             s.commit()
             return int(prompt.id)
+
+
+def rerank_exact(queries: np.ndarray, short: np.ndarray, vectors: VectorFile, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score short lists of row ids (-1: none) exactly against memory-mapped float vectors; top k each."""
+    scores = np.zeros((len(queries), k), dtype=np.float32)
+    ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (q, cand) in enumerate(zip(np.asarray(queries, dtype=np.float32), short)):
+        cand = cand[cand >= 0]
+        if len(cand) == 0:
+            continue
+        exact = vectors.get(cand) @ q
+        order = np.argsort(-exact, kind="stable")[:k]
+        scores[row, : len(order)], ids[row, : len(order)] = exact[order], cand[order]
+    return scores, ids
 
 
 def _user() -> str | None:

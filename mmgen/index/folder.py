@@ -1,9 +1,10 @@
-"""One named index on disk: a manifest, and per modality a vector file and a FAISS file.
+"""One named index on disk: a manifest, and per modality a vector file, a FAISS file and, when the
+index has a hasher, a FAISS binary file of packed codes (`{modality}.codes.faiss`).
 
-The vector file and the SQL `index_rows` table are the durable state; the FAISS file is a
-derived cache that `sync` brings in line with the rows SQL says are live. A FAISS file that is
-stale (a run killed before its save), missing or corrupt is rebuilt from the vectors, never
-trusted blindly.
+The vector file and the SQL `index_rows` table are the durable state; the FAISS files are
+derived caches that `sync` / `sync_codes` bring in line with the rows SQL says are live. A FAISS
+file that is stale (a run killed before its save), missing or corrupt is rebuilt from the
+vectors (through the hasher, for codes), never trusted blindly.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,10 +28,17 @@ from mmgen.index.faiss_index import FaissIndex
 from mmgen.index.presets import Preset
 from mmgen.index.vectors import VectorFile
 
+if TYPE_CHECKING:
+    from mmgen.hashing.binary_index import BinaryIndex
+
 MANIFEST = "manifest.json"
 MANIFEST_TYPE = "mmgen.float-index"
 MANIFEST_FORMAT = 1
 MODALITIES = ("image", "text")
+CODES_SUFFIX = ".codes.faiss"
+ENCODE_CHUNK = 65_536  # vectors encoded to codes at a time (bounds the RAM of a rebuild)
+# (vectors, modality) -> packed codes: a loaded hasher's `encode`
+Encode = Callable[[np.ndarray, str], np.ndarray]
 
 
 @dataclass
@@ -67,6 +75,8 @@ class IndexFolder:
         self.dim = int(manifest["dim"])
         self._faiss: dict[str, FaissIndex] = {}
         self._stale_reason: dict[str, str] = {}
+        self._codes: dict[str, BinaryIndex] = {}
+        self._codes_reason: dict[str, str] = {}
 
     # ---- opening -----------------------------------------------------------------------
     @classmethod
@@ -204,6 +214,122 @@ class IndexFolder:
         self.manifest["preset"] = preset.to_json()
         self.manifest["factory"] = preset.factory
         self._faiss = {m: FaissIndex(self.dim, preset) for m in self.modalities()}
+        _write_json_atomic(self.root / MANIFEST, self.manifest)
+
+    # ---- binary codes (semantic hashing) ---------------------------------------------
+    @property
+    def hash(self) -> dict[str, Any] | None:
+        """The hasher this index keeps codes for: name, checksum, bits, preset; None without one."""
+        return self.manifest.get("hash")
+
+    def set_hash(self, *, name: str, checksum: str, bits: int, preset: Preset) -> None:
+        """Keep codes of this hasher (replacing another); the next `sync_codes` builds them."""
+        current = self.hash
+        if current and (current["name"], current["checksum"], current["preset"]) == (name, checksum, preset.to_json()):
+            return
+        for modality in MODALITIES:
+            (self.root / f"{modality}{CODES_SUFFIX}").unlink(missing_ok=True)
+        self._codes.clear()
+        self.manifest["hash"] = {
+            "name": name, "checksum": checksum, "bits": int(bits), "preset": preset.to_json(), "modalities": {},
+        }  # fmt: skip
+        _write_json_atomic(self.root / MANIFEST, self.manifest)
+
+    def codes(self, modality: str) -> BinaryIndex:
+        """The binary index of one modality: loaded, or new and empty when absent or unreadable."""
+        from mmgen.hashing.binary_index import BinaryIndex
+
+        _check_modality(modality)
+        info = self.hash
+        if info is None:
+            raise VectorIndexError(
+                f"index {self.manifest['name']!r} keeps no binary codes; add them with "
+                f"`mmgen index SOURCE --name {self.manifest['name']} --hash HASHER`"
+            )
+        if modality not in self._codes:
+            preset = Preset.from_json(info["preset"])
+            path = self.root / f"{modality}{CODES_SUFFIX}"
+            index: BinaryIndex | None = None
+            if path.exists():
+                try:
+                    index = BinaryIndex.load(path, int(info["bits"]), preset)
+                except VectorIndexError as exc:  # a cache: an unreadable or foreign file is rebuilt
+                    self._codes_reason[modality] = f"rebuilt: {exc}"
+            self._codes[modality] = index if index is not None else BinaryIndex(int(info["bits"]), preset)
+        return self._codes[modality]
+
+    def codes_fingerprint(self, modality: str) -> tuple[int, int]:
+        """(count, max row id) of the codes at their last save, like `fingerprint`."""
+        entry = (self.hash or {}).get("modalities", {}).get(modality, {})
+        return int(entry.get("count", 0)), int(entry.get("max_row_id", -1))
+
+    def sync_codes(self, modality: str, live_ids: np.ndarray, encode: Encode, checksum: str) -> SyncReport:
+        """Make the binary index hold the codes of exactly `live_ids`, encoding vectors with `encode`.
+
+        `checksum` is the hasher's: codes saved by another version of the hasher are all redone.
+        """
+        info = self.hash
+        if info is None:
+            raise VectorIndexError(f"index {self.manifest['name']!r} keeps no binary codes")
+        if checksum != info["checksum"]:
+            raise ManifestMismatchError(
+                f"index {self.manifest['name']!r} keeps codes of hasher {info['name']} "
+                f"(checksum {info['checksum'][:12]}), not of checksum {checksum[:12]}"
+            )
+        index = self.codes(modality)
+        live = np.unique(np.asarray(live_ids, dtype=np.int64))
+        have = index.ids()
+        to_add = np.setdiff1d(live, have, assume_unique=True)
+        to_remove = np.setdiff1d(have, live, assume_unique=True)
+        report = SyncReport(reason=self._codes_reason.pop(modality, ""))
+        built_with = info.get("modalities", {}).get(modality, {}).get("checksum", checksum)
+        needs_rebuild = (
+            (len(to_remove) and not index.supports_remove)
+            or (not index.is_trained and len(live))
+            or built_with != checksum
+        )
+        if needs_rebuild:
+            from mmgen.hashing.binary_index import BinaryIndex
+
+            fresh = BinaryIndex(index.bits, index.preset)
+            codes = self._encode(modality, live, encode)
+            if len(live) and not fresh.is_trained:
+                fresh.train(_training_sample(codes))
+            fresh.add(live, codes)
+            self._codes[modality] = fresh
+            report.added, report.removed, report.rebuilt = len(to_add), len(to_remove), True
+            return report
+        report.removed = index.remove(to_remove)
+        index.add(to_add, self._encode(modality, to_add, encode))
+        report.added = len(to_add)
+        return report
+
+    def _encode(self, modality: str, ids: np.ndarray, encode: Encode) -> np.ndarray:
+        vectors = self.vectors(modality)
+        bits = int((self.hash or {})["bits"])
+        out = np.empty((len(ids), bits // 8), dtype=np.uint8)
+        for start in range(0, len(ids), ENCODE_CHUNK):
+            part = ids[start : start + ENCODE_CHUNK]
+            out[start : start + len(part)] = encode(vectors.get(part), modality)
+        return out
+
+    def save_codes(self, modality: str) -> None:
+        """Write the binary file and record its fingerprint in the manifest (both atomically)."""
+        info = self.hash
+        if info is None:
+            raise VectorIndexError(f"index {self.manifest['name']!r} keeps no binary codes")
+        index = self.codes(modality)
+        path = self.root / f"{modality}{CODES_SUFFIX}"
+        index.save(path)
+        ids = index.ids()
+        info.setdefault("modalities", {})[modality] = {
+            "file": path.name,
+            "count": index.count,
+            "max_row_id": int(ids.max()) if len(ids) else -1,
+            "bytes": path.stat().st_size,
+            "checksum": info["checksum"],
+        }
+        self.manifest["updated"] = _now()
         _write_json_atomic(self.root / MANIFEST, self.manifest)
 
     @contextlib.contextmanager

@@ -1,4 +1,8 @@
-"""Index presets: JSON files naming a FAISS factory string and its parameters."""
+"""Index presets: JSON files naming a FAISS factory string and its parameters.
+
+A preset with `"binary": true` configures the binary index of packed codes (`mmgen index --hash`),
+built with `faiss.index_binary_factory`; the others configure the float index.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from mmgen.errors import ConfigError, UnknownNameError
 
 PACKAGE_PRESETS = Path(__file__).resolve().parents[2] / "indexes" / "presets"
 DEFAULT_PRESET = "flat"
+DEFAULT_BINARY_PRESET = "binary-flat"
 
 
 @dataclass(frozen=True)
@@ -23,16 +28,20 @@ class Preset:
     min_train: int = 0
     build: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
+    binary: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The preset as stored in a manifest."""
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "factory": self.factory,
             "min_train": self.min_train,
             "build": dict(self.build),
             "search": dict(self.search),
         }
+        if self.binary:  # float presets keep their historical form
+            data["binary"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Preset:
@@ -44,6 +53,7 @@ class Preset:
             min_train=int(data.get("min_train", 0)),
             build=dict(data.get("build", {})),
             search=dict(data.get("search", {})),
+            binary=bool(data.get("binary", False)),
         )
 
 
@@ -70,17 +80,21 @@ def list_presets(workspace: Path | None = None) -> dict[str, Preset]:
     return found
 
 
-def resolve_preset(name_or_factory: str | None, workspace: Path | None = None) -> Preset:
-    """A preset by name, or an ad-hoc preset from a raw factory string such as `IVF256,Flat`."""
-    presets = list_presets(workspace)
-    name = name_or_factory or DEFAULT_PRESET
+def resolve_preset(name_or_factory: str | None, workspace: Path | None = None, binary: bool = False) -> Preset:
+    """A preset by name, or an ad-hoc preset from a raw factory string such as `IVF256,Flat` (`BIVF256` when binary)."""
+    presets = {n: p for n, p in list_presets(workspace).items() if p.binary == binary}
+    name = name_or_factory or (DEFAULT_BINARY_PRESET if binary else DEFAULT_PRESET)
     if name in presets:
         return presets[name]
-    if _looks_like_factory(name):
-        return Preset(name=name, factory=name, description="custom factory string")
-    raise UnknownNameError("index preset", name, list(presets) + ["<any FAISS factory string, e.g. IVF256,Flat>"])
+    if _looks_like_factory(name, binary):
+        return Preset(name=name, factory=name, description="custom factory string", binary=binary)
+    example = "BIVF256" if binary else "IVF256,Flat"
+    kind = "binary index preset" if binary else "index preset"
+    raise UnknownNameError(kind, name, list(presets) + [f"<any FAISS {kind.split()[0]} factory string, e.g. {example}>"])
 
 
-def _looks_like_factory(text: str) -> bool:
+def _looks_like_factory(text: str, binary: bool = False) -> bool:
+    if binary:
+        return any(part.strip().startswith(("BFlat", "BIVF", "BHNSW", "BHash")) for part in text.split(","))
     heads = ("Flat", "IVF", "HNSW", "PQ", "OPQ", "PCA", "LSH", "NSG", "SQ", "RFlat", "IDMap")
     return any(part.strip().startswith(heads) for part in text.split(","))

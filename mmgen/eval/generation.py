@@ -1,0 +1,409 @@
+"""Text-to-image evaluation: prompt similarity, R-precision, Frechet distance, memorisation.
+
+A prompt set is a manifest (JSONL/CSV, the project's format): records with `text`, `image` and
+`group`. Each group (concept) gives one prompt, its first record's text; the images of the
+group's records are the real reference pictures. Several manifests are several prompt sets
+(e.g. the product protocol's held-out concepts and a seeded sample of its training concepts),
+each scored for every method in one run:
+
+- `retrieval`: the nearest indexed image to the prompt (top-1 text->image), at the generator's size;
+- `generator`: the generator without retrieval conditioning (the baseline);
+- `ra-generator`: the retrieval-augmented generator;
+- `real`: one real reference picture per concept (the ceiling of similarity and R-precision).
+
+Metrics, all in the image space of the index's joint encoder:
+- similarity: mean cosine between each picture and its prompt;
+- R-precision: the fraction of pictures whose own prompt scores highest among 100 candidate texts
+  (itself and 99 other prompts of the set, seeded; ties count against);
+- FD: Frechet distance between the pictures' embeddings and the real pictures' embeddings;
+- NN distance: 1 - cosine to the nearest indexed (training) image, mean and the share below 0.05
+  (near copies): the memorisation check.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mmgen.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from mmgen.generate.image import ImageGenerator
+    from mmgen.workspace import Workspace
+
+METHODS = ("retrieval", "generator", "ra-generator", "real")
+R_PRECISION_CANDIDATES = 100
+NEAR_COPY_DISTANCE = 0.05
+SHEET_ROWS_PER_SET = 8
+
+
+@dataclass
+class PromptSet:
+    """One prompt per concept, and the real pictures of every concept."""
+
+    name: str
+    source: str
+    groups: list[str]
+    prompts: list[str]
+    references: list[list[str]]  # image paths per concept
+    skipped: int = 0  # records without text, image or group, or unreadable
+
+
+@dataclass
+class MethodScores:
+    """The four metrics of one method on one prompt set."""
+
+    similarity: float
+    r_precision: float
+    fd: float
+    nn_distance: float
+    near_copies: float
+    n: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Rounded JSON form."""
+        return {
+            "similarity": round(self.similarity, 4),
+            "r_precision": round(self.r_precision, 4),
+            "fd": round(self.fd, 4),
+            "nn_distance": round(self.nn_distance, 4),
+            "near_copies": round(self.near_copies, 4),
+            "n": self.n,
+        }
+
+
+@dataclass
+class SetReport:
+    """All methods on one prompt set."""
+
+    name: str
+    source: str
+    prompts: int
+    references: int
+    candidates: int
+    methods: dict[str, MethodScores]
+    skipped: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Stable JSON form."""
+        return {
+            "name": self.name,
+            "manifest": self.source,
+            "prompts": self.prompts,
+            "reference_images": self.references,
+            "r_precision_candidates": self.candidates,
+            "skipped_records": self.skipped,
+            "methods": {k: v.to_json() for k, v in self.methods.items()},
+        }
+
+
+@dataclass
+class GenerationReport:
+    """The `mmgen eval generation` result."""
+
+    sets: list[SetReport]
+    settings: dict[str, Any]
+    models: dict[str, Any]
+    seconds: float
+    sheet: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable `--json` form."""
+        return {
+            "sets": [s.to_json() for s in self.sets],
+            "settings": self.settings,
+            "models": self.models,
+            "seconds": round(self.seconds, 1),
+            "sheet": self.sheet,
+            "notes": self.notes,
+        }
+
+
+# ---- metrics (pure functions over embeddings) ----------------------------------------------
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two sets of embeddings (rows).
+
+    ||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)); the trace of the square root
+    comes from the eigenvalues of S_a^(1/2) S_b S_a^(1/2) (symmetric, so numpy's `eigh` suffices
+    and rank-deficient covariances from fewer samples than dimensions stay well defined).
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ConfigError(f"embeddings of shapes {a.shape} and {b.shape} cannot be compared")
+    if len(a) < 2 or len(b) < 2:
+        raise DataError("the Frechet distance needs at least 2 embeddings on each side")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = root_a @ cov_b @ root_a
+    trace_root = float(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum())
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+
+
+def r_precision(
+    image_emb: np.ndarray, text_emb: np.ndarray, prompt_of: np.ndarray, seed: int, candidates: int = R_PRECISION_CANDIDATES
+) -> float:
+    """Share of pictures whose own prompt scores strictly highest among itself and `candidates - 1` seeded others."""
+    m = len(text_emb)
+    if m < 2:
+        raise DataError("R-precision needs at least 2 prompts")
+    c = min(candidates, m)
+    hits = 0
+    for i, p in enumerate(prompt_of):
+        rng = np.random.default_rng([seed, int(p), i])
+        others = rng.choice(np.delete(np.arange(m), p), c - 1, replace=False)
+        scores = text_emb[others] @ image_emb[i]
+        hits += int(float(text_emb[p] @ image_emb[i]) > scores.max())
+    return hits / len(prompt_of)
+
+
+def nearest_distance(emb: np.ndarray, pool: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """1 - cosine to the nearest row of `pool`, per row of `emb` (rows L2-normalised)."""
+    out = np.empty(len(emb), dtype=np.float32)
+    for start in range(0, len(emb), chunk):
+        out[start : start + chunk] = 1.0 - (emb[start : start + chunk] @ pool.T).max(axis=1)
+    return out
+
+
+def score_method(
+    image_emb: np.ndarray,
+    prompt_of: np.ndarray,
+    text_emb: np.ndarray,
+    reference_emb: np.ndarray,
+    training_emb: np.ndarray,
+    seed: int,
+) -> MethodScores:
+    """All metrics for pictures `image_emb` made for prompts `prompt_of` (indices into `text_emb`)."""
+    similarity = float(np.mean(np.sum(image_emb * text_emb[prompt_of], axis=1)))
+    dist = nearest_distance(image_emb, training_emb)
+    return MethodScores(
+        similarity=similarity,
+        r_precision=r_precision(image_emb, text_emb, prompt_of, seed),
+        fd=frechet_distance(image_emb, reference_emb),
+        nn_distance=float(dist.mean()),
+        near_copies=float((dist < NEAR_COPY_DISTANCE).mean()),
+        n=len(image_emb),
+    )
+
+
+# ---- prompt sets ---------------------------------------------------------------------------
+def parse_filters(pairs: Sequence[str]) -> dict[str, list[str]]:
+    """`key=value` strings to {key: [values]}: a record must match every key, any of its values."""
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--where takes key=value, not {pair!r}")
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def _matches(meta: dict[str, Any], where: Mapping[str, Sequence[str]]) -> bool:
+    # Manifest values are JSON (bools, numbers, strings); compared as lower-case text: base=true matches True.
+    def text(v: Any) -> str:
+        return json.dumps(v) if isinstance(v, (bool, int, float)) or v is None else str(v)
+
+    return all(text(meta.get(k)).casefold() in {v.casefold() for v in values} for k, values in where.items())
+
+
+def load_prompt_set(
+    path: Path, sample: int | None = None, seed: int = 0, where: Mapping[str, Sequence[str]] | None = None
+) -> PromptSet:
+    """Prompts (one per group) and reference images from a manifest; `sample` draws that many groups, seeded.
+
+    `where` keeps only records whose `meta` matches (see `parse_filters`), e.g. {"base": ["true"]}.
+    Records with `meta.role` "candidate" (pool-only records of retrieval manifests) are not prompts.
+    """
+    from mmgen.data.records import read_manifest
+
+    texts: dict[str, str] = {}
+    refs: dict[str, list[str]] = {}
+    skipped = 0
+    for rec in read_manifest(path):
+        meta = rec.meta if isinstance(rec.meta, dict) else {}
+        if where and not _matches(meta, where):
+            continue
+        if rec.error or not rec.image or not (rec.text or "").strip() or meta.get("role") == "candidate":
+            skipped += 1
+            continue
+        group = rec.group if rec.group is not None else rec.key
+        texts.setdefault(group, rec.text.strip())  # type: ignore[union-attr]
+        refs.setdefault(group, []).append(rec.image)
+    groups = sorted(texts)
+    if len(groups) < 2:
+        raise DataError(f"{path}: fewer than 2 concepts with a text and an image (after filters)")
+    if sample is not None and sample < len(groups):
+        if sample < 2:
+            raise ConfigError(f"sample must be at least 2 prompts, not {sample}")
+        picked = np.random.default_rng(seed).choice(len(groups), sample, replace=False)
+        groups = [groups[i] for i in picked]  # in draw order: the first rows of a sheet are a random subset too
+    return PromptSet(
+        name=Path(path).stem,
+        source=str(path),
+        groups=groups,
+        prompts=[texts[g] for g in groups],
+        references=[refs[g] for g in groups],
+        skipped=skipped,
+    )
+
+
+# ---- the evaluation ------------------------------------------------------------------------
+def evaluate_generation(
+    ws: Workspace,
+    manifests: Sequence[Path],
+    *,
+    model: str,
+    baseline: str,
+    index: str | None = None,
+    sample: int | None = 200,
+    where: Mapping[str, Sequence[str]] | None = None,
+    samples_per_prompt: int = 1,
+    steps: int = 30,
+    guidance: float = 3.0,
+    seed: int = 0,
+    device: str = "auto",
+    sheet: Path | None = None,
+    progress: bool = True,
+) -> GenerationReport:
+    """Score retrieval-only, the baseline generator and the retrieval-augmented generator on each prompt set."""
+    from mmgen.generate.image import ImageGenerator
+    from mmgen.generate.image_model import load_generator
+    from mmgen.store.db import open_store
+
+    if not manifests:
+        raise ConfigError("give at least one prompt manifest")
+    if samples_per_prompt < 1:
+        raise ConfigError(f"samples per prompt must be >= 1, not {samples_per_prompt}")
+    started = time.perf_counter()
+    prompt_sets = [load_prompt_set(Path(p), sample, seed, where) for p in manifests]
+    with open_store(ws.db_url) as store:
+        ra = ImageGenerator(ws, store, model, index, device)
+        if not ra.model.retrieval:
+            raise ConfigError(f"--model {model!r} is a generator without retrieval; name the retrieval-augmented one")
+        base = load_generator(ws.models_dir, baseline, ra.device)
+        if base.retrieval:
+            raise ConfigError(f"--baseline {baseline!r} uses retrieval; name a generator trained with --no-retrieval")
+        base.check_encoder(ra.images.encoder, ra.images.encoder_checksum)
+        reports = []
+        sheet_rows: list[Any] = []
+        for ps in prompt_sets:
+            report, rows = _evaluate_set(ra, base, ps, samples_per_prompt, steps, guidance, seed, progress)
+            reports.append(report)
+            sheet_rows += rows
+    sheet_path = None
+    if sheet is not None:
+        from mmgen.generate.sheet import save_sheet
+
+        title = "columns: real | (a) retrieval only | (b) generator, no retrieval | (c) retrieval-augmented"
+        sheet_path = str(save_sheet(sheet_rows, sheet, scale=2, title=title, header="real, (a), (b), (c)"))
+    settings = {
+        "index": ra.images.index,
+        "encoder": ra.images.encoder,
+        "sample": sample,
+        "where": {k: list(v) for k, v in (where or {}).items()},
+        "samples_per_prompt": samples_per_prompt,
+        "steps": steps,
+        "guidance": guidance,
+        "k": ra.model.neighbours,
+        "seed": seed,
+        "r_precision_candidates": R_PRECISION_CANDIDATES,
+    }
+    models = {
+        "ra-generator": {"name": ra.model.name, "checksum": ra.model.checksum, "steps": ra.model.manifest.get("steps")},
+        "generator": {"name": base.name, "checksum": base.checksum, "steps": base.manifest.get("steps")},
+    }
+    return GenerationReport(reports, settings, models, time.perf_counter() - started, sheet_path)
+
+
+def _evaluate_set(
+    ra: ImageGenerator,
+    base: Any,
+    ps: PromptSet,
+    per_prompt: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    progress: bool,
+) -> tuple[SetReport, list[Any]]:
+    from mmgen.data.images import load_image
+    from mmgen.generate.sheet import SheetRow
+    from mmgen.train.data import decode_one
+
+    m = len(ps.prompts)
+    enc = ra.encoder
+    text_emb = enc.encode_text(ps.prompts)
+    ref_paths = [p for refs in ps.references for p in refs]
+    ref_emb = enc.encode_image([load_image(p) for p in ref_paths])
+    training = ra.images.image_vectors
+    prompt_of = np.repeat(np.arange(m), per_prompt)
+    size = ra.model.image_size
+    crop = str(ra.model.manifest.get("crop", "content"))
+
+    rows, _ = ra.retrieve(text_emb, max(1, ra.model.neighbours))
+    retrieved = [decode_one(ra.images.uris[r], size, crop) for r in rows[:, 0]]
+    noise = _paired_noise(seed, m, per_prompt, size)
+    neighbours = ra.images.image_vectors[rows[prompt_of]]
+    bar = _bar(2 * len(prompt_of), f"generating {ps.name}", progress)
+    ra_pixels = _sample(ra.model, text_emb[prompt_of], neighbours, noise, steps, guidance, bar)
+    base_pixels = _sample(base, text_emb[prompt_of], None, noise, steps, guidance, bar)
+    bar.close()
+    real = [decode_one(refs[0], size, crop) for refs in ps.references]
+
+    methods = {}
+    for name, pixels, owners in (
+        ("retrieval", retrieved, np.arange(m)),
+        ("generator", list(base_pixels), prompt_of),
+        ("ra-generator", list(ra_pixels), prompt_of),
+        ("real", real, np.arange(m)),
+    ):
+        methods[name] = score_method(ra.embed_images(pixels), owners, text_emb, ref_emb, training, seed)
+    report = SetReport(ps.name, ps.source, m, len(ref_paths), min(R_PRECISION_CANDIDATES, m), methods, ps.skipped)
+    sheet_rows = [
+        SheetRow(
+            label=ps.prompts[i],
+            samples=[real[i], retrieved[i], base_pixels[i * per_prompt], ra_pixels[i * per_prompt]],
+            neighbours=[ra.images.uris[r] for r in rows[i]],
+            note=ps.name,
+        )
+        for i in range(min(SHEET_ROWS_PER_SET, m))
+    ]
+    return report, sheet_rows
+
+
+def _paired_noise(seed: int, m: int, per_prompt: int, size: int) -> Any:
+    """Starting noise per prompt, the same for both generators (a paired comparison)."""
+    import torch
+
+    from mmgen.generate.image import seeded_noise
+
+    states = [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in range(m)]
+    return torch.cat([seeded_noise(s, per_prompt, size) for s in states])
+
+
+def _sample(
+    model: Any, text: np.ndarray, neighbours: np.ndarray | None, noise: Any, steps: int, guidance: float, bar: Any
+) -> np.ndarray:
+    from mmgen.generate.image import SAMPLE_BATCH, sample_images
+
+    out = []
+    for start in range(0, len(noise), SAMPLE_BATCH):
+        stop = start + SAMPLE_BATCH
+        nb = neighbours[start:stop] if neighbours is not None else None
+        out.append(sample_images(model, text[start:stop], nb, noise[start:stop], steps, guidance))
+        bar.update(len(out[-1]))
+    return np.concatenate(out)
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)

@@ -1,0 +1,1 @@
+"""Retrieval-augmented generators: images from text (and captions from images)."""

