@@ -462,7 +462,7 @@ def train_encoder_cmd(
     ] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (instead of --minutes).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Distinct concepts per batch.")] = 256,
-    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
+    lr: Annotated[float, typer.Option("--lr")] = 6e-3,
     image_size: Annotated[int, typer.Option("--image-size", min=16)] = 64,
     unlock_text_layers: Annotated[
         int, typer.Option("--unlock-text-layers", min=0, help="Train the top N MiniLM layers (0: locked).")
@@ -473,7 +473,7 @@ def train_encoder_cmd(
         typer.Option(
             "--sampling", help="Batch units: concept (each once per epoch) | image (weighted by their images)."
         ),
-    ] = "concept",
+    ] = "image",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[str, typer.Option("--resume", help="auto | require | never")] = "auto",
     data_dir: DataDirOpt = None,
@@ -552,7 +552,13 @@ def train_captioner_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     lr: Annotated[float, typer.Option("--lr")] = 1e-3,
     image_noise: Annotated[
-        float, typer.Option("--image-noise", min=0.0, help="Std of Gaussian noise on image embeddings.")
+        float,
+        typer.Option(
+            "--image-noise",
+            min=0.0,
+            help="Max std of Gaussian noise on image embeddings (per example, uniform in [0, max]); neighbours are "
+            "retrieved from the noisy vector, as for an unseen image.",
+        ),
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: DeviceOpt = "auto",

@@ -237,7 +237,11 @@ def _find_hashers(
     else:
         with store.session() as s:
             rows = s.scalars(select(ModelRecord).where(ModelRecord.kind == "hasher").order_by(ModelRecord.id)).all()
-            paths = {r.name: r.path for r in rows if (r.params or {}).get("index") == index and r.path}
+            paths: dict[str, str] = {}
+            for r in rows:  # in registration order, so a retrained name moves to the end
+                if (r.params or {}).get("index") == index and r.path:
+                    paths.pop(r.name, None)
+                    paths[r.name] = r.path
         found = [load_hasher(str(Path(p)), ws.models_dir) for p in paths.values() if Path(p).is_dir()]
     if bits is not None:
         missing = sorted(bits - {h.bits for h in found})

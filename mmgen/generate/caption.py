@@ -18,16 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import or_, select
 
-from mmgen.errors import (
-    ConfigError,
-    ImageLoadError,
-    ManifestMismatchError,
-    ModelLoadError,
-)
+from mmgen.errors import ConfigError, ImageLoadError, ManifestMismatchError, ModelLoadError
 from mmgen.generate.caption_retrieval import Retrieved, distinct_captions, fetch_size
 
 if TYPE_CHECKING:
-
     from mmgen.generate.caption_words import Lexicon
     from mmgen.generate.decoder import CaptionDecoder, DecodeOptions
     from mmgen.generate.tokenizer import CaptionTokenizer, OutputVocab

@@ -30,14 +30,7 @@ from torch import nn
 
 from mmgen.errors import ConfigError
 from mmgen.generate.caption_words import Lexicon, ban_non_words
-from mmgen.generate.tokenizer import (
-    BOS_ID,
-    EOS_ID,
-    EOS_SLOT,
-    PAD_ID,
-    UNK_SLOT,
-    OutputVocab,
-)
+from mmgen.generate.tokenizer import BOS_ID, EOS_ID, EOS_SLOT, PAD_ID, UNK_SLOT, OutputVocab
 
 IGNORE = -100
 DECODE_METHODS = ("greedy", "beam", "sample")

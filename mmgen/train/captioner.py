@@ -61,7 +61,7 @@ class CaptionerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
-    image_noise: float = 0.0  # std of Gaussian noise on the (renormalised) image embedding
+    image_noise: float = 0.0  # max std of Gaussian noise on image embeddings (each example draws its std in [0, max])
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -297,15 +297,17 @@ class _TrainingData:
         """(image vectors, prompts, prompt lengths) of one epoch.
 
         With image noise, each epoch draws new noisy vectors and retrieves the neighbours *from them*, so
-        the decoder trains on the same kind of evidence it gets for an unseen image: an imprecise
-        embedding and the imprecise neighbours it retrieves.
+        the decoder trains on the kind of evidence it gets for an unseen image: an imprecise embedding
+        and the imprecise neighbours it retrieves. Each example draws its noise level uniformly from
+        [0, image_noise], so training covers everything from exact to unreliable retrieval.
         """
         if self.cfg.image_noise <= 0 and self._clean is not None:
             return self._clean
         images = self.image
         if self.cfg.image_noise > 0:
             rng = np.random.default_rng([self.cfg.seed, epoch, 1])
-            images = images + rng.normal(scale=self.cfg.image_noise, size=images.shape).astype(np.float32)
+            level = rng.uniform(0, self.cfg.image_noise, size=(len(images), 1))
+            images = images + (rng.normal(size=images.shape) * level).astype(np.float32)
             images = (images / np.linalg.norm(images, axis=1, keepdims=True).clip(1e-6)).astype(np.float32)
         prompts: list[list[list[int]]] = [[] for _ in range(len(self))]
         lengths = np.zeros(len(self), dtype=np.int64)

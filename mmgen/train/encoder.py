@@ -78,7 +78,7 @@ class TrainConfig:
     image_size: int = 64
     crop: str = "content"  # "content" (tight crop, applied at inference too) or "none"
     batch_size: int = 256
-    lr: float = 2e-3
+    lr: float = 6e-3
     weight_decay: float = 0.1
     warmup_fraction: float = 0.05
     warmup_steps: int | None = None  # overrides warmup_fraction
@@ -90,7 +90,7 @@ class TrainConfig:
     text_lr: float = 1e-5  # learning rate of unlocked text layers
     augment: str = "style"  # augmentation preset: style, strong, none
     alternate_caption_p: float = 0.3  # chance of "annotation, tags" instead of the annotation
-    sampling: str = "concept"  # batch units: "concept" (each once per epoch) or "image" (weighted by images)
+    sampling: str = "image"  # batch units: "concept" (each once per epoch) or "image" (weighted by images)
     workers: int = 0  # image decoding threads; 0: one per core
     device: str = "auto"
     precision: str = "auto"  # auto: mixed precision on CUDA, fp32 on CPU

@@ -25,6 +25,7 @@ def tiny_config(name: str, tower: Path, **overrides: Any) -> TrainConfig:
         steps=30,
         max_minutes=None,
         lr=3e-3,
+        sampling="concept",
         seed=0,
         workers=2,
         progress=False,
