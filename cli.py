@@ -551,6 +551,10 @@ def train_captioner_cmd(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     lr: Annotated[float, typer.Option("--lr")] = 1e-3,
+    prompt_dropout: Annotated[
+        float,
+        typer.Option("--prompt-dropout", min=0.0, max=0.99, help="Chance an example is trained without captions."),
+    ] = 0.25,
     image_noise: Annotated[
         float,
         typer.Option(
@@ -579,6 +583,7 @@ def train_captioner_cmd(
             minutes=minutes,
             batch_size=batch_size,
             lr=lr,
+            prompt_dropout=prompt_dropout,
             image_noise=image_noise,
             seed=seed,
             device=device,

@@ -91,6 +91,7 @@ class CaptionEvalSettings:
     k: int | None = None  # None: the k the retrieval-augmented captioner was trained with
     decode: str = "beam"
     beams: int = 3
+    rerank: bool = True  # both decoders: the encoder picks among the final beam (see Captioner.generate)
     device: str = "auto"
     show: int = 0  # examples kept in the report (spread over the manifest)
     limit: int | None = None  # evaluate only this many records, spread evenly over the manifest (demos)
@@ -190,10 +191,11 @@ def evaluate_captions(manifest: str | Path, ws: Workspace, settings: CaptionEval
         timings["retrieve"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        plain = base.generate(vectors, None, opts, seed=0)
+        rerank = searcher.encoder if settings.rerank else None
+        plain = base.generate(vectors, None, opts, seed=0, rerank=rerank)
         timings["decoder"] = time.perf_counter() - started
         started = time.perf_counter()
-        augmented = ra.generate(vectors, texts, opts, seed=0)
+        augmented = ra.generate(vectors, texts, opts, seed=0, rerank=rerank)
         timings["ra_decoder"] = time.perf_counter() - started
     finally:
         store.close()
@@ -208,7 +210,8 @@ def evaluate_captions(manifest: str | Path, ws: Workspace, settings: CaptionEval
         baseline=base.name,
         baseline_mode="image-only decoder" if not base.uses_retrieval else "retrieval-augmented decoder, empty prompt",
         k=k,
-        decode=f"{opts.method}" + (f" ({opts.beams} beams)" if opts.method == "beam" else ""),
+        decode=f"{opts.method}"
+        + (f" ({opts.beams} beams{', re-ranked by the encoder' if settings.rerank else ''})" if opts.method == "beam" else ""),
         n_images=len(queries),
         splits=splits,
         skipped=skipped,

@@ -22,6 +22,7 @@ from mmgen.errors import ConfigError, ImageLoadError, ManifestMismatchError, Mod
 from mmgen.generate.caption_retrieval import Retrieved, distinct_captions, fetch_size
 
 if TYPE_CHECKING:
+    from mmgen.encoders.base import Encoder
     from mmgen.generate.caption_words import Lexicon
     from mmgen.generate.decoder import CaptionDecoder, DecodeOptions
     from mmgen.generate.tokenizer import CaptionTokenizer, OutputVocab
@@ -61,11 +62,17 @@ class Captioner:
         retrieved: Sequence[Sequence[str]] | None,
         opts: DecodeOptions,
         seed: int | None = None,
+        rerank: Encoder | None = None,
     ) -> list[str]:
-        """Captions for image vectors `(n, d)`, each prompted with its retrieved caption texts (best first)."""
+        """Captions for image vectors `(n, d)`, each prompted with its retrieved caption texts (best first).
+
+        With `rerank` (the workspace's joint encoder) and beam search, the final beam's captions are
+        re-ranked by the cosine between their text embedding and the image vector: the decoder proposes,
+        the encoder, whose text side embeds any new wording, picks.
+        """
         import torch
 
-        from mmgen.generate.decoder import generate, make_batch
+        from mmgen.generate.decoder import generate_candidates, make_batch
 
         cfg = self.model.cfg
         device = next(self.model.parameters()).device
@@ -83,8 +90,29 @@ class Captioner:
             if prompts:
                 lexicon = lexicon.copy().add(t for row in prompts for t in row)
             batch = make_batch(self.vocab, chunk, prompts, None, cfg).to(device)
-            out += [self.tokenizer.decode(ids) for ids in generate(self.model, batch, opts, generator, lexicon)]
+            candidates = [
+                list(dict.fromkeys(self.tokenizer.decode(ids) for ids in row))
+                for row in generate_candidates(self.model, batch, opts, generator, lexicon)
+            ]
+            out += _rerank(candidates, chunk, rerank) if rerank is not None else [c[0] for c in candidates]
         return out
+
+
+def _rerank(candidates: list[list[str]], images: np.ndarray, encoder: Encoder) -> list[str]:
+    """Per image, the candidate whose text embedding is closest to the image vector (ties: the decoder's order)."""
+    texts = sorted({t for row in candidates for t in row if t.strip()})
+    if not texts:
+        return [row[0] for row in candidates]
+    vectors = dict(zip(texts, encoder.encode_text(texts)))
+    out = []
+    for row, image in zip(candidates, images):
+        usable = [t for t in row if t in vectors]
+        if not usable:
+            out.append(row[0])
+            continue
+        scores = np.array([float(vectors[t] @ image) for t in usable])
+        out.append(usable[int(np.argmax(scores))])
+    return out
 
 
 def load_captioner(
@@ -223,6 +251,7 @@ class CaptionSettings:
     beams: int = 3
     temperature: float = 1.0
     seed: int | None = None
+    rerank: bool = True  # beam search: the encoder picks among the final beam's captions
     device: str = "auto"
     record: bool = True
 
@@ -294,7 +323,8 @@ class CaptionService:
             own = indexed_items(self.store, self.searcher.index_id, path)
             retrieved = retrieve(self.searcher, vector, self.k, exclude_items=[sorted(own)])[0]
         texts = [[r.text for r in retrieved]] if self.captioner.uses_retrieval else None
-        caption = self.captioner.generate(vector, texts, self.opts, self.settings.seed)[0]
+        encoder = self.searcher.encoder if self.settings.rerank else None
+        caption = self.captioner.generate(vector, texts, self.opts, self.settings.seed, rerank=encoder)[0]
         result = CaptionResult(
             image=shown,
             caption=caption,
@@ -315,6 +345,7 @@ class CaptionService:
             "beams": self.opts.beams,
             "temperature": self.opts.temperature,
             "seed": self.settings.seed,
+            "rerank": self.settings.rerank and self.opts.method == "beam",
             "index": self.searcher.name,
             "encoder": self.searcher.encoder.name,
             "captioner": self.captioner.name,

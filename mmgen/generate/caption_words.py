@@ -45,6 +45,10 @@ class Lexicon:
                 words.append([t])
         return [tuple(w) for w in words]
 
+    def single_tokens(self) -> set[int]:
+        """Ids that are a whole word on their own."""
+        return {w[0] for w in self.words if len(w) == 1}
+
     def copy(self) -> Lexicon:
         """An independent copy (a batch adds its prompts' words without touching the model's lexicon)."""
         out = Lexicon(self.continuation)
@@ -63,19 +67,33 @@ class Lexicon:
 
 
 def ban_non_words(
-    logp: torch.Tensor, history: list[list[int]], lexicon: Lexicon, slot_ids: torch.Tensor, end_slot: int
+    logp: torch.Tensor,
+    history: list[list[int]],
+    lexicon: Lexicon,
+    slot_ids: torch.Tensor,
+    end_slot: int,
+    last: bool = False,
 ) -> None:
     """Set to -inf, in place, the next slots that would leave a row's current word outside the lexicon.
 
     `history` holds each row's WordPiece ids so far; `slot_ids` (rows, slots) the WordPiece id of
-    every output slot of each row (extended copy slots differ per row).
+    every output slot of each row (extended copy slots differ per row). On the `last` step of a
+    length-limited caption, only tokens that leave a complete word are allowed.
     """
     cont = torch.as_tensor(lexicon.continuation, device=logp.device)[slot_ids]  # (rows, slots) "##" pieces
     for r, ids in enumerate(history):
-        before = logp[r].clone()
-        _ban_row(logp, r, ids, lexicon, cont, slot_ids, end_slot)
-        if not torch.isfinite(logp[r]).any():  # no lexicon word fits what was written: leave the row free
-            logp[r] = before
+        end = logp[r, end_slot].clone()
+        _ban_row(logp, r, ids, lexicon, cont, slot_ids, end_slot, last)
+        if not torch.isfinite(logp[r]).any():  # no lexicon word can be finished here: end the caption
+            logp[r, end_slot] = end
+
+
+def complete_words(ids: Sequence[int], lexicon: Lexicon) -> list[int]:
+    """`ids` without a trailing unfinished word (a caption cut by its length limit)."""
+    words = lexicon.split(ids)
+    while words and words[-1] not in lexicon.words:
+        words.pop()
+    return [t for w in words for t in w]
 
 
 def _ban_row(
@@ -86,6 +104,7 @@ def _ban_row(
     cont: torch.Tensor,
     slot_ids: torch.Tensor,
     end_slot: int,
+    last: bool,
 ) -> None:
     """One row of `ban_non_words`."""
     word: list[int] = []
@@ -93,15 +112,18 @@ def _ban_row(
         word.insert(0, t)
         if not lexicon.continuation[t]:
             break
-    if not word:  # nothing written yet: a caption cannot start inside a word
-        logp[r, cont[r]] = float("-inf")
-        return
     key = tuple(word)
-    pieces = cont[r] & ~_isin(slot_ids[r], lexicon.next_pieces.get(key, set()))
-    logp[r, pieces] = float("-inf")
-    if key not in lexicon.words:  # an unfinished word must go on
+    pieces = lexicon.next_pieces.get(key, set()) if word else set()  # a caption cannot start inside a word
+    if last:  # the next token is the last one: it must leave a complete word
+        pieces = {c for c in pieces if (*key, c) in lexicon.words}
+    logp[r, cont[r] & ~_isin(slot_ids[r], pieces)] = float("-inf")
+    if word and key not in lexicon.words:  # an unfinished word must go on
         logp[r, ~cont[r]] = float("-inf")
         logp[r, end_slot] = float("-inf")
+    elif last:  # a new word must be a one-token word (ending the caption stays allowed)
+        end = logp[r, end_slot].clone()
+        logp[r, ~cont[r] & ~_isin(slot_ids[r], lexicon.single_tokens())] = float("-inf")
+        logp[r, end_slot] = end
 
 
 def _isin(ids: torch.Tensor, allowed: set[int]) -> torch.Tensor:

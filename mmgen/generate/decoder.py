@@ -6,7 +6,8 @@ Sequence layout (one row per image):
      '------------- prefix: attends to itself both ways ---------' '-- causal, sees the prefix --'
 
 The image embedding (the joint encoder's 384-d vector) becomes P prefix tokens through a learned
-projection; retrieved captions are WordPiece tokens whose embeddings are MiniLM's frozen table
+projection, and is also added (projected) to every caption token's input: a direct path that the
+retrieved captions cannot crowd out of the attention; retrieved captions are WordPiece tokens whose embeddings are MiniLM's frozen table
 (projected), tagged with their retrieval rank. The output distribution mixes a softmax over the
 output vocabulary with a pointer distribution over the retrieved-caption tokens (pointer-generator,
 See et al. 2017): p = g * p_vocab + (1 - g) * attention, so a new concept name can be composed
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmgen.errors import ConfigError
-from mmgen.generate.caption_words import Lexicon, ban_non_words
+from mmgen.generate.caption_words import Lexicon, ban_non_words, complete_words
 from mmgen.generate.tokenizer import BOS_ID, EOS_ID, EOS_SLOT, PAD_ID, UNK_SLOT, OutputVocab
 
 IGNORE = -100
@@ -218,6 +219,7 @@ class DecodeState:
     prompt_h: torch.Tensor  # (N, Lp, d) final hidden states of the prompt (for the copy head)
     prompt_copy: torch.Tensor  # (N, Lp)
     ext_ids: torch.Tensor  # (N, E)
+    condition: torch.Tensor  # (N, d) the image's projection added to every caption token
     step: int = 0
 
     def select(self, index: torch.Tensor) -> DecodeState:
@@ -228,6 +230,7 @@ class DecodeState:
             prompt_h=self.prompt_h.index_select(0, index),
             prompt_copy=self.prompt_copy.index_select(0, index),
             ext_ids=self.ext_ids.index_select(0, index),
+            condition=self.condition.index_select(0, index),
             step=self.step,
         )
 
@@ -248,6 +251,7 @@ class CaptionDecoder(nn.Module):
         self.word_proj = nn.Linear(cfg.word_dim, d)
         self.image_proj = nn.Linear(cfg.image_dim, d * cfg.prefix_tokens)
         self.image_pos = nn.Parameter(torch.zeros(cfg.prefix_tokens, d))
+        self.image_cond = nn.Linear(cfg.image_dim, d)
         self.rank_emb = nn.Embedding(cfg.max_ranks + 1, d)
         self.prompt_pos = nn.Embedding(max(1, cfg.max_prompt), d)
         self.target_pos = nn.Embedding(cfg.max_caption, d)
@@ -260,6 +264,9 @@ class CaptionDecoder(nn.Module):
             self.copy_q = nn.Linear(d, d)
             self.copy_k = nn.Linear(d, d)
             self.gate = nn.Linear(2 * d, 1)
+            # Start by generating (p_gen ~ 0.9): copying has to earn its weight, so a prompt of unrelated
+            # captions (the usual case for an unseen concept) does not pull the caption off the image.
+            nn.init.constant_(self.gate.bias, 2.0)
         for emb in (self.rank_emb, self.prompt_pos, self.target_pos):
             nn.init.normal_(emb.weight, std=0.02)
         nn.init.normal_(self.image_pos, std=0.02)
@@ -289,9 +296,9 @@ class CaptionDecoder(nn.Module):
             valid.append(batch.prompt_valid)
         return self.drop(torch.cat(parts, dim=1)), torch.cat(valid, dim=1)
 
-    def _target(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+    def _target(self, ids: torch.Tensor, start: int, condition: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(start, start + ids.shape[1], device=ids.device).clamp(max=self.cfg.max_caption - 1)
-        return self.drop(self._words(ids) + self.target_pos(positions) + self.target_seg)
+        return self.drop(self._words(ids) + self.target_pos(positions) + self.target_seg + condition[:, None, :])
 
     def _log_probs(
         self, h: torch.Tensor, prompt_h: torch.Tensor, prompt_copy: torch.Tensor, n_ext: int
@@ -327,7 +334,7 @@ class CaptionDecoder(nn.Module):
         if batch.target_in is None:
             raise ConfigError("log_probs needs a batch with targets")
         prefix, prefix_valid = self._prefix(batch)
-        target = self._target(batch.target_in, 0)
+        target = self._target(batch.target_in, 0, self.image_cond(batch.image))
         n0, lt = prefix.shape[1], target.shape[1]
         x = torch.cat([prefix, target], dim=1)
         length = n0 + lt
@@ -354,12 +361,12 @@ class CaptionDecoder(nn.Module):
             cache.append((k, v))
         h = self.norm(x)
         p = self.cfg.prefix_tokens
-        return DecodeState(cache, valid, h[:, p:], batch.prompt_copy, batch.ext_ids)
+        return DecodeState(cache, valid, h[:, p:], batch.prompt_copy, batch.ext_ids, self.image_cond(batch.image))
 
     @torch.no_grad()
     def step(self, state: DecodeState, token_ids: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (WordPiece ids); return (N, V + E) log-probabilities of the next one."""
-        x = self._target(token_ids[:, None], state.step)
+        x = self._target(token_ids[:, None], state.step, state.condition)
         state.key_valid = torch.cat([state.key_valid, torch.ones_like(state.key_valid[:, :1])], dim=1)
         mask = state.key_valid[:, None, None, :]
         for i, block in enumerate(self.blocks):
@@ -412,6 +419,18 @@ def generate(
     lexicon: Lexicon | None = None,
 ) -> list[list[int]]:
     """WordPiece ids of one caption per image (without special tokens); with a lexicon, whole words only."""
+    return [candidates[0] for candidates in generate_candidates(model, batch, opts, generator, lexicon)]
+
+
+@torch.no_grad()
+def generate_candidates(
+    model: CaptionDecoder,
+    batch: DecoderBatch,
+    opts: DecodeOptions,
+    generator: torch.Generator | None = None,
+    lexicon: Lexicon | None = None,
+) -> list[list[list[int]]]:
+    """Per image, distinct captions as WordPiece ids, best first: the final beam, or one greedy/sampled caption."""
     opts.check()
     model.eval()
     limit = min(opts.max_tokens or model.cfg.max_caption, model.cfg.max_caption)
@@ -420,14 +439,19 @@ def generate(
     else:
         slots, ext = _sequential(model, batch, opts, limit, generator, lexicon)
     out = []
-    for row, row_ext in zip(slots, ext):
-        ids = model.slot_ids(row, row_ext.expand(len(row), -1)).tolist()
-        kept = []
-        for slot, token in zip(row.tolist(), ids):
-            if slot == EOS_SLOT:
-                break
-            kept.append(int(token))
-        out.append(kept)
+    for rows, row_ext in zip(slots, ext):
+        candidates: list[list[int]] = []
+        for row in rows:
+            ids = model.slot_ids(row, row_ext.expand(len(row), -1)).tolist()
+            kept = []
+            for slot, token in zip(row.tolist(), ids):
+                if slot == EOS_SLOT:
+                    break
+                kept.append(int(token))
+            kept = complete_words(kept, lexicon) if lexicon is not None else kept
+            if kept not in candidates:
+                candidates.append(kept)
+        out.append(candidates)
     return out
 
 
@@ -438,7 +462,7 @@ def _sequential(
     limit: int,
     generator: torch.Generator | None = None,
     lexicon: Lexicon | None = None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
     state = model.start(batch)
     n = batch.image.shape[0]
     tokens = torch.full((n,), BOS_ID, dtype=torch.long, device=batch.image.device)
@@ -446,10 +470,10 @@ def _sequential(
     history: list[torch.Tensor] = []
     written: list[list[int]] = [[] for _ in range(n)]  # WordPiece ids so far, per row
     all_ids = _all_slot_ids(model, state.ext_ids) if lexicon is not None else None
-    for _ in range(limit):
+    for t in range(limit):
         logp = model.step(state, tokens)
         if lexicon is not None and all_ids is not None:
-            ban_non_words(logp, written, lexicon, all_ids, EOS_SLOT)
+            ban_non_words(logp, written, lexicon, all_ids, EOS_SLOT, last=t == limit - 1)
         if history:
             _ban_repeats(logp, torch.stack(history, dim=1), opts.no_repeat_ngram)
         if opts.method == "sample":
@@ -466,12 +490,12 @@ def _sequential(
         for row, token in zip(written, tokens.tolist()):
             row.append(token)
     slots = torch.stack(history, dim=1)
-    return list(slots), [e[None] for e in batch.ext_ids]
+    return [[row] for row in slots], [e[None] for e in batch.ext_ids]
 
 
 def _beam(
     model: CaptionDecoder, batch: DecoderBatch, opts: DecodeOptions, limit: int, lexicon: Lexicon | None = None
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
     n, nb = batch.image.shape[0], opts.beams
     device = batch.image.device
     rows = torch.arange(n, device=device).repeat_interleave(nb)
@@ -484,10 +508,10 @@ def _beam(
     history = torch.zeros(n * nb, 0, dtype=torch.long, device=device)
     written = torch.zeros(n * nb, 0, dtype=torch.long, device=device)  # WordPiece ids so far
     all_ids = _all_slot_ids(model, state.ext_ids) if lexicon is not None else None
-    for _ in range(limit):
+    for t in range(limit):
         logp = model.step(state, tokens)
         if lexicon is not None and all_ids is not None:
-            ban_non_words(logp, written.tolist(), lexicon, all_ids, EOS_SLOT)
+            ban_non_words(logp, written.tolist(), lexicon, all_ids, EOS_SLOT, last=t == limit - 1)
         _ban_repeats(logp, history, opts.no_repeat_ngram)
         width = logp.shape[1]
         # A finished hypothesis stays in the beam unchanged: its only continuation is [SEP] at no cost.
@@ -506,9 +530,13 @@ def _beam(
             break
         tokens = model.slot_ids(slots, state.ext_ids)
         written = torch.cat([written[source], tokens[:, None]], dim=1)
-    normed = scores.flatten() / lengths.clamp(min=1) ** opts.length_penalty
-    best = normed.view(n, nb).argmax(dim=1) + torch.arange(n, device=device) * nb
-    return list(history[best]), [e[None] for e in batch.ext_ids]
+    normed = (scores.flatten() / lengths.clamp(min=1) ** opts.length_penalty).view(n, nb)
+    order = normed.argsort(dim=1, descending=True).tolist()
+    finals = [
+        [history[i * nb + j] for j in order[i] if bool(torch.isfinite(normed[i, j]))] or [history[i * nb]]
+        for i in range(n)
+    ]
+    return finals, [e[None] for e in batch.ext_ids]
 
 
 def _ban_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> None:

@@ -61,6 +61,7 @@ class CaptionerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
+    prompt_dropout: float = 0.25  # chance an example is trained with no retrieved captions (each epoch)
     image_noise: float = 0.0  # max std of Gaussian noise on image embeddings (each example draws its std in [0, max])
     seed: int = 0
     device: str = "auto"
@@ -81,8 +82,8 @@ class CaptionerConfig:
                 raise ConfigError(f"{key} must be positive, not {value!r}")
         if self.batch_size < 1 or self.weight_decay < 0 or self.image_noise < 0:
             raise ConfigError("batch_size must be positive; weight_decay and image_noise must be >= 0")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError("warmup_fraction must be in [0, 1)")
+        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.prompt_dropout < 1:
+            raise ConfigError("warmup_fraction and prompt_dropout must be in [0, 1)")
         self.decoder_config().check()
 
     def decoder_config(self) -> DecoderConfig:
@@ -294,7 +295,10 @@ class _TrainingData:
         return len(self.targets)
 
     def epoch(self, epoch: int) -> tuple[np.ndarray, list[list[list[int]]], np.ndarray]:
-        """(image vectors, prompts, prompt lengths) of one epoch.
+        """(image vectors, prompts, prompt lengths) of one epoch, with `prompt_dropout` of the prompts emptied.
+
+        Retrieval dropout trains the image path on its own too: the retrieved captions of an unseen
+        concept are often unrelated, and the decoder must then caption from the image.
 
         With image noise, each epoch draws new noisy vectors and retrieves the neighbours *from them*, so
         the decoder trains on the kind of evidence it gets for an unseen image: an imprecise embedding
@@ -302,7 +306,7 @@ class _TrainingData:
         [0, image_noise], so training covers everything from exact to unreliable retrieval.
         """
         if self.cfg.image_noise <= 0 and self._clean is not None:
-            return self._clean
+            return self._drop_prompts(self._clean, epoch)
         images = self.image
         if self.cfg.image_noise > 0:
             rng = np.random.default_rng([self.cfg.seed, epoch, 1])
@@ -321,7 +325,16 @@ class _TrainingData:
         out = (images, prompts, lengths)
         if self.cfg.image_noise <= 0:
             self._clean = out
-        return out
+        return self._drop_prompts(out, epoch)
+
+    def _drop_prompts(
+        self, data: tuple[np.ndarray, list[list[list[int]]], np.ndarray], epoch: int
+    ) -> tuple[np.ndarray, list[list[list[int]]], np.ndarray]:
+        images, prompts, lengths = data
+        if not self.cfg.retrieval or self.cfg.prompt_dropout <= 0:
+            return data
+        drop = np.random.default_rng([self.cfg.seed, epoch, 2]).random(len(prompts)) < self.cfg.prompt_dropout
+        return images, [[] if d else p for d, p in zip(drop, prompts)], np.where(drop, 0, lengths)
 
 
 def _epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:

@@ -181,3 +181,13 @@ def test_captioner_refuses_another_encoder_and_changed_weights(caption_ws, tiny_
     assert res.exit_code == 2 and "checksum" in res.stderr
     res = invoke("caption", image, "--workspace", ws, "--model", "nope")
     assert res.exit_code == 2 and "captioners here: captioner, captioner-noret" in res.stderr
+
+
+def test_encoder_rerank_picks_the_candidate_closest_to_the_image(tiny_clip) -> None:
+    from mmgen.encoders import load_encoder
+    from mmgen.generate.caption import _rerank
+
+    encoder = load_encoder(tiny_clip.dir_name, device="cpu")
+    candidates = [["a red circle", "a blue bar", "a green square"], ["a green square", "a red circle"], ["", " "]]
+    targets = encoder.encode_text(["a blue bar", "a red circle", "a red circle"])
+    assert _rerank(candidates, targets, encoder) == ["a blue bar", "a red circle", ""]

@@ -140,7 +140,7 @@ def test_decoding_methods_seeded_and_bounded(vocab, words) -> None:
 
     one_beam, _ = _beam(model, batch, DecodeOptions("beam", beams=1), 8)
     greedy, _ = _sequential(model, batch, DecodeOptions("greedy"), 8, None)
-    for b, g in zip(one_beam, greedy):
+    for (b,), (g,) in zip(one_beam, greedy):
         n = min(len(b), len(g))
         assert b[:n].tolist() == g[:n].tolist()
 
@@ -201,3 +201,27 @@ def test_lexicon_constraint_writes_whole_words_only(words) -> None:
         for ids in generate(model, batch, opts, lexicon=lexicon):
             assert all(w in lexicon.words for w in lexicon.split(ids)), tok.decode(ids)
     assert Lexicon.from_json(lexicon.to_json(), tok.continuation_mask()).words == lexicon.words
+
+
+def test_length_limit_never_cuts_a_word_and_beam_gives_distinct_candidates(words) -> None:
+    from mmgen.generate.caption_words import Lexicon, complete_words
+    from mmgen.generate.decoder import generate_candidates
+
+    tok = CaptionTokenizer.default()
+    captions = ["baby tux, linux", "entree interdite, symbol", "grinning face"]
+    token_lists = [tok.encode(c) for c in captions]
+    vocab = OutputVocab.from_captions(token_lists, tok.vocab_size)
+    lexicon = Lexicon(tok.continuation_mask()).add(token_lists)
+    tux = tok.encode("tux")
+    assert complete_words([*tok.encode("baby"), tux[0]], lexicon) == tok.encode("baby")  # "t" of "tux" dropped
+    assert complete_words(tok.encode("baby tux"), lexicon) == tok.encode("baby tux")
+    torch.manual_seed(1)
+    model = CaptionDecoder(tiny(), vocab, words)
+    images = np.random.default_rng(3).normal(size=(8, 8)).astype(np.float32)
+    batch = make_batch(vocab, images, [[tok.encode("baby tux")]] * 8, None, model.cfg)
+    for limit in (1, 2, 3):
+        opts = DecodeOptions("beam", beams=3, max_tokens=limit)
+        for row in generate_candidates(model, batch, opts, lexicon=lexicon):
+            assert 1 <= len(row) <= 3 and len({tuple(c) for c in row}) == len(row)  # distinct, best first
+            for ids in row:
+                assert len(ids) <= limit and all(w in lexicon.words for w in lexicon.split(ids))

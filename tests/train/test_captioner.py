@@ -71,7 +71,7 @@ def test_neighbours_leave_the_own_group_out(indexed) -> None:
     corpus = _corpus(indexed)
     # 24 shapes + 4 second-style copies with images; the text-only record and the corrupt image add only texts
     assert len(corpus.texts) == 30 and corpus.has_image.sum() == 28
-    cfg = CaptionerConfig(k=3, decoder=TINY)
+    cfg = CaptionerConfig(k=3, decoder=TINY, prompt_dropout=0.0)
     tok = CaptionTokenizer.default()
     data = _TrainingData(corpus, cfg, cfg.decoder_config(), tok)
     images, prompts, lengths = data.epoch(0)
@@ -93,7 +93,7 @@ def test_neighbours_leave_the_own_group_out(indexed) -> None:
 
 def test_image_noise_redraws_vectors_and_their_neighbours_each_epoch(indexed) -> None:
     corpus = _corpus(indexed)
-    cfg = CaptionerConfig(k=3, decoder=TINY, image_noise=0.3)
+    cfg = CaptionerConfig(k=3, decoder=TINY, image_noise=0.3, prompt_dropout=0.0)
     data = _TrainingData(corpus, cfg, cfg.decoder_config(), CaptionTokenizer.default())
     (a, prompts_a, _), (b, prompts_b, _) = data.epoch(0), data.epoch(1)
     assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5) and not np.allclose(a, b)
@@ -103,6 +103,21 @@ def test_image_noise_redraws_vectors_and_their_neighbours_each_epoch(indexed) ->
     tok = CaptionTokenizer.default()
     for row, group in enumerate(data.groups):  # still never the own group, whatever the noise
         assert all(groups[tok.decode(p)] != group for p in prompts_b[row])
+
+
+def test_prompt_dropout_empties_a_seeded_share_of_prompts(indexed) -> None:
+    corpus = _corpus(indexed)
+    full = _TrainingData(corpus, CaptionerConfig(k=3, prompt_dropout=0.0), CaptionerConfig().decoder_config(),
+                         CaptionTokenizer.default())  # fmt: skip
+    cfg = CaptionerConfig(k=3, prompt_dropout=0.5)
+    data = _TrainingData(corpus, cfg, cfg.decoder_config(), CaptionTokenizer.default())
+    _, reference, _ = full.epoch(0)
+    for epoch in (0, 1):
+        _, prompts, lengths = data.epoch(epoch)
+        dropped = [i for i, p in enumerate(prompts) if not p]
+        assert 4 <= len(dropped) <= 24 and all(lengths[i] == 0 for i in dropped)
+        assert all(p == reference[i] for i, p in enumerate(prompts) if p)  # the rest are untouched
+    assert data.epoch(0)[1] == data.epoch(0)[1] and data.epoch(0)[1] != data.epoch(1)[1]
 
 
 def test_train_save_register_and_reproduce(indexed, tmp_path) -> None:
