@@ -212,7 +212,7 @@ def search_cmd(
     ] = None,
     rerank: Annotated[
         Optional[int],
-        typer.Option("--rerank", min=1, help="Short-list size C of --mode rerank [default: 100]; implies --mode rerank."),
+        typer.Option("--rerank", min=1, help="Vectors re-scored exactly by --mode rerank [default: 100]; implies --mode rerank. On binary-flat codes they are the best C of a 10xC Hamming list under asymmetric scoring."),
     ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,

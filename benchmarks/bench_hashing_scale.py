@@ -9,7 +9,8 @@ memory-mapped from there. Queries: a seeded sample of the index's text vectors (
 the cross-modal direction the hasher serves). One run, side by side:
 
 - float:  FAISS `IndexFlatIP` over every vector (RAM holds all floats);
-- codes:  the hasher's packed codes in a FAISS binary flat index (RAM holds B/8 bytes per item);
+- codes:  the hasher's packed codes in a FAISS binary flat index, addressed by row id (RAM holds
+          B/8 bytes per item and no ids);
 - rerank: the codes' Hamming short list of C, re-scored exactly from the memory-mapped vector file.
 
 Memory is the growth of the process's anonymous resident memory (`RssAnon` in /proc/self/status),
@@ -144,7 +145,7 @@ def main() -> None:
     codes_s = time.perf_counter() - started
     codes_file = args.scratch / "codes.faiss"
     codes_index.save(codes_file)
-    index_bytes = codes_index.count * codes_index.bytes_per_code + 8 * codes_index.count  # codes + FAISS ids
+    index_bytes = codes_index.resident_bytes_per_item * codes_index.count  # codes (flat preset: no ids)
     results["codes"] = {"build_s": build_codes, "ram_bytes": grown, "index_bytes": index_bytes,
                         "qps": len(queries) / codes_s, "file_bytes": codes_file.stat().st_size}  # fmt: skip
 
@@ -193,7 +194,7 @@ def main() -> None:
         r = results[mode]
         print(f"{mode:8s} {r['build_s']:8.1f} {r['index_bytes'] / len(vf):12.1f} {mib(r['ram_bytes']):>16s} "
               f"{r['qps']:10.1f} {r['recall_at_10']:14.3f}")
-    print(f"(index B/item: vectors or codes + 8-byte FAISS ids; build of codes includes encoding every vector; "
+    print(f"(index B/item: float vectors + 8-byte FAISS ids, or codes alone (row id = position); build of codes includes encoding every vector; "
           f"codes file {results['codes']['file_bytes'] / len(vf):.1f} B/item; rerank also touched {mib(results['rerank']['mapped_file_bytes'])} of the memory-mapped vector file, "
           f"page cache the kernel can drop; peak RSS of the run {mib(rss()['VmHWM'])})")
     if args.json:

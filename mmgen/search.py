@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 SEARCH_MODES = ("float", "codes", "rerank")
 DEFAULT_RERANK = 100
+# rerank mode on flat codes: a Hamming list PRELIST x C long is cut to C by asymmetric scoring first
+PRELIST = 10
 
 
 @dataclass
@@ -252,7 +254,12 @@ class Searcher:
         mode: str,
         rerank: int | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Hamming top-k (scores: 1 - 2 * distance / bits), or a Hamming short list re-scored exactly."""
+        """Hamming top-k (scores: 1 - 2 * distance / bits), or a short list of C re-scored exactly.
+
+        On the flat preset the short list is the best C of a Hamming list PRELIST x C long under
+        asymmetric scoring (the query's real-valued code against the candidates' bits); on graph
+        and IVF presets it is the Hamming top C.
+        """
         from mmgen.hashing.codes import code_similarity
 
         hasher = self.hasher()
@@ -264,7 +271,14 @@ class Searcher:
         depth = max(k, rerank if rerank is not None else DEFAULT_RERANK)
         if depth < 1:
             raise ConfigError("--rerank must be at least 1")
-        _, short = index.search(codes, depth, allowed_ids=allowed, device=self.device)
+        if not index.slotted:  # graph / IVF presets: the Hamming short list as it comes
+            _, short = index.search(codes, depth, allowed_ids=allowed, device=self.device)
+            return rerank_exact(queries, short, self.folder.vectors(to), k)
+        from mmgen.hashing.codes import asymmetric_prune
+
+        _, long = index.search(codes, PRELIST * depth, allowed_ids=allowed, device=self.device)
+        soft = hasher.soft(np.ascontiguousarray(queries, dtype=np.float32), query_modality)
+        short = asymmetric_prune(soft, long, index.slot_codes(), depth)
         return rerank_exact(queries, short, self.folder.vectors(to), k)
 
     def _allowed_rows(self, modality: str, where: dict[str, str]) -> np.ndarray:

@@ -8,6 +8,9 @@ measurements for FAISS's unsupervised binary baselines trained on the same train
 - mAP@100: average precision of the top 100, relevant = same group, normalised by
   min(100, relevant items in the database);
 - each with codes only, and with an exact re-rank of a Hamming short list of C candidates;
+- for the autoencoder also `asym-rerank`, what `mmgen search --mode rerank` does on the flat
+  preset: a Hamming list 10 x C long, cut to C by asymmetric scoring (the query's real-valued
+  code against the candidates' bits), then re-ranked exactly (still C float reads per query);
 - bytes per item and queries/s (query encoding + search, all queries in one batch).
 
 Queries are the held-out items of the hasher's manifest (texts search image codes, images
@@ -75,7 +78,7 @@ class HashingRow:
 
     method: str  # "exact", "autoencoder", "lsh", "itq", "pca"
     bits: int | None
-    mode: str  # "float", "codes", "rerank"
+    mode: str  # "float", "codes", "rerank" (Hamming short list), "asym-rerank" (asymmetric pre-list, as search does)
     rerank: int | None
     bytes_per_item: int
     recall_at_10: dict[str, float]
@@ -136,7 +139,7 @@ class HashingReport:
             ),
         ]
         for r in self.rows:
-            mode = r.mode if r.rerank is None else f"rerank {r.rerank}"
+            mode = r.mode if r.rerank is None else f"{'asym' if r.mode == 'asym-rerank' else 'rerank'} {r.rerank}"
             rec, mp = r.recall_at_10, r.map_at_100
             qps = float(np.mean(list(r.queries_per_s.values())))
             lines.append(
@@ -214,12 +217,13 @@ def evaluate_hashing(
     for hasher in sorted(found, key=lambda h: h.bits):
         for method in methods:
             say(f"{method} {hasher.bits} bits")
+            soft: Callable[[np.ndarray, str], np.ndarray] | None = None
             if method == "autoencoder":
-                encode, label = hasher.encode, hasher.name
+                encode, label, soft = hasher.encode, hasher.name, hasher.soft
             else:
                 baseline = FaissBaseline(method, data.dim, hasher.bits).train(train_vectors)
                 encode, label = (lambda x, _m, b=baseline: b.encode(x)), None
-            report.rows.extend(_method_rows(method, hasher.bits, encode, split, rerank, label, device))
+            report.rows.extend(_method_rows(method, hasher.bits, encode, split, rerank, label, device, soft))
     return report
 
 
@@ -308,8 +312,14 @@ def _method_rows(
     rerank: int,
     hasher: str | None,
     device: str,
+    soft: Callable[[np.ndarray, str], np.ndarray] | None = None,
 ) -> list[HashingRow]:
+    """Codes only and re-ranked rows; with `soft` (the autoencoder) also the asymmetric pre-list that search uses."""
+    from mmgen.hashing.codes import asymmetric_prune
+    from mmgen.search import PRELIST
+
     codes_rec, codes_map, codes_qps, rr_rec, rr_map, rr_qps = {}, {}, {}, {}, {}, {}
+    as_rec, as_map, as_qps = {}, {}, {}
     depth = max(MAP_DEPTH, rerank)
     for q, d in DIRECTIONS:
         key = direction_name(q, d)
@@ -329,11 +339,25 @@ def _method_rows(
         codes_map[key] = average_precision(_relevance(split, q, d, deep), split.n_relevant[key])
         rr_rec[key] = recall_vs_exact(reranked, split.exact[key])
         rr_map[key] = average_precision(_relevance(split, q, d, reranked), split.n_relevant[key])
+        if soft is not None:
+            started = time.perf_counter()
+            q_codes = encode(queries.vectors, q)
+            _, long = hamming_knn(q_codes, db_codes, min(PRELIST * rerank, len(database)), device=device)
+            short = asymmetric_prune(soft(queries.vectors, q), long, db_codes, rerank)
+            asym = _rerank(queries.vectors, short, database.vectors)
+            as_qps[key] = len(queries) / max(time.perf_counter() - started, 1e-9)
+            as_rec[key] = recall_vs_exact(asym, split.exact[key])
+            as_map[key] = average_precision(_relevance(split, q, d, asym), split.n_relevant[key])
     nbytes = bits // 8
-    return [
+    rows = [
         HashingRow(method, bits, "codes", None, nbytes, _with_mean(codes_rec), _with_mean(codes_map), codes_qps, hasher),
         HashingRow(method, bits, "rerank", rerank, nbytes, _with_mean(rr_rec), _with_mean(rr_map), rr_qps, hasher),
     ]
+    if soft is not None:
+        rows.append(
+            HashingRow(method, bits, "asym-rerank", rerank, nbytes, _with_mean(as_rec), _with_mean(as_map), as_qps, hasher)
+        )
+    return rows
 
 
 def _rerank(queries: np.ndarray, short: np.ndarray, database: np.ndarray) -> np.ndarray:

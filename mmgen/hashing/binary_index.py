@@ -1,9 +1,14 @@
-"""A FAISS binary index with explicit 64-bit ids, the binary twin of `FaissIndex`.
+"""A FAISS binary index addressed by row id, the binary twin of `FaissIndex`.
 
-The id map is `IndexBinaryIDMap`, not `IDMap2`: ids are the vector-file slots SQL maps to items,
-exactly as in the float index, but IDMap2's reverse hash map (id -> position) only serves
-`reconstruct(id)`, which nothing here needs, and costs more than the codes: at 1M 64-bit codes,
-IDMap2 measured 59 resident bytes per item, IDMap 16 (8 of code, 8 of id).
+Ids are the vector-file slots SQL maps to items, exactly as in the float index.
+
+- **Flat preset (`BFlat`, the default)**: a bare `IndexBinaryFlat` whose position *is* the slot,
+  so RAM holds B/8 bytes per item and no id at all. Slots that hold no item (removed, or never
+  added) keep a zero code and are listed in a sidecar file `<file>.dead.npy`; searches exclude
+  them with a FAISS id selector. Measured at 1M 64-bit codes this is 8 resident bytes per item;
+  an `IndexBinaryIDMap` costs 16 (8 of code, 8 of id) and `IDMap2` 59.
+- **Graph and IVF presets**: an `IndexBinaryIDMap` around the factory index (their positions move
+  as they grow, so they need the explicit ids).
 """
 
 from __future__ import annotations
@@ -34,17 +39,21 @@ class BinaryIndex:
         self.preset = preset
         if index is None:
             try:
-                index = faiss.IndexBinaryIDMap(faiss.index_binary_factory(self.bits, preset.factory))
+                index = faiss.index_binary_factory(self.bits, preset.factory)
             except RuntimeError as exc:
                 raise VectorIndexError(f"invalid FAISS binary factory string {preset.factory!r}: {_last_line(exc)}") from exc
-            self._apply_build_params(index)
+            if not isinstance(index, faiss.IndexBinaryFlat):
+                index = faiss.IndexBinaryIDMap(index)
+                self._apply_build_params(index)
         if index.d != self.bits:
             raise ManifestMismatchError(
                 f"the binary index holds {index.d}-bit codes, the hasher makes {self.bits}-bit codes; "
                 "rebuild it with `mmgen index SOURCE --hash NAME`"
             )
         self.index = index
-        self._gpu_index: Any | None = None
+        # flat: position == row id; sorted positions holding no item (zero codes, never returned)
+        self.slotted = isinstance(index, faiss.IndexBinaryFlat)
+        self._dead = np.empty(0, dtype=np.int64)
 
     # ---- persistence -------------------------------------------------------------------
     @classmethod
@@ -55,25 +64,49 @@ class BinaryIndex:
             index = faiss.read_index_binary(str(path))
         except RuntimeError as exc:
             raise VectorIndexError(f"cannot read FAISS binary index {path}: {_last_line(exc)}") from exc
-        if not isinstance(index, faiss.IndexBinaryIDMap):  # IDMap2 derives from it: older files load too
-            raise VectorIndexError(f"{path} is not an mmgen binary index (no id map)")
-        return cls(bits, preset, index)
+        # IDMap2 derives from IDMap: older files load too; a bare flat index is addressed by position
+        if not isinstance(index, (faiss.IndexBinaryIDMap, faiss.IndexBinaryFlat)):
+            raise VectorIndexError(f"{path} is not an mmgen binary index (neither an id map nor flat codes)")
+        out = cls(bits, preset, index)
+        if out.slotted:
+            out._dead = _read_dead(dead_path(path), int(index.ntotal))
+        return out
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write atomically: a killed save leaves the previous file intact."""
+        """Write atomically: a killed save leaves the previous files intact.
+
+        The flat preset's dead-slot list is written first; should a crash fall between the two
+        renames, the index folder's fingerprint no longer matches and the next search re-syncs.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        dead = dead_path(path)
+        if self.slotted and len(self._dead):
+            tmp_dead = dead.with_name(dead.name + ".tmp")
+            with open(tmp_dead, "wb") as fh:
+                np.save(fh, self._dead)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_dead, dead)
+        else:
+            dead.unlink(missing_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         _faiss().write_index_binary(self.index, str(tmp))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
+    @staticmethod
+    def delete(path: str | os.PathLike[str]) -> None:
+        """Remove a saved index and its sidecar (missing files are fine)."""
+        Path(path).unlink(missing_ok=True)
+        dead_path(path).unlink(missing_ok=True)
+
     # ---- contents ----------------------------------------------------------------------
     @property
     def count(self) -> int:
-        """Number of codes held."""
-        return int(self.index.ntotal)
+        """Number of codes held (live items)."""
+        return int(self.index.ntotal) - len(self._dead)
 
     @property
     def bytes_per_code(self) -> int:
@@ -81,18 +114,29 @@ class BinaryIndex:
         return self.bits // 8
 
     def ids(self) -> np.ndarray:
-        """All ids held, as int64."""
+        """All ids held, as int64 (ascending on the flat preset)."""
+        if self.slotted:
+            return np.setdiff1d(np.arange(self.index.ntotal, dtype=np.int64), self._dead, assume_unique=True)
         return _faiss().vector_to_array(self.index.id_map).astype(np.int64)
+
+    @property
+    def resident_bytes_per_item(self) -> float:
+        """Bytes the loaded index holds per live item: codes, plus ids (id map) or dead slots (flat)."""
+        if self.count == 0:
+            return 0.0
+        if self.slotted:
+            return (self.index.ntotal * self.bytes_per_code + 8 * len(self._dead)) / self.count
+        return float(self.bytes_per_code + 8)
 
     @property
     def is_flat(self) -> bool:
         """Whether the inner index is a plain array of codes (exact search, selectors, GPU)."""
-        return isinstance(self._inner(), _faiss().IndexBinaryFlat)
+        return self.slotted or isinstance(self._inner(), _faiss().IndexBinaryFlat)
 
     @property
     def supports_remove(self) -> bool:
         """Binary HNSW graphs cannot delete nodes; those indexes are rebuilt instead."""
-        return not isinstance(self._inner(), _faiss().IndexBinaryHNSW)
+        return self.slotted or not isinstance(self._inner(), _faiss().IndexBinaryHNSW)
 
     @property
     def is_trained(self) -> bool:
@@ -121,8 +165,33 @@ class BinaryIndex:
             return
         if not self.is_trained:
             raise VectorIndexError(f"{self.preset.factory} must be trained before codes are added")
-        self.index.add_with_ids(codes, np.ascontiguousarray(ids, dtype=np.int64))
-        self._gpu_index = None
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if self.slotted:
+            self._add_slots(ids, codes)
+        else:
+            self.index.add_with_ids(codes, ids)
+
+    def _add_slots(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        """Flat preset: write each code at the position of its id; gaps become dead slots."""
+        n0 = int(self.index.ntotal)
+        if (ids < 0).any() or len(np.unique(ids)) != len(ids):
+            raise VectorIndexError("row ids must be unique and non-negative")
+        reused = ids[ids < n0]
+        if len(np.setdiff1d(reused, self._dead, assume_unique=True)):
+            raise VectorIndexError(f"row ids already hold codes: {np.setdiff1d(reused, self._dead)[:5].tolist()}")
+        top = max(n0, int(ids.max()) + 1)
+        if len(reused):  # refill dead slots: rewrite the array (rare: row ids are not reused by the indexer)
+            table = np.zeros((top, self.bytes_per_code), dtype=np.uint8)
+            table[:n0] = _faiss().vector_to_array(self.index.xb).reshape(n0, self.bytes_per_code)
+            table[ids] = codes
+            self.index.reset()
+            self.index.add(table)
+        else:
+            block = np.zeros((top - n0, self.bytes_per_code), dtype=np.uint8)
+            block[ids - n0] = codes
+            self.index.add(block)
+        gap = np.setdiff1d(np.arange(n0, top, dtype=np.int64), ids)
+        self._dead = np.setdiff1d(np.union1d(self._dead, gap), ids)
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ids; returns how many were removed."""
@@ -130,17 +199,38 @@ class BinaryIndex:
             return 0
         if not self.supports_remove:
             raise VectorIndexError(f"{self.preset.factory} cannot remove codes; rebuild it instead")
-        removed = int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
-        self._gpu_index = None
-        return removed
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not self.slotted:
+            return int(self.index.remove_ids(ids))
+        held = np.setdiff1d(ids[(ids >= 0) & (ids < self.index.ntotal)], self._dead)
+        self._dead = np.union1d(self._dead, held)
+        if len(self._dead) == self.index.ntotal:  # nothing left: drop the zero codes too
+            self.index.reset()
+            self._dead = np.empty(0, dtype=np.int64)
+        return len(held)
 
     def codes(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, codes) of a flat index, without copying the index (for the torch / GPU search)."""
         if not self.is_flat:
             raise VectorIndexError(f"{self.preset.factory} does not keep its codes as one array")
         faiss = _faiss()
-        raw = faiss.vector_to_array(self._inner().xb)
-        return self.ids(), raw.reshape(-1, self.bytes_per_code)
+        inner = self._inner()
+        raw = faiss.vector_to_array(inner.xb).reshape(-1, self.bytes_per_code)
+        if self.slotted and len(self._dead):
+            live = self.ids()
+            return live, raw[live]
+        return self.ids(), raw
+
+    def slot_codes(self) -> np.ndarray:
+        """Flat preset: a read-only view (no copy) of the codes by row id, dead slots zero."""
+        if not self.slotted:
+            raise VectorIndexError(f"{self.preset.factory} codes are not addressed by row id")
+        n = int(self.index.ntotal)
+        if n == 0:
+            return np.zeros((0, self.bytes_per_code), dtype=np.uint8)
+        view = _faiss().rev_swig_ptr(self.index.xb.data(), n * self.bytes_per_code).reshape(n, self.bytes_per_code)
+        view.flags.writeable = False
+        return view
 
     # ---- search ------------------------------------------------------------------------
     def search(
@@ -159,6 +249,9 @@ class BinaryIndex:
             return empty
         if allowed_ids is not None:
             return self._filtered(queries, k, np.asarray(allowed_ids, dtype=np.int64))
+        if self.slotted and len(self._dead) and choose_backend(device) == "faiss-cpu":
+            live = faiss_selector_not(self._dead)
+            return self._search_with(queries, k, live)
         if self.is_flat and choose_backend(device) != "faiss-cpu":
             ids, codes = self.codes()
             dist, pos = hamming_knn(queries, codes, min(k, self.count), device=device)
@@ -170,11 +263,9 @@ class BinaryIndex:
     def _filtered(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         faiss = _faiss()
         if self.is_flat:
-            sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed))
-            params = faiss.SearchParameters()
-            params.sel = sel
-            dist, ids = self.index.search(queries, min(k, self.count), params=params)
-            return _pad(dist.astype(np.int32), ids.astype(np.int64), k)
+            if self.slotted:
+                allowed = np.setdiff1d(allowed, self._dead)
+            return self._search_with(queries, k, faiss.IDSelectorBatch(np.ascontiguousarray(allowed)))
         self._apply_search_params()
         deep = min(self.count, 10 * k)
         dist, ids = self.index.search(queries, deep)
@@ -186,7 +277,16 @@ class BinaryIndex:
             out_d[row, : len(sel_d)], out_i[row, : len(sel_i)] = sel_d, sel_i
         return out_d, out_i
 
+    def _search_with(self, queries: np.ndarray, k: int, selector: Any) -> tuple[np.ndarray, np.ndarray]:
+        params = _faiss().SearchParameters()
+        params.sel = selector
+        dist, ids = self.index.search(queries, min(k, self.count), params=params)
+        ids = np.where(dist >= 0, ids, -1)  # fewer selected codes than k: FAISS pads with -1 ids
+        return _pad(dist.astype(np.int32), ids.astype(np.int64), k)
+
     def _inner(self) -> Any:
+        if self.slotted:
+            return self.index
         return _faiss().downcast_IndexBinary(self.index.index)
 
     def _apply_search_params(self) -> None:
@@ -204,6 +304,34 @@ class BinaryIndex:
         ef = self.preset.build.get("efConstruction")
         if ef is not None and isinstance(inner, faiss.IndexBinaryHNSW):
             inner.hnsw.efConstruction = int(ef)
+
+
+def dead_path(path: str | os.PathLike[str]) -> Path:
+    """The flat preset's sidecar listing slots that hold no item."""
+    path = Path(path)
+    return path.with_name(path.name + ".dead.npy")
+
+
+def _read_dead(path: Path, ntotal: int) -> np.ndarray:
+    """Dead slots from a sidecar (none when absent); a bad file is a VectorIndexError (the cache is rebuilt)."""
+    if not path.exists():
+        return np.empty(0, dtype=np.int64)
+    try:
+        dead = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise VectorIndexError(f"cannot read dead-slot list {path}: {exc}") from exc
+    if dead.ndim != 1 or dead.dtype != np.int64 or (len(dead) and (dead.min() < 0 or dead.max() >= ntotal)):
+        raise VectorIndexError(f"{path} does not fit its index of {ntotal} slots")
+    return np.unique(dead)
+
+
+def faiss_selector_not(ids: np.ndarray) -> Any:
+    """A FAISS selector of every id except `ids` (the selector keeps the batch it wraps alive)."""
+    faiss = _faiss()
+    inner = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+    sel = faiss.IDSelectorNot(inner)
+    sel.referenced = inner  # type: ignore[attr-defined]  # the SWIG wrapper does not own `inner`
+    return sel
 
 
 def _pad(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -63,6 +63,30 @@ def code_similarity(distances: np.ndarray, bits: int) -> np.ndarray:
     return (1.0 - 2.0 * np.asarray(distances, dtype=np.float32) / bits).astype(np.float32)
 
 
+def asymmetric_prune(soft: np.ndarray, candidates: np.ndarray, codes: np.ndarray, keep: int) -> np.ndarray:
+    """Keep the `keep` candidates per query whose codes score highest against the query's *real-valued* code.
+
+    `soft` (n, B) holds each query's code before the sign (tanh of the hasher's logits), `candidates`
+    (n, m) positions into `codes` (-1: none). The score is soft · (2b - 1) over the candidate's
+    bits: asymmetric hashing (the query is not binarised, so its confident bits weigh more than
+    its unsure ones), which orders a Hamming short list better than the Hamming distance does.
+    """
+    soft = np.asarray(soft, dtype=np.float32)
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if soft.shape[0] != candidates.shape[0] or soft.shape[1] != codes.shape[1] * 8:
+        raise VectorIndexError(f"{soft.shape} soft codes do not fit {candidates.shape} candidates of {codes.shape[1] * 8} bits")
+    keep = max(1, min(int(keep), candidates.shape[1]))
+    out = np.full((len(candidates), keep), -1, dtype=np.int64)
+    for start in range(0, len(candidates), 256):
+        cand = candidates[start : start + 256]
+        signs = np.unpackbits(codes[np.maximum(cand, 0)], axis=2, bitorder="little").astype(np.float32) * 2 - 1
+        scores = np.einsum("qb,qcb->qc", soft[start : start + 256], signs)
+        scores[cand < 0] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
+        out[start : start + len(cand)] = np.take_along_axis(cand, order, axis=1)
+    return out
+
+
 # ---- k-NN by Hamming distance ------------------------------------------------------------
 def hamming_knn(
     queries: np.ndarray, codes: np.ndarray, k: int, device: str = "auto"

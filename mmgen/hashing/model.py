@@ -113,6 +113,10 @@ class Hasher:
                 out[start : start + len(chunk)] = self.net(chunk, mod).float().numpy()
         return out
 
+    def soft(self, vectors: np.ndarray, modality: str) -> np.ndarray:
+        """Real-valued codes in (-1, 1): tanh of the logits (the query side of asymmetric scoring)."""
+        return np.tanh(self.logits(vectors, modality))
+
     def encode(self, vectors: np.ndarray, modality: str) -> np.ndarray:
         """Packed uint8 codes (n, bits // 8) of float embeddings of one modality."""
         return pack_codes(self.logits(vectors, modality) > 0)

@@ -1,5 +1,6 @@
 """One named index on disk: a manifest, and per modality a vector file, a FAISS file and, when the
-index has a hasher, a FAISS binary file of packed codes (`{modality}.codes.faiss`).
+index has a hasher, a FAISS binary file of packed codes (`{modality}.codes.faiss`, with
+`{modality}.codes.faiss.dead.npy` listing the removed slots of the flat preset).
 
 The vector file and the SQL `index_rows` table are the durable state; the FAISS files are
 derived caches that `sync` / `sync_codes` bring in line with the rows SQL says are live. A FAISS
@@ -227,8 +228,10 @@ class IndexFolder:
         current = self.hash
         if current and (current["name"], current["checksum"], current["preset"]) == (name, checksum, preset.to_json()):
             return
+        from mmgen.hashing.binary_index import BinaryIndex
+
         for modality in MODALITIES:
-            (self.root / f"{modality}{CODES_SUFFIX}").unlink(missing_ok=True)
+            BinaryIndex.delete(self.root / f"{modality}{CODES_SUFFIX}")
         self._codes.clear()
         self.manifest["hash"] = {
             "name": name, "checksum": checksum, "bits": int(bits), "preset": preset.to_json(), "modalities": {},

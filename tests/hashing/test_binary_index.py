@@ -1,4 +1,4 @@
-"""BinaryIndex (FAISS IndexBinaryIDMap) and the binary presets, against brute-force Hamming search."""
+"""BinaryIndex (flat codes addressed by row id; IndexBinaryIDMap for graphs and IVF) and the binary presets."""
 
 from __future__ import annotations
 
@@ -57,16 +57,51 @@ def test_remove_filter_and_save_load(tmp_path) -> None:
     np.testing.assert_array_equal(dist, brute(db[allowed], allowed, db[:2], 3))
     path = tmp_path / "c.codes.faiss"
     index.save(path)
-    assert path.stat().st_size < 197 * (8 + 8) + 200  # 8 bytes of code and 8 of id per item, a small header
+    assert path.stat().st_size < 200 * 8 + 100  # 8 bytes of code per slot, no ids, a small header
     again = BinaryIndex.load(path, 64, index.preset)
     assert again.count == 197 and sorted(again.ids().tolist()) == list(range(3, 200))
     ids_back, codes_back = again.codes()
     np.testing.assert_array_equal(codes_back[np.argsort(ids_back)], db[3:])
+    _, top = again.search(db[:3], 5)
+    assert not set(top.ravel().tolist()) & {0, 1, 2}  # removed slots are never returned
     with pytest.raises(ManifestMismatchError, match="64-bit codes, the hasher makes 128-bit"):
         BinaryIndex.load(path, 128, index.preset)
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(VectorIndexError, match="cannot read"):
         BinaryIndex.load(path, 64, index.preset)
+
+
+def test_flat_codes_are_addressed_by_row_id_without_storing_ids(tmp_path) -> None:
+    index = BinaryIndex(64, resolve_preset(None, binary=True))
+    assert index.slotted
+    db = codes(10, 8)
+    index.add(np.array([7, 2, 4]), db[:3])  # out of order, with gaps
+    assert index.ids().tolist() == [2, 4, 7] and index.count == 3 and index.index.ntotal == 8
+    dist, got = index.search(db[:3], 3)
+    assert got[:, 0].tolist() == [7, 2, 4] and (dist[:, 0] == 0).all()
+    assert set(got.ravel().tolist()) <= {2, 4, 7}  # gap slots (zero codes) are never hits
+    index.add(np.array([0, 9]), db[3:5])  # a dead slot refilled, and one beyond the end
+    assert index.ids().tolist() == [0, 2, 4, 7, 9]
+    with pytest.raises(VectorIndexError, match="already hold codes"):
+        index.add(np.array([4]), db[5:6])
+    assert index.remove(np.array([4, 4, 5, 99])) == 1  # only live ids count
+    _, got = index.search(db[2:3], 5)
+    assert 4 not in got and sorted(got[got >= 0].tolist()) == [0, 2, 7, 9]
+    assert index.resident_bytes_per_item == (10 * 8 + 8 * 6) / 4
+    path = tmp_path / "i.codes.faiss"
+    index.save(path)
+    dead = path.with_name(path.name + ".dead.npy")
+    assert dead.exists()
+    again = BinaryIndex.load(path, 64, index.preset)
+    assert again.ids().tolist() == [0, 2, 7, 9]
+    dead.write_bytes(b"garbage")
+    with pytest.raises(VectorIndexError, match="dead-slot list"):
+        BinaryIndex.load(path, 64, index.preset)
+    assert again.remove(np.array([0, 2, 7, 9])) == 4 and again.index.ntotal == 0  # empty: zero codes dropped
+    again.save(path)
+    assert not dead.exists()
+    BinaryIndex.delete(path)
+    assert not path.exists()
 
 
 def test_hnsw_filters_after_searching_and_rebuilds_instead_of_removing() -> None:

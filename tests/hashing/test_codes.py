@@ -93,3 +93,21 @@ def test_cuda_paths_match_cpu() -> None:
     np.testing.assert_array_equal(cpu_i, gpu_i)
     auto_d, _ = hamming_knn(q, db, 10, device="auto")
     np.testing.assert_array_equal(auto_d, cpu_d)
+
+
+def test_asymmetric_prune_ranks_candidates_by_soft_code_agreement() -> None:
+    from mmgen.hashing.codes import asymmetric_prune
+
+    rng = np.random.default_rng(4)
+    bits = rng.integers(0, 2, (30, 64))
+    codes = pack_codes(bits)
+    soft = np.tanh(rng.normal(size=(3, 64))).astype(np.float32)
+    candidates = np.array([rng.permutation(30)[:12] for _ in range(3)])
+    candidates[2, 5:] = -1  # a short list that ran out
+    kept = asymmetric_prune(soft, candidates, codes, 4)
+    for row in range(3):
+        cand = candidates[row][candidates[row] >= 0]
+        scores = (2 * bits[cand] - 1) @ soft[row]
+        assert kept[row].tolist() == cand[np.argsort(-scores, kind="stable")[:4]].tolist()
+    with pytest.raises(VectorIndexError, match="do not fit"):
+        asymmetric_prune(soft[:, :32], candidates, codes, 4)
