@@ -38,6 +38,8 @@ data: setup
 # concepts never seen), then reused. MODEL_MINUTES bounds its training loop.
 MODEL         ?= product
 MODEL_MINUTES ?= 8
+# The demo's captioner: trained once with the held-out concepts left out, then reused.
+CAPTION_MINUTES ?= 10
 PROTO         := $(WS)/protocols/product
 TWEMOJI_PNG   := $(DATA)/npm/node_modules/emoji-datasource-twitter/img/twitter/64
 
@@ -57,6 +59,12 @@ demo: data
 	$(BIN)/mmgen search "a house with a garden" --to text --workspace $(WS) -k 5 --where corpus=openclipart
 	@echo "--- held-out recall of the demo model (concepts unseen in training, against the full pool)"
 	$(BIN)/mmgen eval retrieval $(PROTO)/heldout-vs-pool.jsonl --encoder mmgen:$(MODEL) --workspace $(WS)
+	test -f $(WS)/models/captioner/manifest.json || \
+	  $(BIN)/mmgen train captioner --workspace $(WS) --exclude $(PROTO)/heldout-concepts.jsonl --minutes $(CAPTION_MINUTES)
+	@echo "--- captions of held-out Twemoji images; true names: skull, robot, sleeping face, orange heart"
+	@echo "    (concepts the captioner never trained on; their other styles are in the index it retrieves from)"
+	$(BIN)/mmgen caption $(TWEMOJI_PNG)/1f480.png $(TWEMOJI_PNG)/1f916.png $(TWEMOJI_PNG)/1f634.png \
+	  $(TWEMOJI_PNG)/1f9e1.png --workspace $(WS)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -555,6 +555,15 @@ def train_captioner_cmd(
         float,
         typer.Option("--prompt-dropout", min=0.0, max=0.99, help="Chance an example is trained without captions."),
     ] = 0.25,
+    exclude: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--exclude",
+            exists=True,
+            dir_okay=False,
+            help="Manifest (JSONL) whose concepts are left out of training, e.g. a held-out split; repeatable.",
+        ),
+    ] = None,
     image_noise: Annotated[
         float,
         typer.Option(
@@ -584,6 +593,7 @@ def train_captioner_cmd(
             batch_size=batch_size,
             lr=lr,
             prompt_dropout=prompt_dropout,
+            exclude=tuple(str(p) for p in exclude or ()),
             image_noise=image_noise,
             seed=seed,
             device=device,
@@ -598,6 +608,7 @@ def train_captioner_cmd(
             f"captioner {result.name}: {result.steps} steps ({result.epochs:g} epochs over {result.examples} images), "
             f"{result.train_seconds / 60:.1f} min, final loss {loss}"
             + (" (stopped by --minutes)" if result.stopped_by_time else "")
+            + (f"; {result.manifest['excluded_items']} items of excluded concepts left out" if result.manifest.get("excluded_items") else "")
         )
         typer.echo(f"  saved in {result.path} (models row {result.model_id})")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -108,6 +109,30 @@ def load_indexed_captions(store: Store, index_id: int, folder: IndexFolder) -> I
         has_image=has_image,
         text=folder.vectors("text").get(np.array([text_row[i] for i in ids])),
     )
+
+
+def exclude_concepts(corpus: IndexedCaptions, manifests: Sequence[str | Path]) -> tuple[IndexedCaptions, int]:
+    """The corpus without the concepts of the manifests' records (a test split kept out of training).
+
+    Returns the reduced corpus and the number of items left out. Concepts are compared as
+    `concept_key` makes them (emoji skin-tone variants count as their base concept).
+    """
+    from mmgen.data.records import read_manifest
+    from mmgen.eval.protocols import concept_of
+
+    concepts = {concept_of(r) for path in manifests for r in read_manifest(path) if r.group is not None}
+    keep = np.array([g not in concepts for g in corpus.groups], dtype=bool)
+    if not keep.any():
+        raise DataError("every captioned item of the index belongs to an excluded concept; nothing left to train on")
+    out = IndexedCaptions(
+        item_ids=corpus.item_ids[keep],
+        texts=[t for t, k in zip(corpus.texts, keep) if k],
+        groups=[g for g, k in zip(corpus.groups, keep) if k],
+        image=corpus.image[keep],
+        has_image=corpus.has_image[keep],
+        text=corpus.text[keep],
+    )
+    return out, int((~keep).sum())
 
 
 def leave_group_out(

@@ -27,6 +27,7 @@ import mmgen
 from mmgen.errors import ConfigError, DataError
 from mmgen.generate.caption_retrieval import (
     IndexedCaptions,
+    exclude_concepts,
     leave_group_out,
     load_indexed_captions,
 )
@@ -62,6 +63,7 @@ class CaptionerConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     prompt_dropout: float = 0.25  # chance an example is trained with no retrieved captions (each epoch)
+    exclude: tuple[str, ...] = ()  # manifests whose concepts are kept out of training (a test split)
     image_noise: float = 0.0  # max std of Gaussian noise on image embeddings (each example draws its std in [0, max])
     seed: int = 0
     device: str = "auto"
@@ -144,6 +146,9 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
         corpus = load_indexed_captions(store, index_id, folder)
     finally:
         store.close()
+    excluded = 0
+    if cfg.exclude:
+        corpus, excluded = exclude_concepts(corpus, cfg.exclude)
     dcfg = dataclasses.replace(dcfg, image_dim=int(folder.dim))
     tokenizer = CaptionTokenizer.default()
     data = _TrainingData(corpus, cfg, dcfg, tokenizer)
@@ -220,7 +225,8 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
         "lexicon_words": len(lexicon.words),
         "decoder": dcfg.to_json(),
         "examples": n,
-        "config": dataclasses.asdict(cfg),
+        "excluded_items": excluded,
+        "config": {**dataclasses.asdict(cfg), "exclude": [str(Path(p).resolve()) for p in cfg.exclude]},
         "steps": step,
         "planned_steps": total,
         "epochs": round(step / steps_per_epoch, 3),

@@ -178,3 +178,24 @@ def test_workspace_without_index_or_images(tmp_path, text_folder) -> None:
     assert res.exit_code == 0
     with pytest.raises(DataError, match="captioned images"):
         train_captioner(Workspace.resolve(tmp_path / "texts"), CaptionerConfig(steps=1, progress=False))
+
+
+def test_exclude_keeps_a_test_split_out_of_training(indexed, shapes_manifest, tmp_path) -> None:
+    from mmgen.generate.caption_retrieval import exclude_concepts
+
+    rows = [json.loads(line) for line in shapes_manifest.read_text().splitlines()]
+    held = tmp_path / "held.jsonl"  # the first two concepts; one of them also has a second style indexed
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]), encoding="utf-8")
+    corpus = _corpus(indexed)
+    kept, left_out = exclude_concepts(corpus, [held])
+    held_groups = {rows[0]["group"], rows[1]["group"]}
+    assert left_out == 4 and len(kept.texts) == len(corpus.texts) - 4  # two concepts, two styles each
+    assert not held_groups & set(kept.groups) and len(kept.image) == len(kept.texts) == len(kept.item_ids)
+    cfg = CaptionerConfig(name="cap-ex", k=2, steps=2, batch_size=8, decoder=TINY, progress=False, exclude=(str(held),))
+    result = train_captioner(indexed, cfg)
+    assert result.examples == 28 - 4 and result.manifest["excluded_items"] == 4
+    assert result.manifest["config"]["exclude"] == [str(held.resolve())]
+    everything = tmp_path / "all.jsonl"
+    everything.write_text(shapes_manifest.read_text(), encoding="utf-8")
+    with pytest.raises(DataError, match="excluded concept"):
+        exclude_concepts(corpus, [everything])
