@@ -971,6 +971,12 @@ def info_cmd(workspace: WorkspaceOpt = None, db: DbOpt = None, as_json: JsonOpt 
         for ix in info["indexes"]:
             counts = ", ".join(f"{m} {n}" for m, n in ix["vectors"].items()) or "empty"
             typer.echo(f"index {ix['name']}: {ix['encoder']} dim {ix['dim']} {ix['factory']}: {counts}")
+            if ix.get("hash"):
+                h = ix["hash"]
+                codes = ", ".join(f"{m} {n}" for m, n in h["codes"].items()) or "not built yet"
+                typer.echo(f"  codes: hasher {h['hasher']} ({h['bits']} bits, {h['preset']}): {codes}")
+        if info["models"]:
+            typer.echo("models: " + ", ".join(f"{m['name']} ({m['kind']})" for m in info["models"]))
         typer.echo("presets:")
         for name, desc in info["presets"].items():
             typer.echo(f"  {name:14s} {desc}")

@@ -89,6 +89,12 @@ def test_cli_train_index_search_eval(tmp_path, tiny_encoder) -> None:
     res = invoke("index", str(manifest), "--hash", "default-32b", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["codes"] == {"image": 40, "text": 40}
+    info = json.loads(invoke("info", "--json").stdout)
+    assert info["indexes"][0]["hash"] == {
+        "hasher": "default-32b", "bits": 32, "preset": "binary-flat", "codes": {"image": 40, "text": 40},
+    }  # fmt: skip
+    assert {"kind": "hasher", "name": "default-32b"}.items() <= info["models"][-1].items()
+    assert "codes: hasher default-32b (32 bits, binary-flat): image 40, text 40" in invoke("info").stdout
     for extra in (["--mode", "codes"], ["--rerank", "12"]):
         res = invoke("search", "a red circle", "-k", "3", *extra, "--json")
         assert res.exit_code == 0, res.output
