@@ -14,8 +14,6 @@ import hashlib
 import json
 import math
 import re
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from mmgen.train.data import (
 from mmgen.train.state import (
     MANIFEST_TYPE,
     STATE_NAME,
+    StopOnInterrupt,
     export_model,
     load_state,
     register_model,
@@ -294,7 +293,7 @@ def train_encoder(
     deadline = cfg.max_minutes * 60 * DEADLINE_FACTOR if time_budget and cfg.max_minutes else None
     calibration_start: float | None = None
     status = "completed"
-    stop = _StopOnInterrupt()
+    stop = StopOnInterrupt()
     try:
         while (run.total_steps is None or run.step < run.total_steps) and not stop.requested:
             t0 = time.perf_counter()
@@ -378,27 +377,6 @@ def train_encoder(
     if status != "completed":
         return result
     return _finish(result, model, model_cfg, preprocess_cfg, minilm, text_checksum, sources, cfg, run, ws)
-
-
-class _StopOnInterrupt:
-    """First Ctrl-C: finish the current step, then stop and save; a second one interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def restore(self) -> None:
-        """Put back the SIGINT handler that was there before training."""
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
 
 
 @dataclass

@@ -156,8 +156,8 @@ def train_generator(
     from mmgen.generate.unet import ConditionalUNet, Conditions
     from mmgen.store.db import open_store
     from mmgen.train.data import decode_pixels
-    from mmgen.train.encoder import _StopOnInterrupt
     from mmgen.train.state import (
+        StopOnInterrupt,
         load_state,
         rng_state,
         save_state,
@@ -259,7 +259,7 @@ def train_generator(
     started = time.monotonic()
     last_save = started
     status = "completed"
-    stop = _StopOnInterrupt()
+    stop = StopOnInterrupt()
     try:
         while run.step < total_steps and not stop.requested:
             t0 = time.perf_counter()

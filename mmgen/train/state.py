@@ -6,7 +6,9 @@ import json
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -144,3 +146,24 @@ def register_model(ws: Workspace, name: str, path: Path, checksum: str, params: 
         row.params = json.loads(json.dumps(params, default=str))
         session.commit()
         return int(row.id)
+
+
+class StopOnInterrupt:
+    """First Ctrl-C: finish the current step, then stop and save; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        """Put back the SIGINT handler that was there before training."""
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
