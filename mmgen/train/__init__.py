@@ -1,4 +1,6 @@
-"""Training: the joint image-text encoder (`train_encoder`), image towers shipped as open_clip configs.
+"""Training: the joint image-text encoder (`train_encoder`, image towers shipped as open_clip configs),
+the semantic-hashing autoencoder (`train_hasher`), the caption decoder (`train_captioner`) and the
+image generator (`train_generator`).
 
 Importing this package is cheap; torch and open_clip load when training starts.
 """
@@ -19,8 +21,20 @@ if TYPE_CHECKING:
     from mmgen.train.towers import DEFAULT_TOWER as DEFAULT_TOWER
     from mmgen.train.towers import default_configs as default_configs
     from mmgen.train.towers import tower_choices as tower_choices
+    from mmgen.train.hasher import HasherConfig as HasherConfig
+    from mmgen.train.hasher import train_hasher as train_hasher
+    from mmgen.train.captioner import CaptionerConfig as CaptionerConfig
+    from mmgen.train.captioner import train_captioner as train_captioner
+    from mmgen.train.generator import GeneratorConfig as GeneratorConfig
+    from mmgen.train.generator import train_generator as train_generator
 
 _LAZY = {
+    "HasherConfig": "mmgen.train.hasher",
+    "train_hasher": "mmgen.train.hasher",
+    "CaptionerConfig": "mmgen.train.captioner",
+    "train_captioner": "mmgen.train.captioner",
+    "GeneratorConfig": "mmgen.train.generator",
+    "train_generator": "mmgen.train.generator",
     "TrainConfig": "mmgen.train.encoder",
     "TrainResult": "mmgen.train.encoder",
     "StepInfo": "mmgen.train.encoder",
