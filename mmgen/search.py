@@ -260,10 +260,11 @@ class Searcher:
         asymmetric scoring (the query's real-valued code against the candidates' bits); on graph
         and IVF presets it is the Hamming top C.
         """
-        from mmgen.hashing.codes import code_similarity
+        from mmgen.hashing.codes import code_similarity, pack_codes
 
         hasher = self.hasher()
-        codes = hasher.encode(np.ascontiguousarray(queries, dtype=np.float32), query_modality)
+        logits = hasher.logits(np.ascontiguousarray(queries, dtype=np.float32), query_modality)
+        codes = pack_codes(logits > 0)  # what hasher.encode returns; the logits also serve the asymmetric stage
         index = self._codes(to)
         if mode == "codes":
             dist, ids = index.search(codes, k, allowed_ids=allowed, device=self.device)
@@ -277,8 +278,7 @@ class Searcher:
         from mmgen.hashing.codes import asymmetric_prune
 
         _, long = index.search(codes, PRELIST * depth, allowed_ids=allowed, device=self.device)
-        soft = hasher.soft(np.ascontiguousarray(queries, dtype=np.float32), query_modality)
-        short = asymmetric_prune(soft, long, index.slot_codes(), depth)
+        short = asymmetric_prune(np.tanh(logits), long, index.slot_codes(), depth)
         return rerank_exact(queries, short, self.folder.vectors(to), k)
 
     def _allowed_rows(self, modality: str, where: dict[str, str]) -> np.ndarray:

@@ -136,21 +136,16 @@ def load_captioner(
         WEIGHTS,
         artifact_files,
     )
+    from mmgen.train.state import read_model_manifest
 
     folder = ws.models_dir / name
     path = folder / MANIFEST
+    missing = ""
     if not path.is_file():
         known = sorted(p.parent.name for p in ws.models_dir.glob(f"*/{MANIFEST}") if _is_captioner(p))
         hint = f"captioners here: {', '.join(known)}" if known else "train one with `mmgen train captioner`"
-        raise ModelLoadError(f"no captioner {name!r} in {ws.models_dir}; {hint}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"unreadable captioner manifest {path}: {exc}") from exc
-    if manifest.get("type") != MANIFEST_TYPE:
-        raise ModelLoadError(f"{folder} is not a captioner (manifest type {manifest.get('type')!r})")
-    if int(manifest.get("format", 0)) > MANIFEST_FORMAT:
-        raise ModelLoadError(f"captioner {name!r} was saved by a newer mmgen (format {manifest['format']})")
+        missing = f"no captioner {name!r} in {ws.models_dir}; {hint}"
+    manifest = read_model_manifest(path, MANIFEST_TYPE, MANIFEST_FORMAT, "captioner", missing)
     if manifest.get("encoder_checksum") != encoder_checksum:
         raise ManifestMismatchError(
             f"captioner {name!r} was trained on vectors of encoder {manifest.get('encoder')} "

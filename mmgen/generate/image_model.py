@@ -117,21 +117,16 @@ def load_generator(models_dir: Path, name: str, device: str = "cpu") -> Generato
 
     from mmgen.data.hashing import file_sha256
     from mmgen.generate.unet import ConditionalUNet, UNetConfig
+    from mmgen.train.state import read_model_manifest
 
     folder = generator_dir(models_dir, name)
     manifest_path = folder / MANIFEST
+    missing = ""
     if not manifest_path.is_file():
         found = list_generators(models_dir)
         hint = f"trained generators here: {', '.join(found)}" if found else "run `mmgen train generator` first"
-        raise ModelLoadError(f"no trained generator {name!r} in {models_dir}; {hint}")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"unreadable generator manifest {manifest_path}: {exc}") from exc
-    if manifest.get("type") != MANIFEST_TYPE:
-        raise ManifestMismatchError(f"{folder} holds a {manifest.get('type')!r}, not an mmgen generator")
-    if int(manifest.get("format", 0)) > MANIFEST_FORMAT:
-        raise ModelLoadError(f"{manifest_path} was written by a newer mmgen (format {manifest.get('format')})")
+        missing = f"no trained generator {name!r} in {models_dir}; {hint}"
+    manifest = read_model_manifest(manifest_path, MANIFEST_TYPE, MANIFEST_FORMAT, "generator", missing)
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise ModelLoadError(f"generator {name!r}: {weights} is missing (training interrupted before export?)")

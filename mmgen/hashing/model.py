@@ -8,7 +8,6 @@ reconstructs the embedding from the code.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -175,18 +174,15 @@ def hasher_folder(name_or_path: str, models_dir: Path) -> Path:
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     """A hasher's manifest; ModelLoadError when missing, unreadable or not a hasher's."""
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise ModelLoadError(f"no hasher at {folder} (missing manifest.json); train one with `mmgen train hasher`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"unreadable hasher manifest {path}: {exc}") from exc
-    if manifest.get("type") != MANIFEST_TYPE:
-        raise ModelLoadError(f"{folder} holds a {manifest.get('type', 'unknown')} model, not a hasher")
-    if int(manifest.get("format", 0)) > MANIFEST_FORMAT:
-        raise ModelLoadError(f"{path} was written by a newer mmgen (format {manifest['format']})")
-    return manifest
+    from mmgen.train.state import read_model_manifest
+
+    return read_model_manifest(
+        folder / "manifest.json",
+        MANIFEST_TYPE,
+        MANIFEST_FORMAT,
+        "hasher",
+        f"no hasher at {folder} (missing manifest.json); train one with `mmgen train hasher`",
+    )
 
 
 def load_hasher(name_or_path: str, models_dir: Path) -> Hasher:

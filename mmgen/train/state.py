@@ -128,6 +128,25 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def read_model_manifest(path: Path, manifest_type: str, max_format: int, label: str, missing: str) -> dict[str, Any]:
+    """A saved model's manifest, checked: ModelLoadError when it is missing (`missing` is the
+    message), unreadable, of another model type (`label` names the expected one) or written by a
+    newer mmgen than `max_format` allows.
+    """
+    if not path.is_file():
+        raise ModelLoadError(missing)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"unreadable {label} manifest {path}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("type") != manifest_type:
+        found = manifest.get("type", "unknown") if isinstance(manifest, dict) else "unknown"
+        raise ModelLoadError(f"{path.parent} holds a {found} model, not a {label}")
+    if int(manifest.get("format", 0)) > max_format:
+        raise ModelLoadError(f"{path} was written by a newer mmgen (format {manifest['format']})")
+    return manifest
+
+
 def register_model(ws: Workspace, name: str, path: Path, checksum: str, params: dict[str, Any]) -> int:
     """Insert or update the `models` row (kind "encoder", version = checksum prefix); returns its id."""
     from sqlalchemy import select
