@@ -367,25 +367,41 @@ def generate_cmd(
 # ---- data ----------------------------------------------------------------------------------
 @data_app.command("fetch")
 def data_fetch(
-    what: Annotated[str, typer.Argument(help="emoji | openclipart | all")],
+    what: Annotated[
+        str, typer.Argument(help="emoji | emoji-styles | icons | iconify:PREFIX | openclipart | all")
+    ],
     data_dir: Annotated[
         Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA", help="[default: ./data]")
     ] = None,
 ) -> None:
-    """Fetch a demo corpus from the package registries (npm, Debian) and prepare it."""
+    """Fetch a corpus from the package registries (npm, Debian) and prepare it (rendered once, cached)."""
     with _errors():
-        from mmgen.data.fetch import fetch_emoji, fetch_openclipart
+        from mmgen.data import iconify
+        from mmgen.data.fetch import fetch_emoji, fetch_iconify, fetch_openclipart
         from mmgen.data.sources import data_dir_default
         from mmgen.errors import UnknownNameError
 
         root = (data_dir or data_dir_default()).resolve()
-        fetchers: dict[str, Callable[[Path], Any]] = {"emoji": fetch_emoji, "openclipart": fetch_openclipart}
-        if what not in (*fetchers, "all"):
-            raise UnknownNameError("corpus", what, [*fetchers, "all"])
+        fetchers: dict[str, Callable[[Path], Any]] = {
+            "emoji": fetch_emoji,
+            "emoji-styles": lambda d: fetch_iconify(d, dict(iconify.EMOJI_SETS)),
+            "icons": lambda d: fetch_iconify(d, dict(iconify.ICON_SETS)),
+            "openclipart": fetch_openclipart,
+        }
+        if what.startswith("iconify:"):
+            prefix = what.removeprefix("iconify:")
+            pinned = {**iconify.EMOJI_SETS, **iconify.ICON_SETS}.get(prefix)
+            fetchers = {what: lambda d: fetch_iconify(d, {prefix: pinned})}
+        elif what not in (*fetchers, "all"):
+            raise UnknownNameError("corpus", what, [*fetchers, "iconify:PREFIX", "all"])
+        problems = []
         for name, fetch in fetchers.items():
             if what in (name, "all"):
                 result = fetch(root)
+                problems += result.get("errors", [])
                 typer.echo(f"{name}: {json.dumps(result, default=str)}")
+        for line in problems:
+            typer.echo(f"  failed: {line}", err=True)
 
 
 @data_app.command("manifest")
@@ -474,6 +490,10 @@ def train_encoder_cmd(
             "--sampling", help="Batch units: concept (each once per epoch) | image (weighted by their images)."
         ),
     ] = "image",
+    icon_weight: Annotated[
+        float,
+        typer.Option("--icon-weight", min=0, help="Draw weight of icon concepts (Iconify icon sets); 0 leaves them out."),
+    ] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[str, typer.Option("--resume", help="auto | require | never")] = "auto",
     data_dir: DataDirOpt = None,
@@ -500,6 +520,7 @@ def train_encoder_cmd(
             unlocked_text_layers=unlock_text_layers,
             augment=augment,
             sampling=sampling,
+            icon_weight=icon_weight,
             resume=resume,
             device=device,
             progress=not quiet and not as_json,

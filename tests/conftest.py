@@ -117,6 +117,29 @@ def tiny_encoder(tiny_clip: TinyClip) -> Encoder:
 
 
 @pytest.fixture(scope="session")
+def minilm_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint folder as `mmgen train` writes it: the real MiniLM text tower beside a tiny seeded image tower."""
+    ensure_torchvision()
+    import shutil
+
+    import torch
+    from open_clip.model import CustomTextCLIP
+
+    from mmgen.encoders.openclip import minilm_folder, resolve_text_markers
+    from mmgen.train.state import TOKENIZER_FILES
+    from mmgen.train.towers import TEXT_CFG, TEXT_DIM
+
+    model_cfg = {"embed_dim": TEXT_DIM, "vision_cfg": TINY_CFG["vision_cfg"], "text_cfg": dict(TEXT_CFG)}
+    text_cfg = {**resolve_text_markers(model_cfg)["text_cfg"], "hf_model_pretrained": True}
+    torch.manual_seed(0)
+    model = CustomTextCLIP(embed_dim=TEXT_DIM, vision_cfg=model_cfg["vision_cfg"], text_cfg=text_cfg).eval()
+    folder = save_openclip_checkpoint(model, model_cfg, None, tmp_path_factory.mktemp("minilm_clip") / "model")
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(minilm_folder() / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def minilm() -> Encoder:
     return load_encoder("st:all-MiniLM-L6-v2", device="cpu")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -31,7 +32,7 @@ def fetch_emoji(data_dir: Path, progress: bool = True) -> dict[str, Any]:
     rsvg = shutil.which("rsvg-convert")
     if rsvg is None:
         raise MissingDependencyError(_RSVG_HINT)
-    installed = _npm_install(data_dir)
+    installed = _npm_install(data_dir, emoji.NPM_PACKAGES)
     counts: dict[str, Any] = {"data_dir": str(data_dir), "npm_installed": installed, "packages": emoji.NPM_PACKAGES}
     jobs: list[tuple[Path, Path]] = []
     for style in emoji.OPENMOJI_STYLES:
@@ -56,11 +57,16 @@ def fetch_emoji(data_dir: Path, progress: bool = True) -> dict[str, Any]:
     return counts
 
 
-def _npm_install(data_dir: Path) -> bool:
-    """Install the pinned packages unless they are already there; return whether npm ran."""
+def _npm_install(data_dir: Path, packages: dict[str, str | None]) -> bool:
+    """Install npm packages (name -> pinned version, or None: any) unless they are there; return whether npm ran."""
     npm_dir = data_dir / "npm"
     modules = emoji.node_modules(data_dir)
-    if all(_package_version(modules / name) == version for name, version in emoji.NPM_PACKAGES.items()):
+
+    def present(name: str, version: str | None) -> bool:
+        found = _package_version(modules / name)
+        return found is not None and (version is None or found == version)
+
+    if all(present(name, version) for name, version in packages.items()):
         return False
     npm = shutil.which("npm")
     if npm is None:
@@ -69,7 +75,7 @@ def _npm_install(data_dir: Path) -> bool:
     if not (npm_dir / "package.json").is_file():
         manifest = {"name": "mmgen-data", "version": "0.0.0", "private": True, "description": "mmgen demo corpora"}
         (npm_dir / "package.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    specs = [f"{name}@{version}" for name, version in emoji.NPM_PACKAGES.items()]
+    specs = [f"{name}@{version}" if version else name for name, version in packages.items()]
     cmd = [npm, "install", "--ignore-scripts", "--no-audit", "--no-fund", "--save-exact", *specs]
     try:
         done = subprocess.run(cmd, cwd=npm_dir, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False)
@@ -78,10 +84,41 @@ def _npm_install(data_dir: Path) -> bool:
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise DataError(f"npm install failed in {npm_dir} (exit {done.returncode}): {' | '.join(tail)}")
-    for name, version in emoji.NPM_PACKAGES.items():
-        if _package_version(modules / name) != version:
-            raise DataError(f"npm did not install {name}@{version} into {modules}")
+    for name, version in packages.items():
+        if not present(name, version):
+            raise DataError(f"npm did not install {name}@{version or 'latest'} into {modules}")
     return True
+
+
+def fetch_iconify(data_dir: Path, prefixes: dict[str, str | None], progress: bool = True) -> dict[str, Any]:
+    """Install Iconify sets (prefix -> pinned version, None: latest) with npm, then render each to PNG once.
+
+    A set whose JSON is malformed, or an icon that fails to render, is reported; the others go on.
+    """
+    from mmgen.data import iconify
+
+    data_dir = Path(data_dir).expanduser().resolve()
+    for prefix in prefixes:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", prefix):
+            raise DataError(f"not an Iconify set prefix: {prefix!r} (lower-case letters, digits and '-')")
+    packages = {iconify.package_name(p): v for p, v in prefixes.items()}
+    installed = _npm_install(data_dir, packages)
+    out: dict[str, Any] = {"data_dir": str(data_dir), "npm_installed": installed, "sets": {}}
+    table = None
+    problems: list[str] = []
+    for prefix in prefixes:
+        try:
+            done = iconify.render_set(data_dir, prefix, progress=progress)
+            if iconify.is_emoji_set(prefix):
+                table = table if table is not None else iconify.emoji_join_table(data_dir)
+                done["join"] = iconify.join_coverage(data_dir, prefix, table)
+        except DataError as e:
+            problems.append(f"{prefix}: {e}")
+            done = {"error": str(e)}
+        out["sets"][prefix] = done
+    if problems:
+        out["errors"] = problems
+    return out
 
 
 def _package_version(package_dir: Path) -> str | None:

@@ -7,17 +7,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmgen.data import emoji, openclipart
+from mmgen.data import emoji, iconify, openclipart
 from mmgen.data.folder import folder_records
 from mmgen.data.records import MANIFEST_SUFFIXES, Record, read_manifest
 from mmgen.errors import DataError, UnknownNameError
 
-SOURCE_NAMES: tuple[str, ...] = ("emoji", "openmoji", "openmoji-color", "openmoji-black", "twemoji", "openclipart")
+EMOJI_STYLE_SETS: tuple[str, ...] = tuple(iconify.EMOJI_SETS)
+ICON_SET_NAMES: tuple[str, ...] = tuple(iconify.ICON_SETS)
+SOURCE_NAMES: tuple[str, ...] = (
+    "emoji", "openmoji", "openmoji-color", "openmoji-black", "twemoji", "openclipart",
+    "emoji-styles", *EMOJI_STYLE_SETS, "icons", *ICON_SET_NAMES,
+)  # fmt: skip
 # Names that expand to several corpora.
 SOURCE_GROUPS: dict[str, tuple[str, ...]] = {
     "emoji": emoji.EMOJI_STYLES,
     "openmoji": emoji.OPENMOJI_STYLES,
+    "emoji-styles": EMOJI_STYLE_SETS,
+    "icons": ICON_SET_NAMES,
 }
+ICONIFY_PREFIX = "iconify:"
 ENV_DATA = "MMGEN_DATA"
 
 
@@ -44,7 +52,7 @@ def data_dir_default() -> Path:
 
 def source_choices() -> list[str]:
     """Return what open_sources accepts, for error messages and help text."""
-    return [*SOURCE_NAMES, "<folder>", "<manifest.jsonl|.json|.csv>"]
+    return [*SOURCE_NAMES, "iconify:<prefix>", "<folder>", "<manifest.jsonl|.json|.csv>"]
 
 
 def open_sources(spec: str, data_dir: Path | None = None) -> list[Source]:
@@ -54,6 +62,8 @@ def open_sources(spec: str, data_dir: Path | None = None) -> list[Source]:
     if name in SOURCE_NAMES:
         names = SOURCE_GROUPS.get(name, (name,))
         return [_named_source(n, spec, ddir) for n in names]
+    if name.startswith(ICONIFY_PREFIX):
+        return [_iconify_source(name.removeprefix(ICONIFY_PREFIX), spec, ddir)]
     path = Path(name).expanduser()
     if name and path.is_dir():
         root = path.resolve()
@@ -75,9 +85,20 @@ def _named_source(name: str, spec: str, data_dir: Path) -> Source:
         return Source(
             name, spec, "openclipart", root, openclipart.LICENCE, lambda: openclipart.openclipart_records(root)
         )
+    if name in EMOJI_STYLE_SETS or name in ICON_SET_NAMES:
+        return _iconify_source(name, spec, data_dir)
     emoji.check_fetched(data_dir, name)
     if name == "twemoji":
         loader: Callable[[], Iterator[Record]] = lambda: emoji.twemoji_records(data_dir)  # noqa: E731
     else:
         loader = lambda: emoji.openmoji_records(data_dir, name)  # noqa: E731
     return Source(name, spec, "emoji", data_dir, emoji.LICENCES[name], loader)
+
+
+def _iconify_source(prefix: str, spec: str, data_dir: Path) -> Source:
+    if not prefix:
+        raise DataError("iconify: needs a set prefix, e.g. iconify:mdi")
+    iconify.check_rendered(data_dir, prefix)
+    iset = iconify.load_set(data_dir, prefix)
+    root = iconify.package_dir(data_dir, prefix)
+    return Source(prefix, spec, "iconify", root, iset.licence, iconify.set_records(data_dir, prefix, iset.info))

@@ -22,6 +22,7 @@ from mmgen.encoders.base import Encoder, batched, configure_torch_threads, sha25
 from mmgen.errors import MissingDependencyError, ModelLoadError, UnknownNameError
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
 CONFIG_NAME = "open_clip_config.json"
@@ -61,16 +62,22 @@ class OpenClipEncoder(Encoder):
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self._weight_files = weight_files
+        self._pad_id = inert_pad_id(model)
 
     def _encode_text(self, texts: list[str], batch_size: int) -> np.ndarray:
         import torch
 
-        out = []
+        # The tokenizer pads every text to the context length; batches of similar lengths, trimmed
+        # to their longest text, skip that padding (identical results where `inert_pad_id` allows it).
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
-            for batch in batched(texts, batch_size):
-                tokens = self.tokenizer(list(batch)).to(self.device)
-                out.append(self.model.encode_text(tokens).float().cpu().numpy())
-        return np.concatenate(out)
+            for idx in batched(order, batch_size):
+                tokens = self.tokenizer([texts[i] for i in idx])
+                if self._pad_id is not None:
+                    tokens = trim_padding(tokens, self._pad_id)
+                out[list(idx)] = self.model.encode_text(tokens.to(self.device)).float().cpu().numpy()
+        return out
 
     def _encode_image(self, images: list[Image.Image], batch_size: int) -> np.ndarray:
         import torch
@@ -154,6 +161,33 @@ def load_openclip_dir(name: str, folder: Path, device: str) -> OpenClipEncoder:
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     files = [config_path, weights, *_tokenizer_files(folder)]
     return OpenClipEncoder(name, model, preprocess, tokenizer, dim, device, files)
+
+
+def trim_padding(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Drop the trailing columns that are padding in every row (at least one column is kept)."""
+    import torch
+
+    # The last real column, not the count of real tokens: a pad id can also be a real token (CLIP's "!").
+    columns = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
+    length = int(((tokens != pad_id) * columns).max()) if tokens.numel() else 0
+    return tokens[:, : max(1, length)]
+
+
+def inert_pad_id(model: Any) -> int | None:
+    """The pad id whose trailing columns `model.encode_text` ignores, or None where trimming them could change it.
+
+    Only an HF text tower with a masked pooler qualifies: it masks its pad ids in attention and pooling.
+    open_clip's own text towers add positions and a causal mask sized to the full context length.
+    """
+    from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, HFTextEncoder, MeanPooler
+
+    text = getattr(model, "text", None)
+    if not isinstance(text, HFTextEncoder) or not isinstance(
+        text.pooler, (MeanPooler, ClsPooler, ClsLastHiddenStatePooler)
+    ):
+        return None
+    pad_id = getattr(text.config, "pad_token_id", None)
+    return None if pad_id is None else int(pad_id)
 
 
 def resolve_text_markers(model_cfg: dict[str, Any], name: str = "model") -> dict[str, Any]:

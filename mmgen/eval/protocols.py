@@ -17,6 +17,7 @@ real corpora and writes the files.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -27,24 +28,33 @@ from typing import Any, Literal
 import numpy as np
 
 from mmgen.data.hashing import file_sha256
+from mmgen.data.iconify import EMOJI_SETS, ICON_SETS
 from mmgen.data.records import Record, write_manifest
 from mmgen.errors import DataError, UnknownNameError
 
 PROTOCOLS: tuple[str, ...] = ("loso", "product")
 SOURCES: tuple[str, ...] = ("openmoji-color", "openmoji-black", "twemoji", "openclipart")
 EMOJI_SOURCES: tuple[str, ...] = ("openmoji-color", "openmoji-black", "twemoji")
+# Iconify sources a protocol uses when they are fetched (DATA.md section 3): more emoji styles, named icons.
+STYLE_SOURCES: tuple[str, ...] = tuple(EMOJI_SETS)
+ICON_SOURCES: tuple[str, ...] = tuple(ICON_SETS)
 EMOJI_HOLDOUT = 0.2
 OPENCLIPART_HOLDOUT = 0.1
+ICON_HOLDOUT = 0.05
+DEV_HOLDOUT = 0.1  # of the training emoji concepts: the development split for tuning
+DEV_DIR = "dev"
 TRAIN = "train.jsonl"
 SUMMARY = "protocol.json"
 _SKIN_TONES = frozenset({"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"})
 _REQUIRED: dict[str, tuple[str, ...]] = {"loso": SOURCES, "product": SOURCES}
 # Sources whose records reach an evaluation manifest: only their images are hashed for duplicates.
 _EVALUATED: dict[str, tuple[str, ...]] = {"loso": ("twemoji",), "product": SOURCES}
+_ICON_GROUP = "icon:"
 
 DESCRIPTIONS = {
     "loso": (
-        "Leave-one-style-out: train on every OpenMoji color and black record and every OpenClipart drawing; "
+        "Leave-one-style-out: train on every OpenMoji color and black record, every record of the fetched "
+        "Iconify emoji styles and icon sets, and every OpenClipart drawing; "
         "evaluate on Twemoji base emoji (no skin-tone variants, components or extras), flags in a manifest "
         "of their own; evaluation images whose PNG bytes equal another concept's image in the same style "
         "are dropped."
@@ -53,7 +63,13 @@ DESCRIPTIONS = {
         "Product model: numpy default_rng(seed) permutes the sorted list of base emoji concepts (code points "
         "without FE0F) and holds out the first 20% in every style (OpenMoji color, OpenMoji black, Twemoji) "
         "together with their skin-tone variants, then permutes the sorted OpenClipart keys and holds out the "
-        "first 10%; train on everything else of the four sources; evaluate on the held-out base emoji without "
+        "first 10%; the Iconify emoji styles (when fetched) hold out the same concepts; every icon whose "
+        "caption contains a held-out concept's name (OpenMoji annotation, Unicode name or short name, as whole "
+        "words) is left out of training (OpenClipart drawings that do are counted and stay); numpy permutes the "
+        "sorted remaining icon concept groups and holds out the first 5% (icons-heldout.jsonl); a further 10% of "
+        "the training emoji concepts without flags (a second permutation) make the development split in dev/ "
+        "(dev/train.jsonl leaves them out the same way, dev/heldout-vs-pool.jsonl queries them); train on "
+        "everything else; evaluate on the held-out base emoji without "
         "flags among themselves and against every base emoji without flags of the three styles (the rest as "
         "meta.role=candidate), on held-out flags, and on the OpenClipart hold-out; evaluation images whose "
         "bytes equal another concept's image in the same source are dropped."
@@ -80,6 +96,11 @@ def write_protocol(
     _check_name(name)
     ddir = Path(data_dir).expanduser().resolve() if data_dir is not None else data_dir_default()
     corpora = {source: list(open_sources(source, ddir)[0].records()) for source in _REQUIRED[name]}
+    for source in (*STYLE_SOURCES, *ICON_SOURCES):
+        try:
+            corpora[source] = list(open_sources(source, ddir)[0].records())
+        except DataError:
+            continue  # not fetched: the protocol is built from what is there, and says so
     protocol = build_protocol(name, corpora, seed)
     protocol.summary["data"] = data_versions(ddir)
     return save_protocol(protocol, out_dir)
@@ -110,7 +131,8 @@ def build_protocol(name: str, corpora: Mapping[str, Iterable[Record]], seed: int
         raise DataError(f"protocol {name} needs the sources {', '.join(missing)}")
     tagged: dict[str, list[Record]] = {}
     errors: dict[str, int] = {}
-    for source in _REQUIRED[name]:
+    present = [*_REQUIRED[name], *(s for s in (*STYLE_SOURCES, *ICON_SOURCES) if s in corpora)]
+    for source in present:
         records = list(corpora[source])
         errors[source] = sum(r.error is not None for r in records)
         tagged[source] = [_tag(r, source) for r in records if r.error is None]
@@ -124,6 +146,7 @@ def build_protocol(name: str, corpora: Mapping[str, Iterable[Record]], seed: int
         "seed": seed,
         "description": DESCRIPTIONS[name],
         **extra,
+        "sources": present,
         "duplicate_images_dropped": {s: len(d) for s, d in duplicates.items()},
         "records_with_errors": errors,
         "manifests": {f: manifest_counts(rs) for f, rs in manifests.items()},
@@ -220,11 +243,12 @@ def _eval_split(records: list[Record], duplicates: set[str]) -> tuple[list[Recor
 def _loso(
     tagged: dict[str, list[Record]], duplicates: dict[str, set[str]]
 ) -> tuple[dict[str, list[Record]], dict[str, Any]]:
-    train = [r for s in ("openmoji-color", "openmoji-black", "openclipart") for r in tagged[s]]
+    sources = [s for s in tagged if s != "twemoji"]
+    train = [r for s in sources for r in tagged[s]]
     twemoji, flags = _eval_split(tagged["twemoji"], duplicates["twemoji"])
     manifests = {TRAIN: train, "twemoji.jsonl": twemoji, "twemoji-flags.jsonl": flags}
     return manifests, {
-        "train_sources": ["openmoji-color", "openmoji-black", "openclipart"],
+        "train_sources": sources,
         "eval_sources": ["twemoji"],
     }
 
@@ -237,8 +261,22 @@ def _product(
     held = _hold_out(concepts, EMOJI_HOLDOUT, rng)
     keys = sorted({str(r.group) for r in tagged["openclipart"]})
     held_art = _hold_out(keys, OPENCLIPART_HOLDOUT, rng)
+    styles = [s for s in STYLE_SOURCES if s in tagged]
+    emoji_like = [*EMOJI_SOURCES, *styles]
+    emoji_records = [r for s in emoji_like for r in tagged[s] if not _is_icon(r)]
+    icons = [r for s in [*styles, *(s for s in ICON_SOURCES if s in tagged)] for r in tagged[s] if _is_icon(r)]
+    held_names = _concept_names(emoji_records, held)
+    named = {r.key for r in icons if _names_any(r, held_names)}
+    icon_groups = sorted({str(r.group) for r in icons if r.key not in named})
+    held_icons = _hold_out(icon_groups, ICON_HOLDOUT, rng)
+    # Counted, not removed: OpenClipart's split stays by drawing, as before the icon sets joined.
+    art_named = sum(r.group not in held_art and _names_any(r, held_names) for r in tagged["openclipart"])
 
-    train = [r for s in EMOJI_SOURCES for r in tagged[s] if concept_of(r) not in held and r.group not in held]
+    def emoji_train(test: frozenset[str]) -> list[Record]:
+        return [r for r in emoji_records if concept_of(r) not in test and r.group not in test]
+
+    train = emoji_train(held)
+    train += [r for r in icons if r.key not in named and r.group not in held_icons]
     train += [r for r in tagged["openclipart"] if r.group not in held_art]
     queries: list[Record] = []
     pool: list[Record] = []
@@ -256,6 +294,24 @@ def _product(
         "heldout-flags.jsonl": flags,
         "openclipart-heldout.jsonl": art,
     }
+    if icons:
+        icon_dups = _duplicate_images([r for r in icons if r.key not in named])
+        manifests["icons-heldout.jsonl"] = [r for r in icons if r.group in held_icons and r.key not in icon_dups]
+
+    # Development split: a second permutation of the training emoji concepts, left out the same way.
+    flag_groups = {r.group for r in emoji_records if r.meta.get("is_flag")}
+    dev_concepts = sorted(c for c in concepts if c not in held and c not in flag_groups)
+    dev = _hold_out(dev_concepts, DEV_HOLDOUT, rng)
+    dev_names = _concept_names(emoji_records, dev)
+    manifests[f"{DEV_DIR}/{TRAIN}"] = [
+        r for r in train if concept_of(r) not in dev and r.group not in dev and not (
+            _is_icon(r) and _names_any(r, dev_names)
+        )
+    ]  # fmt: skip
+    dev_queries = [r for r in queries + pool if r.group in dev]
+    manifests[f"{DEV_DIR}/heldout-vs-pool.jsonl"] = [_as_query(r) for r in dev_queries] + [
+        r for r in pool if r.group not in dev
+    ]
     extra = {
         "holdout": {
             "emoji_fraction": EMOJI_HOLDOUT,
@@ -264,17 +320,64 @@ def _product(
             "openclipart_fraction": OPENCLIPART_HOLDOUT,
             "openclipart_drawings": len(keys),
             "openclipart_heldout": len(held_art),
+            "heldout_names": len(held_names),
+            "icons_naming_heldout_concepts": len(named),
+            "openclipart_training_naming_heldout_concepts": art_named,
+            "icon_fraction": ICON_HOLDOUT,
+            "icon_concepts": len(icon_groups),
+            "icon_heldout_concepts": len(held_icons),
+            "dev_fraction": DEV_HOLDOUT,
+            "dev_concepts": len(dev),
         },
-        "train_sources": list(SOURCES),
-        "eval_sources": list(SOURCES),
+        "train_sources": list(tagged),
+        "eval_sources": list(SOURCES) + (["icons"] if icons else []),
     }
     return manifests, extra
+
+
+def _is_icon(r: Record) -> bool:
+    """An icon concept (a named icon, or an emoji-style icon that joins to no code point)."""
+    return str(r.group or "").startswith(_ICON_GROUP)
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"[a-z0-9]+", text.casefold()))
+
+
+def _concept_names(records: list[Record], concepts: frozenset[str]) -> set[tuple[str, ...]]:
+    """Every name of the given emoji concepts, as word tuples: annotations, Unicode names, short names."""
+    names: set[tuple[str, ...]] = set()
+    for r in records:
+        if r.group in concepts or concept_of(r) in concepts:
+            values = [r.text or "", str(r.meta.get("name") or ""), *(r.meta.get("short_names") or [])]
+            names.update(w for w in (_words(str(v).replace("_", " ")) for v in values) if w)
+    return names
+
+
+def _names_any(r: Record, names: set[tuple[str, ...]]) -> bool:
+    """True when one of the record's captions contains one of the names as whole, consecutive words."""
+    if not names:
+        return False
+    longest = max(len(n) for n in names)
+    captions = [r.text or "", *(c for c in r.meta.get("captions") or [] if isinstance(c, str))]
+    for caption in captions:
+        w = _words(caption)
+        for i in range(len(w)):
+            for j in range(i + 1, min(len(w), i + longest) + 1):
+                if w[i:j] in names:
+                    return True
+    return False
 
 
 def _hold_out(names: list[str], fraction: float, rng: np.random.Generator) -> frozenset[str]:
     """The first round(fraction * n) names of a seeded permutation of the sorted names."""
     order = rng.permutation(len(names))
     return frozenset(names[i] for i in order[: round(fraction * len(names))])
+
+
+def _as_query(r: Record) -> Record:
+    meta = {k: v for k, v in r.meta.items() if k != "role"}
+    return Record(key=r.key, image=r.image, text=r.text, group=r.group, meta=meta)
 
 
 def _as_candidate(r: Record) -> Record:

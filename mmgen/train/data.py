@@ -39,6 +39,7 @@ class DataReport:
     record_errors: int = 0
     corrupt_images: int = 0
     duplicate_images: int = 0  # identical pixels to another concept's image (kept once)
+    skipped_icons: int = 0  # icon concepts left out by icon_weight 0
     errors: list[str] = field(default_factory=list)  # the first MAX_REPORTED messages
     units: int = 0
     merged_records: int = 0  # records that joined another concept's unit (shared caption)
@@ -50,7 +51,7 @@ class DataReport:
         """Records not trained on, for any reason."""
         return (
             self.skipped_no_image + self.skipped_no_text + self.record_errors + self.corrupt_images
-            + self.duplicate_images
+            + self.duplicate_images + self.skipped_icons
         )  # fmt: skip
 
     def note(self, message: str) -> None:
@@ -73,6 +74,12 @@ class Example:
     captions: list[str]  # the primary caption first, then alternatives ("annotation, tags")
     group: str
     corpus: str
+    weight: float = 1.0  # relative chance of being drawn (icons are down-weighted by `icon_weight`)
+
+
+def is_icon_group(group: str | None) -> bool:
+    """True for a named icon concept (Iconify icon sets; emoji-style icons joined to no code point)."""
+    return str(group or "").startswith("icon:")
 
 
 @dataclass
@@ -86,6 +93,7 @@ class TrainingSet:
     unit_alternates: list[np.ndarray]  # caption ids of each unit's alternative captions (may be empty)
     report: DataReport
     fingerprint: str  # identifies pixels + captions + units (resume compatibility)
+    unit_weights: list[np.ndarray] = field(default_factory=list)  # per image of each unit, parallel to unit_images
 
     @property
     def n_units(self) -> int:
@@ -93,8 +101,13 @@ class TrainingSet:
         return len(self.unit_images)
 
 
-def collect_examples(sources: Iterable[str], data_dir: Path | None = None) -> tuple[list[Example], DataReport]:
-    """Read the records of every SOURCE; keep those with an image and a caption, count the rest."""
+def collect_examples(
+    sources: Iterable[str], data_dir: Path | None = None, icon_weight: float = 1.0
+) -> tuple[list[Example], DataReport]:
+    """Read the records of every SOURCE; keep those with an image and a caption, count the rest.
+
+    Icon concepts get weight `icon_weight`; at 0 they are left out (counted in `skipped_icons`).
+    """
     from mmgen.data.sources import open_sources
 
     report = DataReport()
@@ -119,7 +132,11 @@ def collect_examples(sources: Iterable[str], data_dir: Path | None = None) -> tu
                     continue
                 # Emoji groups are code points shared across styles; other keys are only unique per corpus.
                 group = record.group if record.group is not None else f"{source.corpus}:{record.key}"
-                examples.append(Example(record.image, captions, group, source.corpus))
+                weight = icon_weight if is_icon_group(group) else 1.0
+                if weight <= 0:
+                    report.skipped_icons += 1
+                    continue
+                examples.append(Example(record.image, captions, group, source.corpus, weight))
     return examples, report
 
 
@@ -185,6 +202,8 @@ def build_training_set(
     caption_list = list(captions)
     digest = hashlib.sha256(pixels.tobytes())
     digest.update(json.dumps([caption_list, unit_images], separators=(",", ":")).encode())
+    if any(e.weight != 1.0 for e in examples):
+        digest.update(json.dumps([e.weight for e in examples]).encode())
     return TrainingSet(
         pixels=pixels,
         captions=caption_list,
@@ -192,6 +211,7 @@ def build_training_set(
         unit_primary=[np.asarray(sorted(v), dtype=np.int64) for v in unit_primary],
         unit_alternates=[np.asarray(sorted(v - p), dtype=np.int64) for v, p in zip(unit_alternates, unit_primary)],
         report=report,
+        unit_weights=[np.asarray([examples[i].weight for i in v], dtype=np.float64) for v in unit_images],
         fingerprint=digest.hexdigest(),
     )
 
@@ -268,10 +288,16 @@ class BatchSampler:
         self.sampling = sampling
         self.n_units = data.n_units
         self._images = _ragged(data.unit_images)
+        weights = data.unit_weights or [np.ones(len(v)) for v in data.unit_images]
+        self._weighted = any(bool((w != 1.0).any()) for w in weights)
+        # Cumulative image weights inside each unit: an icon drawn beside emoji styles of one concept is
+        # picked in proportion to its weight.
+        self._cum = _ragged([np.cumsum(w) for w in weights]) if self._weighted else None
+        unit_mass = np.asarray([w.sum() for w in weights], dtype=np.float64)
         # "image": a concept drawn in k styles is k times as likely to be in a batch (an epoch is a pass
-        # over the images); "concept": every concept once per epoch.
-        self._p = self._images.counts / self._images.counts.sum() if sampling == "image" else None
-        per_epoch = int(self._images.counts.sum()) if sampling == "image" else data.n_units
+        # over the images, icons counted at their weight); "concept": every concept once per epoch.
+        self._p = unit_mass / unit_mass.sum() if sampling == "image" else None
+        per_epoch = int(round(unit_mass.sum())) if sampling == "image" else data.n_units
         self.steps_per_epoch = max(1, per_epoch // self.batch_size)
         self._primary = _ragged(data.unit_primary)
         self._alternates = _ragged(data.unit_alternates)
@@ -286,7 +312,8 @@ class BatchSampler:
             draw = np.random.default_rng([self.seed, epoch, position, 2])
             units = draw.choice(self.n_units, size=self.batch_size, replace=False, p=self._p)
         rng = np.random.default_rng([self.seed, epoch, position, 1])
-        images = self._images.pick(units, rng.random(len(units)))
+        uniform = rng.random(len(units))
+        images = self._images.pick(units, uniform) if self._cum is None else self._weighted_pick(units, uniform)
         captions = self._primary.pick(units, rng.random(len(units)))
         has_alt = self._alternates.counts[units] > 0
         use_alt = has_alt & (rng.random(len(units)) < self.alternate_p)
@@ -295,11 +322,24 @@ class BatchSampler:
         return units, images, captions
 
 
+    def _weighted_pick(self, units: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+        """One image of each unit, drawn in proportion to the image weights."""
+        assert self._cum is not None
+        out = np.empty(len(units), dtype=np.int64)
+        for j, u in enumerate(units):
+            start, n = self._cum.offsets[u], self._cum.counts[u]
+            cum = self._cum.flat_f[start : start + n]
+            k = min(int(np.searchsorted(cum, uniform[j] * cum[-1], side="right")), n - 1)
+            out[j] = self._images.flat[self._images.offsets[u] + k]
+        return out
+
+
 @dataclass
 class _Ragged:
     flat: np.ndarray
     offsets: np.ndarray
     counts: np.ndarray
+    flat_f: np.ndarray | None = None  # the float values, where the rows hold floats
 
     def pick(self, rows: np.ndarray, uniform: np.ndarray) -> np.ndarray:
         """One uniformly chosen element of each row."""
@@ -311,7 +351,8 @@ def _ragged(rows: list[np.ndarray]) -> _Ragged:
     counts = np.asarray([len(r) for r in rows], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     flat = np.concatenate(rows) if rows and counts.sum() else np.zeros(0, dtype=np.int64)
-    return _Ragged(flat.astype(np.int64), offsets, counts)
+    floats = flat.astype(np.float64) if flat.dtype.kind == "f" else None
+    return _Ragged(flat.astype(np.int64), offsets, counts, floats)
 
 
 def _captions(text: str | None, meta: dict[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import mmgen
+from mmgen.encoders.openclip import trim_padding
 from mmgen.errors import ConfigError, ModelLoadError
 from mmgen.train.augment import augment_batch, augment_preset, caption_allows_gray, caption_allows_mirror
 from mmgen.train.data import (
@@ -90,6 +91,7 @@ class TrainConfig:
     augment: str = "style"  # augmentation preset: style, strong, none
     alternate_caption_p: float = 0.3  # chance of "annotation, tags" instead of the annotation
     sampling: str = "image"  # batch units: "concept" (each once per epoch) or "image" (weighted by images)
+    icon_weight: float = 1.0  # draw weight of icon concepts relative to an emoji or OpenClipart image; 0: none
     workers: int = 0  # image decoding threads; 0: one per core
     device: str = "auto"
     precision: str = "auto"  # auto: mixed precision on CUDA, fp32 on CPU
@@ -119,6 +121,8 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be positive, not {value!r}")
         if not 0 <= self.alternate_caption_p <= 1 or not 0 <= self.warmup_fraction < 1:
             raise ConfigError("alternate_caption_p must be in [0, 1] and warmup_fraction in [0, 1)")
+        if self.icon_weight < 0:
+            raise ConfigError(f"icon_weight must be >= 0, not {self.icon_weight!r}")
         if self.unlocked_text_layers < 0 or self.weight_decay < 0:
             raise ConfigError("unlocked_text_layers and weight_decay must be >= 0")
         if self.crop not in ("content", "none"):
@@ -195,7 +199,7 @@ def train_encoder(
 
     # ---- data: records, pixels, captions, units ----------------------------------------------
     data_dir = Path(cfg.data_dir) if cfg.data_dir else None
-    examples, report = collect_examples(sources, data_dir)
+    examples, report = collect_examples(sources, data_dir, cfg.icon_weight)
     data = build_training_set(
         examples, report, cfg.image_size, cfg.crop, ws.root / "cache" / "train",
         cfg.workers or cpu_threads(), cfg.progress,
@@ -227,7 +231,7 @@ def train_encoder(
         tokens = _tokenize(tokenizer, data.captions).to(device)
 
         def text_batch(ids: torch.Tensor) -> torch.Tensor:
-            return model.encode_text(_trim(tokens[ids]), normalize=True)
+            return model.encode_text(trim_padding(tokens[ids]), normalize=True)
 
     sampler = BatchSampler(data, cfg.batch_size, cfg.seed, cfg.alternate_caption_p, cfg.sampling)
     gray_ok, mirror_ok = _unit_flags(data)
@@ -657,12 +661,6 @@ def _tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     return torch.cat([tokenizer(captions[i : i + TEXT_BATCH]) for i in range(0, len(captions), TEXT_BATCH)])
 
 
-def _trim(tokens: torch.Tensor) -> torch.Tensor:
-    """Drop padding columns no row uses (attention masks make the result identical, and faster)."""
-    length = int((tokens != 0).sum(dim=1).max())
-    return tokens[:, : max(1, length)]
-
-
 def _caption_embeddings(
     model: Any, tokenizer: Any, captions: list[str], out_dir: Path, text_checksum: str, device: str, cfg: TrainConfig
 ) -> torch.Tensor:
@@ -691,7 +689,7 @@ def _caption_embeddings(
             disable=not cfg.progress, leave=False,
         ):  # fmt: skip
             idx = order[start : start + TEXT_BATCH]
-            tokens = _trim(tokenizer([captions[i] for i in idx])).to(device)
+            tokens = trim_padding(tokenizer([captions[i] for i in idx])).to(device)
             out[idx] = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1).cpu()
     model.text.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)

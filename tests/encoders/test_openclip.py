@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mmgen.encoders import Encoder, load_encoder
+from mmgen.encoders.openclip import inert_pad_id, trim_padding
 from mmgen.errors import ConfigError, ModelLoadError, UnknownNameError
 
 
@@ -31,6 +32,52 @@ def _reference_image(model: Any, encoder: Encoder, images: list[Any]) -> np.ndar
         pixels = torch.stack([encoder.preprocess(im) for im in images])  # type: ignore[attr-defined]
         out = model.encode_image(pixels).numpy()
     return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+# Mixed lengths: empty, a few tokens, one past MiniLM's 64-token context (truncated), punctuation.
+MIXED_TEXTS = [
+    "a cat",
+    "",
+    "a red apple on a wooden table next to a glass of water, photographed in soft morning light",
+    "bus",
+    " ".join(f"word{i}" for i in range(80)),
+    "thumbs up: medium skin tone!",
+    "a dog",
+]
+
+
+def test_trim_padding_keeps_the_last_real_column() -> None:
+    import torch
+
+    # Pad id 0 inside a row (CLIP's "!" is token 0) must not shorten it.
+    tokens = torch.tensor([[5, 0, 7, 0, 0, 0], [3, 0, 0, 0, 0, 0]])
+    assert trim_padding(tokens).tolist() == [[5, 0, 7], [3, 0, 0]]
+    assert trim_padding(torch.zeros(2, 6, dtype=torch.long)).shape == (2, 1)
+    assert trim_padding(torch.tensor([[1, 2, 2]]), pad_id=2).tolist() == [[1]]
+
+
+def test_minilm_tower_trimmed_matches_full_padding_in_input_order(minilm_clip_dir: Path) -> None:
+    import torch
+
+    encoder = load_encoder(f"openclip:{minilm_clip_dir}", device="cpu")
+    model, tokenizer = encoder.model, encoder.tokenizer  # type: ignore[attr-defined]
+    assert inert_pad_id(model) == 0
+    full = tokenizer(MIXED_TEXTS)
+    assert full.shape[1] == 64
+    assert trim_padding(tokenizer(["a cat", "a dog"])).shape[1] < 8  # the padding really is dropped
+    with torch.inference_mode():
+        reference = model.encode_text(full).numpy()
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    for batch_size in (1, 3, 256):
+        np.testing.assert_allclose(encoder.encode_text(MIXED_TEXTS, batch_size=batch_size), reference, atol=1e-5)
+    order = np.random.default_rng(0).permutation(len(MIXED_TEXTS))
+    shuffled = encoder.encode_text([MIXED_TEXTS[i] for i in order], batch_size=3)
+    np.testing.assert_allclose(shuffled, reference[order], atol=1e-5)
+
+
+def test_own_text_tower_is_not_trimmed(tiny_encoder: Encoder) -> None:
+    # open_clip's CLIP text tower adds a full-length causal mask and positions: padding is part of its input.
+    assert inert_pad_id(tiny_encoder.model) is None  # type: ignore[attr-defined]
 
 
 def test_shapes_dtype_and_unit_rows(texts: list[str], tiny_encoder: Encoder, images: list[Any]) -> None:

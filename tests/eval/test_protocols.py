@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def corpora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Record]]
     return out
 
 
-def _groups(records: list[Record]) -> set[str]:
+def _groups(records: Iterable[Record]) -> set[str]:
     return {str(r.group) for r in records}
 
 
@@ -175,6 +176,55 @@ def test_same_seed_same_bytes_other_seed_other_split(corpora: dict[str, list[Rec
     one = build_protocol("product", corpora, seed=0).manifests["heldout-concepts.jsonl"]
     two = build_protocol("product", corpora, seed=1).manifests["heldout-concepts.jsonl"]
     assert _groups(one) != _groups(two)
+
+
+def _with_icons(corpora: dict[str, list[Record]], root: Path) -> dict[str, list[Record]]:
+    """The miniature corpora plus one Iconify emoji style and one named icon set."""
+    out = dict(corpora)
+    style = []
+    for i in range(N_BASE):
+        code = f"{0x1F600 + i:X}"
+        text = f"emoji {code}"
+        meta = {"style": "fluent-emoji", "base": True, "is_flag": False, "captions": [text]}
+        style.append(Record(key=f"n{i}", image=_png(root / "fl" / f"{i}.png", (i, 9, 90)), text=text, group=code, meta=meta))
+    out["fluent-emoji"] = style
+    icons = []
+    for i in range(N_BASE):  # an icon naming each emoji concept ("emoji 1F600 outline")
+        text = f"emoji {0x1F600 + i:X} outline"
+        icons.append(Record(key=f"named{i}", image=_png(root / "ic" / f"n{i}.png", (i, 90, 9)), text=text,
+                            group=f"icon:{text.replace(' ', '-').lower()}", meta={"style": "mdi", "captions": [text]}))
+    for i in range(60):  # icon concepts of their own, two variants each
+        for v in range(2):
+            text = f"gadget {i}"
+            icons.append(Record(key=f"g{i}-{v}", image=_png(root / "ic" / f"g{i}-{v}.png", (i, v, 200)), text=text,
+                                group=f"icon:gadget-{i}", meta={"style": "mdi", "captions": [text]}))
+    out["mdi"] = icons
+    return out
+
+
+def test_product_with_iconify_sources(corpora: dict[str, list[Record]], tmp_path: Path) -> None:
+    p = build_protocol("product", _with_icons(corpora, tmp_path), seed=1)
+    m = p.manifests
+    train, queries = m[TRAIN], m["heldout-concepts.jsonl"]
+    held = _groups(queries) | _groups(m["heldout-flags.jsonl"])
+    assert p.summary["sources"][-2:] == ["fluent-emoji", "mdi"]
+    # The new style holds out the same concepts; no training icon names a held-out concept.
+    fluent_train = {r.group for r in train if r.meta["style"] == "fluent-emoji"}
+    assert fluent_train and not fluent_train & held
+    named_train = [r for r in train if r.key.startswith("mdi:named")]
+    assert {r.text.split()[1] for r in named_train} == {r.group for r in train if r.meta["style"] == "fluent-emoji"}
+    # A seeded 5% of the icon concepts, every variant, is held out and never trained on.
+    icon_test = m["icons-heldout.jsonl"]
+    assert len(_groups(icon_test)) == round(0.05 * p.summary["holdout"]["icon_concepts"]) == 4
+    assert all(len([r for r in icon_test if r.group == g]) == 2 for g in _groups(icon_test))
+    assert not _groups(icon_test) & _groups(train)
+    # The development split is cut from the training concepts only, and left out of dev/train.
+    dev_train, dev_eval = m["dev/train.jsonl"], m["dev/heldout-vs-pool.jsonl"]
+    dev = _groups([r for r in dev_eval if r.meta.get("role") != "candidate"])
+    assert dev and not dev & held and dev <= _groups(train)
+    assert not dev & {concept_of(r) for r in dev_train if not str(r.group).startswith("icon:")}
+    assert not any(r.text and r.text.split()[1] in dev for r in dev_train if r.key.startswith("mdi:named"))
+    assert not _groups(r for r in dev_eval if r.meta.get("role") == "candidate") & (dev | held)
 
 
 def test_bad_names_and_sources(corpora: dict[str, list[Record]], tmp_path: Path) -> None:
