@@ -494,6 +494,10 @@ def train_encoder_cmd(
         float,
         typer.Option("--icon-weight", min=0, help="Draw weight of icon concepts (Iconify icon sets); 0 leaves them out."),
     ] = 1.0,
+    caption_names: Annotated[
+        bool,
+        typer.Option("--caption-names/--no-caption-names", help="Emoji Unicode and short names as extra captions."),
+    ] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[str, typer.Option("--resume", help="auto | require | never")] = "auto",
     data_dir: DataDirOpt = None,
@@ -521,6 +525,7 @@ def train_encoder_cmd(
             augment=augment,
             sampling=sampling,
             icon_weight=icon_weight,
+            caption_names=caption_names,
             resume=resume,
             device=device,
             progress=not quiet and not as_json,
@@ -989,6 +994,8 @@ def info_cmd(workspace: WorkspaceOpt = None, db: DbOpt = None, as_json: JsonOpt 
             return
         typer.echo(f"workspace: {info['workspace']}\nstore: {info['store']}")
         typer.echo(f"corpora: {', '.join(f'{c} ({n})' for c, n in info['corpora'].items()) or 'none'}")
+        for corpus, licence in info["licences"].items():
+            typer.echo(f"  {corpus}: {licence}")
         for ix in info["indexes"]:
             counts = ", ".join(f"{m} {n}" for m, n in ix["vectors"].items()) or "empty"
             typer.echo(f"index {ix['name']}: {ix['encoder']} dim {ix['dim']} {ix['factory']}: {counts}")

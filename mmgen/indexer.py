@@ -433,7 +433,7 @@ class Indexer:
         from mmgen.store.repo import get_or_create_corpus
 
         with self.store.session() as s:
-            corpus = get_or_create_corpus(s, source.corpus, source.spec)
+            corpus = get_or_create_corpus(s, source.corpus, source.spec, source.licence)
             s.commit()
             return corpus.id
 

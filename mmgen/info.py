@@ -24,6 +24,11 @@ def workspace_info(ws: Workspace) -> dict[str, Any]:
                     select(Corpus.name, func.count(Item.id)).outerjoin(Item).group_by(Corpus.name).order_by(Corpus.name)
                 )
             }
+            licences = {
+                name: licence
+                for name, licence in s.execute(select(Corpus.name, Corpus.licence).order_by(Corpus.name))
+                if licence
+            }
             indexes = []
             for rec in s.scalars(select(IndexRecord).order_by(IndexRecord.name)):
                 counts = dict(
@@ -57,6 +62,7 @@ def workspace_info(ws: Workspace) -> dict[str, Any]:
         "workspace": str(ws.root),
         "store": mask_url(ws.db_url),
         "corpora": corpora,
+        "licences": licences,
         "indexes": indexes,
         "models": models,
         "presets": {name: f"{p.factory}: {p.description}" for name, p in list_presets(ws.root).items()},

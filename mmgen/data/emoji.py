@@ -123,8 +123,34 @@ def _is_flag_codes(codes: str) -> bool:
     return (len(parts) == 2 and regional) or (parts[0] == "1F3F4" and len(parts) > 2 and parts[1].startswith("E00"))
 
 
-def _openmoji_fields(row: dict[str, Any], key: str) -> tuple[str, dict[str, Any]]:
-    """Return (annotation, meta fields) shared by every style of one OpenMoji concept."""
+def load_unicode_names(data_dir: Path) -> dict[str, list[str]]:
+    """Code points -> the Unicode name and short names from emoji-datasource, as lower-case words."""
+    path = twemoji_dir(data_dir) / "emoji.json"
+    if not path.is_file():
+        return {}
+    rows = _load_json(path)
+    out: dict[str, list[str]] = {}
+    for row in rows if isinstance(rows, list) else ():
+        code = normalise_codepoints(str(row.get("unified") or ""))
+        names: list[str] = []
+        for n in [row.get("name"), *(row.get("short_names") or [])]:
+            if isinstance(n, str):
+                words = n.replace("_", " ").replace("-", " ").strip().lower()
+                if words and words not in names and not words.startswith("+"):
+                    names.append(words)
+        if code and names:
+            out[code] = names
+    return out
+
+
+def _openmoji_fields(
+    row: dict[str, Any], key: str, names: dict[str, list[str]] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Return (annotation, meta fields) shared by every style of one OpenMoji concept.
+
+    `names` (from `load_unicode_names`) adds the concept's Unicode name and short names as
+    `meta.names`, other words for it that training may use as alternative captions.
+    """
     annotation = str(row.get("annotation") or "").strip()
     tags = _split_tags(row.get("tags"))
     group = str(row.get("group") or "")
@@ -150,15 +176,18 @@ def _openmoji_fields(row: dict[str, Any], key: str) -> tuple[str, dict[str, Any]
         "base": skintone is None and not is_component and not is_extra,
         "captions": captions,
     }
+    if names is not None:
+        meta["names"] = [n for n in names.get(key, []) if n != annotation.lower()]
     return annotation, meta
 
 
 def openmoji_records(data_dir: Path, style: str) -> Iterator[Record]:
     """Yield one record per OpenMoji emoji of a style, pointing at the PNG rasterised by fetch."""
     png_dir = openmoji_png_dir(data_dir, style)
+    names = load_unicode_names(data_dir)
     for key, row in load_openmoji_table(data_dir).items():
         hexcode = str(row["hexcode"])
-        text, meta = _openmoji_fields(row, key)
+        text, meta = _openmoji_fields(row, key, names)
         meta = {"style": style, "hexcode": hexcode, **meta}
         png = png_dir / f"{hexcode}.png"
         if not png.is_file():
@@ -175,6 +204,7 @@ def twemoji_records(data_dir: Path) -> Iterator[Record]:
     if not isinstance(rows, list):
         raise DataError(f"{root / 'emoji.json'}: expected a JSON list of emoji")
     openmoji = load_openmoji_table(data_dir) if openmoji_json(data_dir).is_file() else {}
+    names = load_unicode_names(data_dir)
     for row in sorted(rows, key=lambda r: (r.get("sort_order", 0), r.get("unified", ""))):
         variants: list[tuple[dict[str, Any], bool]] = [(row, False)]
         skins = row.get("skin_variations") or {}
@@ -183,18 +213,23 @@ def twemoji_records(data_dir: Path) -> Iterator[Record]:
             unified = str(item.get("unified") or "")
             if not unified or not item.get("image"):
                 continue
-            yield _twemoji_record(row, item, is_variation, img_dir, openmoji)
+            yield _twemoji_record(row, item, is_variation, img_dir, openmoji, names)
 
 
 def _twemoji_record(
-    row: dict[str, Any], item: dict[str, Any], is_variation: bool, img_dir: Path, openmoji: dict[str, dict[str, Any]]
+    row: dict[str, Any],
+    item: dict[str, Any],
+    is_variation: bool,
+    img_dir: Path,
+    openmoji: dict[str, dict[str, Any]],
+    names: dict[str, list[str]] | None = None,
 ) -> Record:
     unified = str(item["unified"])
     key = normalise_codepoints(unified)
     name = str(row.get("name") or "")
     om = openmoji.get(key)
     if om is not None:
-        text, shared = _openmoji_fields(om, key)
+        text, shared = _openmoji_fields(om, key, names)
     else:
         text = name.lower()
         tone = _tone_of(key)

@@ -326,6 +326,7 @@ class EmojiJoin:
     by_name: dict[str, str]
     openmoji: dict[str, dict[str, Any]]
     twemoji_names: dict[str, str]  # code points -> Unicode name (lower case)
+    unicode_names: dict[str, list[str]] = field(default_factory=dict)  # code points -> Unicode and short names
 
 
 def emoji_join_table(data_dir: Path) -> EmojiJoin:
@@ -351,7 +352,7 @@ def emoji_join_table(data_dir: Path) -> EmojiJoin:
         ann = str(row.get("annotation") or "")
         if ann:
             by_name[normalise_name(ann)] = code
-    return EmojiJoin(by_name, openmoji, twemoji_names)
+    return EmojiJoin(by_name, openmoji, twemoji_names, emoji.load_unicode_names(data_dir))
 
 
 def join_emoji_name(name: str, aliases: list[str], table: EmojiJoin) -> tuple[str | None, str]:
@@ -393,7 +394,7 @@ def emoji_set_records(data_dir: Path, prefix: str, table: EmojiJoin | None = Non
         code, how = join_emoji_name(name, iset.alias_names(name), table)
         meta: dict[str, Any] = {"style": prefix, "icon": name, "joined": code is not None, "join": how}
         if code is not None and code in table.openmoji:
-            text, shared = emoji._openmoji_fields(table.openmoji[code], code)
+            text, shared = emoji._openmoji_fields(table.openmoji[code], code, table.unicode_names)
             meta.update(shared)
             group = code
         elif code is not None:

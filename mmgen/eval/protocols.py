@@ -350,6 +350,7 @@ def _concept_names(records: list[Record], concepts: frozenset[str]) -> set[tuple
     for r in records:
         if r.group in concepts or concept_of(r) in concepts:
             values = [r.text or "", str(r.meta.get("name") or ""), *(r.meta.get("short_names") or [])]
+            values += [n for n in r.meta.get("names") or [] if isinstance(n, str)]
             names.update(w for w in (_words(str(v).replace("_", " ")) for v in values) if w)
     return names
 

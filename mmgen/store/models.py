@@ -67,6 +67,7 @@ class Corpus(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(512), unique=True)
     source: Mapped[str] = mapped_column(Text)
+    licence: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = _created()
 
     items: Mapped[list[Item]] = relationship(back_populates="corpus", passive_deletes=True)

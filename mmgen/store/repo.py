@@ -38,9 +38,15 @@ def _get_or_create(s: Session, model: type[M], lookup: Mapping[str, Any], values
     return obj
 
 
-def get_or_create_corpus(s: Session, name: str, source: str) -> Corpus:
-    """The corpus called `name`, created from `source` if new (an existing one keeps its source)."""
-    return _get_or_create(s, Corpus, {"name": name}, {"source": source})
+def get_or_create_corpus(s: Session, name: str, source: str, licence: str | None = None) -> Corpus:
+    """The corpus called `name`, created from `source` if new (an existing one keeps its source).
+
+    A known licence is recorded, and brought up to date on an existing corpus.
+    """
+    corpus = _get_or_create(s, Corpus, {"name": name}, {"source": source, "licence": licence})
+    if licence is not None and corpus.licence != licence:
+        corpus.licence = licence
+    return corpus
 
 
 def get_or_create_index(

@@ -102,11 +102,12 @@ class TrainingSet:
 
 
 def collect_examples(
-    sources: Iterable[str], data_dir: Path | None = None, icon_weight: float = 1.0
+    sources: Iterable[str], data_dir: Path | None = None, icon_weight: float = 1.0, caption_names: bool = False
 ) -> tuple[list[Example], DataReport]:
     """Read the records of every SOURCE; keep those with an image and a caption, count the rest.
 
     Icon concepts get weight `icon_weight`; at 0 they are left out (counted in `skipped_icons`).
+    `caption_names` adds a record's `meta.names` (Unicode and short names of an emoji) as alternatives.
     """
     from mmgen.data.sources import open_sources
 
@@ -125,7 +126,7 @@ def collect_examples(
                     report.skipped_no_image += 1
                     report.note(f"{source.corpus}:{record.key}: no image")
                     continue
-                captions = _captions(record.text, record.meta)
+                captions = _captions(record.text, record.meta, caption_names)
                 if not captions:
                     report.skipped_no_text += 1
                     report.note(f"{source.corpus}:{record.key}: no text")
@@ -355,16 +356,19 @@ def _ragged(rows: list[np.ndarray]) -> _Ragged:
     return _Ragged(flat.astype(np.int64), offsets, counts, floats)
 
 
-def _captions(text: str | None, meta: dict[str, Any]) -> list[str]:
+def _captions(text: str | None, meta: dict[str, Any], names: bool = False) -> list[str]:
     out: list[str] = []
     primary = (text or "").strip()
     if primary:
         out.append(primary)
-    extra = meta.get("captions") if isinstance(meta, dict) else None
-    if isinstance(extra, list):
-        for c in extra:
-            if isinstance(c, str) and c.strip() and c.strip() not in out:
-                out.append(c.strip())
+    if not isinstance(meta, dict):
+        return out
+    for key in ("captions", "names") if names else ("captions",):
+        extra = meta.get(key)
+        if isinstance(extra, list):
+            for c in extra:
+                if isinstance(c, str) and c.strip() and c.strip() not in out:
+                    out.append(c.strip())
     return out
 
 

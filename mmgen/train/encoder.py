@@ -92,6 +92,7 @@ class TrainConfig:
     alternate_caption_p: float = 0.3  # chance of "annotation, tags" instead of the annotation
     sampling: str = "image"  # batch units: "concept" (each once per epoch) or "image" (weighted by images)
     icon_weight: float = 1.0  # draw weight of icon concepts relative to an emoji or OpenClipart image; 0: none
+    caption_names: bool = False  # also use emoji Unicode names and short names (meta.names) as alternatives
     workers: int = 0  # image decoding threads; 0: one per core
     device: str = "auto"
     precision: str = "auto"  # auto: mixed precision on CUDA, fp32 on CPU
@@ -199,7 +200,7 @@ def train_encoder(
 
     # ---- data: records, pixels, captions, units ----------------------------------------------
     data_dir = Path(cfg.data_dir) if cfg.data_dir else None
-    examples, report = collect_examples(sources, data_dir, cfg.icon_weight)
+    examples, report = collect_examples(sources, data_dir, cfg.icon_weight, cfg.caption_names)
     data = build_training_set(
         examples, report, cfg.image_size, cfg.crop, ws.root / "cache" / "train",
         cfg.workers or cpu_threads(), cfg.progress,

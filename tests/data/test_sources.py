@@ -20,7 +20,10 @@ def test_emoji_names_expand(emoji_data: Path) -> None:
     (twemoji,) = open_sources("twemoji", emoji_data)
     assert twemoji.spec == "twemoji" and twemoji.kind == "emoji" and twemoji.licence is not None
     assert len(list(twemoji.records())) == 6
-    assert set(SOURCE_NAMES) == {"emoji", "openmoji", "openmoji-color", "openmoji-black", "twemoji", "openclipart"}
+    assert {"emoji", "openmoji", "openmoji-color", "openmoji-black", "twemoji", "openclipart"} <= set(SOURCE_NAMES)
+    assert {"emoji-styles", "fluent-emoji", "streamline-emojis", "icons", "mdi", "game-icons"} <= set(SOURCE_NAMES)
+    with pytest.raises(DataError, match="mmgen data fetch iconify:mdi"):
+        open_sources("icons", emoji_data)  # a named set that is not fetched says how to fetch it
 
 
 def test_folder_and_manifest_sources(tmp_path: Path, write_png: Callable[..., Path]) -> None:

@@ -29,7 +29,20 @@ def _tables(store: Store) -> set[str]:
 
 def test_open_store_creates_every_table_at_head(store: Store) -> None:
     assert _tables(store) == TABLES | {"alembic_version"}
-    assert current_revision(store.url) == head_revision() == "0001"
+    assert current_revision(store.url) == head_revision() == "0002"
+
+
+def test_a_0001_store_upgrades_in_place_and_keeps_its_corpora(db_url: str) -> None:
+    upgrade(db_url, "0001")
+    with open_store(db_url, upgrade=False) as old:
+        with old.engine.begin() as conn:
+            conn.execute(text("INSERT INTO corpora (name, source) VALUES ('kept', 'spec')"))
+    with open_store(db_url) as new, new.session() as s:  # opening migrates to head
+        assert current_revision(db_url) == "0002"
+        assert s.query(Corpus.name, Corpus.licence).all() == [("kept", None)]
+    downgrade(db_url, "0001")
+    with open_store(db_url, upgrade=False) as back:
+        assert "licence" not in {c["name"] for c in inspect(back.engine).get_columns("corpora")}
 
 
 def test_open_store_twice_is_idempotent(db_url: str) -> None:

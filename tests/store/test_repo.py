@@ -30,6 +30,11 @@ def test_get_or_create_corpus_returns_the_existing_row(store: Store) -> None:
         again = get_or_create_corpus(s, "emoji", "ignored")
         assert (again.id, again.source) == (first.id, "emoji:openmoji")
         assert s.scalar(select(func.count()).select_from(Corpus)) == 1
+        assert again.licence is None
+        licensed = get_or_create_corpus(s, "emoji", "ignored", "CC BY-SA 4.0 (OpenMoji)")
+        s.commit()
+    with store.session() as s:
+        assert s.get(Corpus, licensed.id).licence == "CC BY-SA 4.0 (OpenMoji)"  # recorded on the existing row
 
 
 def test_get_or_create_index_checks_encoder_dim_and_factory(store: Store) -> None:

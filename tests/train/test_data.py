@@ -61,3 +61,20 @@ def test_image_sampling_weights_units_by_their_images() -> None:
 def test_unknown_sampling_mode() -> None:
     with pytest.raises(ConfigError, match="sampling must be one of concept, image"):
         BatchSampler(units_set([1, 1]), 2, seed=0, alternate_p=0.0, sampling="styles")
+
+
+def test_image_weights_scale_units_and_picks_inside_a_unit() -> None:
+    """Icons at weight 0.25: a one-icon unit is drawn a quarter as often, and inside a mixed unit so is the icon."""
+    data = units_set([1, 1, 2] * 40)
+    weights = []
+    for i, rows in enumerate(data.unit_images):
+        kind = i % 3
+        weights.append(np.asarray([1.0] if kind == 0 else [0.25] if kind == 1 else [1.0, 0.25]))
+    data.unit_weights = weights
+    sampler = BatchSampler(data, 4, seed=0, alternate_p=0.0, sampling="image")
+    draws = [sampler.batch(s) for s in range(3000)]
+    counts = np.bincount(np.concatenate([d[0] for d in draws]), minlength=120)
+    assert 0.2 < counts[1::3].sum() / counts[0::3].sum() < 0.3
+    mixed = np.concatenate([d[1][d[0] % 3 == 2] for d in draws])
+    second = np.isin(mixed, [rows[1] for rows in data.unit_images[2::3]]).mean()
+    assert 0.15 < second < 0.25  # 0.25 / 1.25 of the mixed units' picks are the icon
