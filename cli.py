@@ -581,6 +581,16 @@ def train_captioner_cmd(
         float,
         typer.Option("--prompt-dropout", min=0.0, max=0.99, help="Chance an example is trained without captions."),
     ] = 0.25,
+    own_concept_p: Annotated[
+        float,
+        typer.Option(
+            "--own-concept-p",
+            min=0.0,
+            max=1.0,
+            help="Share of items (seeded) whose neighbours leave out only the item and identical images, so their "
+            "concept's other styles may be retrieved; the rest leave out their whole concept.",
+        ),
+    ] = 0.5,
     exclude: Annotated[
         Optional[list[Path]],
         typer.Option(
@@ -619,6 +629,7 @@ def train_captioner_cmd(
             batch_size=batch_size,
             lr=lr,
             prompt_dropout=prompt_dropout,
+            own_concept_p=own_concept_p,
             exclude=tuple(str(p) for p in exclude or ()),
             image_noise=image_noise,
             seed=seed,
@@ -819,6 +830,14 @@ def eval_captions_cmd(
     limit: Annotated[
         Optional[int], typer.Option("--limit", min=1, help="Evaluate N records spread over the manifest (demos).")
     ] = None,
+    exclude: Annotated[
+        str,
+        typer.Option(
+            "--exclude",
+            help="What retrieval leaves out per query: item (its own item and identical images) | concept (its "
+            "whole concept, all styles).",
+        ),
+    ] = "concept",
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -828,7 +847,7 @@ def eval_captions_cmd(
 
         settings = CaptionEvalSettings(
             model=model, baseline=baseline, index=index, k=k, decode=decode, beams=beams, device=device,
-            show=show, limit=limit, progress=not as_json,
+            exclude=exclude, show=show, limit=limit, progress=not as_json,
         )  # fmt: skip
         report = evaluate_captions(manifest, _workspace(workspace, db), settings)
         if as_json:
@@ -836,7 +855,8 @@ def eval_captions_cmd(
             return
         typer.echo(
             f"{manifest}: {report.n_images} images; index {report.index!r} ({report.encoder}), k={report.k}, "
-            f"decode {report.decode}; (b) = {report.baseline} ({report.baseline_mode})"
+            f"decode {report.decode}; retrieval leaves out each query's {report.exclude}; "
+            f"(b) = {report.baseline} ({report.baseline_mode})"
         )
         typer.echo(f"{'split':16s} {'method':34s} {'BLEU-4':>7s} {'CIDEr':>7s} {'exact':>7s} {'n':>5s}")
         for split, methods in report.splits.items():

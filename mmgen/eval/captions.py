@@ -7,8 +7,15 @@
 - (c) the retrieval-augmented decoder.
 Metrics: BLEU-4 and CIDEr(-D) from `pycocoevalcap`, on captions tokenised by `caption_tokens`
 (lowercase, accents and punctuation stripped; no Java PTBTokenizer), and exact match of the
-concept name after the same normalisation. Retrieval never returns a caption of the query's own
-group (held-out concepts are not indexed in a train-split workspace anyway: this is a guard).
+concept name after the same normalisation.
+
+What retrieval leaves out for each query is `exclude`:
+- `concept` (the default): every caption of the query's concept (skin-tone variants folded into
+  their base). Held-out concepts are not indexed in a train-split workspace anyway: this is a
+  guard, and it scores the unseen-concept case even when the queries are indexed.
+- `item`: only the query's own item and items with the same image (content sha256, or path), as
+  `mmgen caption` does. Its concept's other styles may then be retrieved: the everyday case of a
+  new collection of things the index already knows.
 """
 
 from __future__ import annotations
@@ -93,6 +100,7 @@ class CaptionEvalSettings:
     beams: int = 3
     rerank: bool = True  # both decoders: the encoder picks among the final beam (see Captioner.generate)
     device: str = "auto"
+    exclude: str = "concept"  # what retrieval leaves out per query: "item" (itself, identical images) or "concept"
     show: int = 0  # examples kept in the report (spread over the manifest)
     limit: int | None = None  # evaluate only this many records, spread evenly over the manifest (demos)
     progress: bool = True
@@ -110,6 +118,7 @@ class CaptionEvalReport:
     baseline_mode: str
     k: int
     decode: str
+    exclude: str
     n_images: int
     splits: dict[str, dict[str, dict[str, float]]]
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -127,6 +136,7 @@ class CaptionEvalReport:
             "baseline_mode": self.baseline_mode,
             "k": self.k,
             "decode": self.decode,
+            "exclude": self.exclude,
             "n_images": self.n_images,
             "splits": self.splits,
             "skipped": len(self.skipped),
@@ -148,14 +158,15 @@ class _Query:
 def evaluate_captions(manifest: str | Path, ws: Workspace, settings: CaptionEvalSettings) -> CaptionEvalReport:
     """Caption every image of a manifest three ways and score each against the record's text, per style."""
     from mmgen.data.records import read_manifest
-    from mmgen.generate.caption import load_captioner, retrieve
-    from mmgen.generate.caption_retrieval import consensus_order
+    from mmgen.generate.caption import indexed_items, load_captioner, retrieve
+    from mmgen.generate.caption_retrieval import EXCLUDE_ITEM, check_exclude_mode, consensus_order
     from mmgen.generate.decoder import DecodeOptions
     from mmgen.search import Searcher
     from mmgen.store.db import open_store
 
     opts = DecodeOptions(settings.decode, settings.beams)
     opts.check()
+    check_exclude_mode(settings.exclude)
     _scorers()  # a missing pycocoevalcap fails before any model loads
     skipped: list[tuple[str, str]] = []
     queries = _spread(_queries(read_manifest(manifest), skipped), settings.limit)
@@ -181,8 +192,12 @@ def evaluate_captions(manifest: str | Path, ws: Workspace, settings: CaptionEval
         started = time.perf_counter()
         retrieved = []
         for s in range(0, len(queries), SEARCH_CHUNK):
-            chunk = queries[s : s + SEARCH_CHUNK]
-            retrieved += retrieve(searcher, vectors[s : s + SEARCH_CHUNK], k, exclude_groups=[[q.group] for q in chunk])
+            chunk, chunk_vectors = queries[s : s + SEARCH_CHUNK], vectors[s : s + SEARCH_CHUNK]
+            if settings.exclude == EXCLUDE_ITEM:
+                own = indexed_items(store, searcher.index_id, [Path(q.image) for q in chunk])
+                retrieved += retrieve(searcher, chunk_vectors, k, exclude_items=[sorted(o) for o in own])
+            else:
+                retrieved += retrieve(searcher, chunk_vectors, k, exclude_groups=[[q.group] for q in chunk])
         texts = [[r.text for r in row] for row in retrieved]
         distinct = sorted({t for row in texts for t in row})
         embedded = dict(zip(distinct, searcher.encoder.encode_text(distinct))) if distinct else {}
@@ -212,6 +227,7 @@ def evaluate_captions(manifest: str | Path, ws: Workspace, settings: CaptionEval
         k=k,
         decode=f"{opts.method}"
         + (f" ({opts.beams} beams{', re-ranked by the encoder' if settings.rerank else ''})" if opts.method == "beam" else ""),
+        exclude=settings.exclude,
         n_images=len(queries),
         splits=splits,
         skipped=skipped,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from mmgen.errors import ConfigError, ImageLoadError, ManifestMismatchError, ModelLoadError
 from mmgen.generate.caption_retrieval import Retrieved, distinct_captions, fetch_size
@@ -216,22 +216,39 @@ def retrieve(
     return out
 
 
-def indexed_items(store: Store, index_id: int, image: Path) -> set[int]:
-    """Items of the index whose image is this file (same content sha256, or same path)."""
+def indexed_items(store: Store, index_id: int, images: Sequence[Path]) -> list[set[int]]:
+    """Per image file, the items of the index whose image is that file (same content sha256, or same path).
+
+    What retrieval leaves out for an image that may already be indexed: its own item and every copy of it.
+    """
     from mmgen.data.hashing import file_sha256
     from mmgen.store.models import IndexRow, Item
 
-    sha = file_sha256(image)
+    if not images:
+        return []
+    shas = [file_sha256(image) for image in images]
+    paths = [{str(image), str(image.resolve())} for image in images]
     with store.session() as s:
-        by_content = select(IndexRow.item_id).where(
-            IndexRow.index_id == index_id, IndexRow.modality == "image", IndexRow.sha256 == sha
-        )
-        by_path = (
-            select(IndexRow.item_id)
+        by_content = s.execute(
+            select(IndexRow.sha256, IndexRow.item_id).where(
+                IndexRow.index_id == index_id, IndexRow.modality == "image", IndexRow.sha256.in_(set(shas))
+            )
+        ).all()
+        by_path = s.execute(
+            select(Item.uri, IndexRow.item_id)
             .join(Item, Item.id == IndexRow.item_id)
-            .where(IndexRow.index_id == index_id, or_(Item.uri == str(image), Item.uri == str(image.resolve())))
-        )
-        return set(s.scalars(by_content.union(by_path)).all())
+            .where(IndexRow.index_id == index_id, Item.uri.in_(set().union(*paths)))
+        ).all()
+    items_of_sha: dict[str, set[int]] = {}
+    for sha, item_id in by_content:
+        items_of_sha.setdefault(sha, set()).add(int(item_id))
+    items_of_path: dict[str, set[int]] = {}
+    for uri, item_id in by_path:
+        items_of_path.setdefault(uri, set()).add(int(item_id))
+    return [
+        items_of_sha.get(sha, set()).union(*(items_of_path.get(p, set()) for p in names))
+        for sha, names in zip(shas, paths)
+    ]
 
 
 # ---- the command ---------------------------------------------------------------------------
@@ -315,7 +332,7 @@ class CaptionService:
         own: set[int] = set()
         retrieved: list[Retrieved] = []
         if self.captioner.uses_retrieval:  # an image-only decoder reads no captions: nothing to retrieve
-            own = indexed_items(self.store, self.searcher.index_id, path)
+            own = indexed_items(self.store, self.searcher.index_id, [path])[0]
             retrieved = retrieve(self.searcher, vector, self.k, exclude_items=[sorted(own)])[0]
         texts = [[r.text for r in retrieved]] if self.captioner.uses_retrieval else None
         encoder = self.searcher.encoder if self.settings.rerank else None

@@ -1,18 +1,23 @@
-"""What the caption decoder is prompted with: the k nearest distinct captions of *other* items.
+"""What the caption decoder is prompted with: the k nearest distinct captions, leaving out what must not leak.
 
 Two paths give the same neighbours on an exact (Flat) index:
-- `leave_group_out`: brute force over numpy arrays, for training, where every indexed image needs
-  its neighbours with its own group (its other styles, its own caption) left out;
+- `leave_out`: brute force over numpy arrays, for training, where every indexed image needs its
+  neighbours with something left out: its concept (its other styles, its own caption) or only its
+  own image (the item itself and any item with the same image content);
 - `distinct_captions`: filters the hits of `Searcher.search_vectors`, for captioning and
   evaluation, which go through the workspace's FAISS index like any search.
 Captions are deduplicated by text: three styles of one concept share one caption, and a prompt
 that repeats it three times holds less than one with three different neighbours.
 
-"Own group" means the item's *concept* (`concept_key`): its group, except that an emoji's
-skin-tone variants belong to their base concept, as in the evaluation protocols, which hold a
-concept out together with its variants. Leaving out only the exact group would let a base emoji
-be trained on "man golfing: light skin tone" as a neighbour of "man golfing": a near-copy of the
-answer that an unseen concept never has.
+What is left out is one of `EXCLUDE_MODES`, as a key per row (`IndexedCaptions.leave_out_keys`):
+- `concept`: the item's *concept* (`concept_key`): its group, except that an emoji's skin-tone
+  variants belong to their base concept, as in the evaluation protocols, which hold a concept out
+  together with its variants. Leaving out only the exact group would let a base emoji be trained
+  on "man golfing: light skin tone" as a neighbour of "man golfing": a near-copy of the answer
+  that an unseen concept never has.
+- `item`: the item itself and every item with the same image content (sha256), so its
+  concept's other styles may be retrieved: the case of a new collection of things the index
+  already knows, where a retrieved caption can be exactly right.
 """
 
 from __future__ import annotations
@@ -36,6 +41,16 @@ if TYPE_CHECKING:
 FETCH_FACTOR = 4
 FETCH_EXTRA = 16
 QUERY_CHUNK = 1024
+EXCLUDE_ITEM = "item"
+EXCLUDE_CONCEPT = "concept"
+EXCLUDE_MODES = (EXCLUDE_ITEM, EXCLUDE_CONCEPT)
+
+
+def check_exclude_mode(mode: str) -> str:
+    """The mode itself, or ConfigError naming the valid ones."""
+    if mode not in EXCLUDE_MODES:
+        raise ConfigError(f"unknown exclusion {mode!r}; valid: {', '.join(EXCLUDE_MODES)}")
+    return mode
 
 
 def concept_key(group: str | None, meta: dict[str, Any] | None, item_id: int) -> str:
@@ -64,14 +79,36 @@ class Retrieved:
 
 @dataclass
 class IndexedCaptions:
-    """The captioned items of one index: ids, texts, groups and their image/text vectors."""
+    """The captioned items of one index: ids, texts, groups, image hashes and their image/text vectors."""
 
     item_ids: np.ndarray  # (n,) int64
     texts: list[str]
     groups: list[str]  # concept keys (see `concept_key`)
+    image_sha: list[str | None]  # sha256 of the indexed image's content; None without an image
     image: np.ndarray  # (n, d) float32; rows of items without an image vector are zero
     has_image: np.ndarray  # (n,) bool
     text: np.ndarray  # (n, d) float32
+
+    def subset(self, keep: np.ndarray) -> IndexedCaptions:
+        """The rows where the boolean mask `keep` is true."""
+        return IndexedCaptions(
+            item_ids=self.item_ids[keep],
+            texts=[t for t, k in zip(self.texts, keep) if k],
+            groups=[g for g, k in zip(self.groups, keep) if k],
+            image_sha=[h for h, k in zip(self.image_sha, keep) if k],
+            image=self.image[keep],
+            has_image=self.has_image[keep],
+            text=self.text[keep],
+        )
+
+    def leave_out_keys(self, mode: str) -> list[str]:
+        """Per row, the key `leave_out` compares: its concept (`concept`), or its image content (`item`).
+
+        An item without an image is keyed by its id in `item` mode: it is identical to no other.
+        """
+        if check_exclude_mode(mode) == EXCLUDE_CONCEPT:
+            return [f"concept:{g}" for g in self.groups]
+        return [f"image:{h}" if h else f"item:{int(i)}" for h, i in zip(self.image_sha, self.item_ids)]
 
 
 def load_indexed_captions(store: Store, index_id: int, folder: IndexFolder) -> IndexedCaptions:
@@ -80,20 +117,30 @@ def load_indexed_captions(store: Store, index_id: int, folder: IndexFolder) -> I
 
     with store.session() as s:
         rows = s.execute(
-            select(IndexRow.item_id, IndexRow.modality, IndexRow.row_id, Item.text, Item.group_key, Item.meta)
+            select(
+                IndexRow.item_id,
+                IndexRow.modality,
+                IndexRow.row_id,
+                IndexRow.sha256,
+                Item.text,
+                Item.group_key,
+                Item.meta,
+            )
             .join(Item, Item.id == IndexRow.item_id)
             .where(IndexRow.index_id == index_id)
             .order_by(IndexRow.item_id)
         ).all()
     text_row: dict[int, int] = {}
     image_row: dict[int, int] = {}
+    image_sha: dict[int, str] = {}
     meta: dict[int, tuple[str, str]] = {}
-    for item_id, modality, row_id, text, group, item_meta in rows:
+    for item_id, modality, row_id, sha, text, group, item_meta in rows:
         if modality == "text" and text is not None and text.strip():
             text_row[item_id] = int(row_id)
             meta[item_id] = (text, concept_key(group, item_meta, item_id))
         elif modality == "image":
             image_row[item_id] = int(row_id)
+            image_sha[item_id] = sha  # the image file's content hash, as the indexer computed it
     ids = sorted(text_row)
     if not ids:
         raise DataError("the index holds no captions (text vectors); index a captioned corpus first")
@@ -105,6 +152,7 @@ def load_indexed_captions(store: Store, index_id: int, folder: IndexFolder) -> I
         item_ids=np.array(ids, dtype=np.int64),
         texts=[meta[i][0] for i in ids],
         groups=[meta[i][1] for i in ids],
+        image_sha=[image_sha.get(i) for i in ids],
         image=image,
         has_image=has_image,
         text=folder.vectors("text").get(np.array([text_row[i] for i in ids])),
@@ -124,36 +172,33 @@ def exclude_concepts(corpus: IndexedCaptions, manifests: Sequence[str | Path]) -
     keep = np.array([g not in concepts for g in corpus.groups], dtype=bool)
     if not keep.any():
         raise DataError("every captioned item of the index belongs to an excluded concept; nothing left to train on")
-    out = IndexedCaptions(
-        item_ids=corpus.item_ids[keep],
-        texts=[t for t, k in zip(corpus.texts, keep) if k],
-        groups=[g for g, k in zip(corpus.groups, keep) if k],
-        image=corpus.image[keep],
-        has_image=corpus.has_image[keep],
-        text=corpus.text[keep],
-    )
-    return out, int((~keep).sum())
+    return corpus.subset(keep), int((~keep).sum())
 
 
-def leave_group_out(
+def leave_out(
     queries: np.ndarray,
-    query_groups: Sequence[str],
+    query_keys: Sequence[str],
     candidates: np.ndarray,
-    candidate_groups: Sequence[str],
+    candidate_keys: Sequence[Sequence[str]],
     candidate_texts: Sequence[str],
     k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per query, the k best candidates of other groups with distinct texts: (indices, scores), -1 padded.
+    """Per query, the k best distinct-text candidates not carrying the query's key: (indices, scores), -1 padded.
 
+    A candidate carries several keys (say its concept and its image's hash) and is left out for a
+    query whose key is any of them, so each query chooses what it leaves out by the key it brings.
     Scores are inner products (cosine for L2-normalised rows); ties keep the lower index.
     """
     if k < 1:
         raise ConfigError("k must be at least 1")
-    if len(queries) != len(query_groups) or not (len(candidates) == len(candidate_groups) == len(candidate_texts)):
-        raise ConfigError("vectors, groups and texts must have one entry per row")
+    if len(queries) != len(query_keys) or not (len(candidates) == len(candidate_keys) == len(candidate_texts)):
+        raise ConfigError("vectors, keys and texts must have one entry per row")
     codes: dict[str, int] = {}
-    qg = np.array([codes.setdefault(g, len(codes)) for g in query_groups], dtype=np.int64)
-    cg = np.array([codes.setdefault(g, len(codes)) for g in candidate_groups], dtype=np.int64)
+    qk = np.array([codes.setdefault(key, len(codes)) for key in query_keys], dtype=np.int64)
+    width = max((len(keys) for keys in candidate_keys), default=0)
+    ck = np.full((len(candidates), width), -1, dtype=np.int64)  # -1 pads: no query has that code
+    for j, keys in enumerate(candidate_keys):
+        ck[j, : len(keys)] = [codes.setdefault(key, len(codes)) for key in keys]
     text_codes: dict[str, int] = {}
     ct = np.array([text_codes.setdefault(t, len(text_codes)) for t in candidate_texts], dtype=np.int64)
     out = np.full((len(queries), k), -1, dtype=np.int64)
@@ -162,7 +207,9 @@ def leave_group_out(
     c = np.ascontiguousarray(candidates, dtype=np.float32)
     for start in range(0, len(queries), QUERY_CHUNK):
         scores = np.ascontiguousarray(queries[start : start + QUERY_CHUNK], dtype=np.float32) @ c.T
-        scores[qg[start : start + QUERY_CHUNK, None] == cg[None, :]] = -np.inf
+        chunk_keys = qk[start : start + QUERY_CHUNK, None]
+        for column in ck.T:
+            scores[chunk_keys == column[None, :]] = -np.inf
         for row, s in enumerate(scores):
             i = start + row
             top = _top(s, fetch)
@@ -203,7 +250,7 @@ def _distinct(order: np.ndarray, scores: np.ndarray, text_codes: np.ndarray, k: 
 
 
 def fetch_size(k: int) -> int:
-    """How many search hits to ask for so that k distinct captions of other groups remain."""
+    """How many search hits to ask for so that k distinct captions remain after exclusion."""
     return FETCH_FACTOR * k + FETCH_EXTRA
 
 

@@ -1,13 +1,20 @@
 """`train_captioner`: the retrieval-augmented caption decoder, trained on a workspace's indexed items.
 
 Data flow: SQL items + the index's vector files -> image vectors and captions -> for each image the
-k nearest distinct captions of *other groups* (leave-group-out: never its own caption, nor those
-of its other styles) -> WordPiece tokens -> length-bucketed seeded batches -> CaptionDecoder
-(pointer-generator) -> AdamW, warm-up + cosine -> `decoder.safetensors` + `vocab.json` +
-`manifest.json` in WORKSPACE/models/NAME, registered in SQL `models` (kind "captioner").
+k nearest distinct captions, leaving out either its whole concept (never its own caption, nor those
+of its other styles) or, for a seeded share `own_concept_p` of the items, only the item itself and
+items with the same image (so its other styles' captions may be retrieved) -> WordPiece tokens ->
+length-bucketed seeded batches -> CaptionDecoder (pointer-generator) -> AdamW, warm-up + cosine ->
+`decoder.safetensors` + `vocab.json` + `manifest.json` in WORKSPACE/models/NAME, registered in SQL
+`models` (kind "captioner").
 
 `retrieval=False` trains the same decoder with an empty prompt and no copy head: the image-only
 baseline, with the same budget.
+
+Why both exclusions: trained only leave-one-concept-out, the decoder never sees a retrieved caption
+that is exactly right, so it does not learn to copy one when it is (a new style of a concept the
+index knows); trained only with its own concept in reach, it would learn to copy always, and an
+unseen concept's neighbours are wrong. Each item's choice is fixed for the run and recorded.
 """
 
 from __future__ import annotations
@@ -26,9 +33,11 @@ import numpy as np
 import mmgen
 from mmgen.errors import ConfigError, DataError
 from mmgen.generate.caption_retrieval import (
+    EXCLUDE_CONCEPT,
+    EXCLUDE_ITEM,
     IndexedCaptions,
     exclude_concepts,
-    leave_group_out,
+    leave_out,
     load_indexed_captions,
 )
 
@@ -44,6 +53,8 @@ LEXICON = "lexicon.json"
 MANIFEST = "manifest.json"
 # Batches are sorted by prompt length inside windows of this many batches (less padding, still shuffled).
 BUCKET_BATCHES = 32
+# Tags the seeded stream of each item's own-concept draw apart from the per-epoch streams ([seed, epoch, n]).
+_OWN_CONCEPT_STREAM = 0x6F776E
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -63,6 +74,7 @@ class CaptionerConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     prompt_dropout: float = 0.25  # chance an example is trained with no retrieved captions (each epoch)
+    own_concept_p: float = 0.5  # share of items whose neighbours leave out only the item (and identical images)
     exclude: tuple[str, ...] = ()  # manifests whose concepts are kept out of training (a test split)
     image_noise: float = 0.0  # max std of Gaussian noise on image embeddings (each example draws its std in [0, max])
     seed: int = 0
@@ -86,6 +98,8 @@ class CaptionerConfig:
             raise ConfigError("batch_size must be positive; weight_decay and image_noise must be >= 0")
         if not 0 <= self.warmup_fraction < 1 or not 0 <= self.prompt_dropout < 1:
             raise ConfigError("warmup_fraction and prompt_dropout must be in [0, 1)")
+        if not 0 <= self.own_concept_p <= 1:
+            raise ConfigError(f"own_concept_p must be in [0, 1], not {self.own_concept_p!r}")
         self.decoder_config().check()
 
     def decoder_config(self) -> DecoderConfig:
@@ -226,6 +240,9 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
         "decoder": dcfg.to_json(),
         "examples": n,
         "excluded_items": excluded,
+        # Items whose neighbours left out only themselves (and identical images); the rest left out their concept.
+        # Which ones is reproducible from (seed, item id), so only the count is kept.
+        "own_concept_items": int(data.own_concept.sum()),
         "config": {**dataclasses.asdict(cfg), "exclude": [str(Path(p).resolve()) for p in cfg.exclude]},
         "steps": step,
         "planned_steps": total,
@@ -271,8 +288,25 @@ def _open_index(ws: Workspace, store: Any, name: str) -> tuple[int, str, str, An
     return int(index_id), encoder, checksum, folder
 
 
+def own_concept_choice(item_ids: np.ndarray, p: float, seed: int) -> np.ndarray:
+    """Which items (True) retrieve with only themselves left out; seeded per (seed, item id).
+
+    Each item draws from its own seeded stream, so its choice does not depend on which other items
+    are trained on (an `exclude` split changes no one else's).
+    """
+    if p <= 0:
+        return np.zeros(len(item_ids), dtype=bool)
+    if p >= 1:
+        return np.ones(len(item_ids), dtype=bool)
+    draws = np.array([np.random.default_rng([seed, _OWN_CONCEPT_STREAM, int(i)]).random() for i in item_ids])
+    return draws < p
+
+
 class _TrainingData:
-    """Images with captions and, with retrieval, their leave-group-out neighbour captions (per epoch with noise)."""
+    """Images with captions and, with retrieval, their neighbour captions (per epoch with noise).
+
+    Each image leaves out its concept, or, if `own_concept_choice` picked it, only its own image.
+    """
 
     def __init__(self, corpus: IndexedCaptions, cfg: CaptionerConfig, dcfg: DecoderConfig, tokenizer: Any) -> None:
         queries = np.flatnonzero(corpus.has_image)
@@ -284,15 +318,25 @@ class _TrainingData:
         self.cfg = cfg
         self.dcfg = dcfg
         self.image = corpus.image[queries]
+        self.item_ids = corpus.item_ids[queries]
         self.groups = [corpus.groups[i] for i in queries]
         self.targets = [tokenizer.encode(corpus.texts[i], dcfg.max_caption - 1) for i in queries]
-        # One candidate per distinct (text, group): the three styles of a concept share one caption vector.
-        first: dict[tuple[str, str], int] = {}
-        for i, key in enumerate(zip(corpus.texts, corpus.groups)):
+        concept_keys, image_keys = corpus.leave_out_keys(EXCLUDE_CONCEPT), corpus.leave_out_keys(EXCLUDE_ITEM)
+        self.own_concept = (
+            own_concept_choice(self.item_ids, cfg.own_concept_p, cfg.seed)
+            if cfg.retrieval
+            else np.zeros(len(queries), dtype=bool)
+        )
+        self.query_keys = [image_keys[i] if own else concept_keys[i] for i, own in zip(queries, self.own_concept)]
+        # One candidate per distinct (text, concept, image): styles of a concept share one caption vector, but
+        # stay apart so that leaving out one image keeps the others.
+        first: dict[tuple[str, str, str], int] = {}
+        for i, key in enumerate(zip(corpus.texts, concept_keys, image_keys)):
             first.setdefault(key, i)
         cand = np.array(list(first.values()), dtype=np.int64)
+        self.cand_items = corpus.item_ids[cand]
         self.cand_vectors = corpus.text[cand]
-        self.cand_groups = [corpus.groups[i] for i in cand]
+        self.cand_keys = [(concept_keys[i], image_keys[i]) for i in cand]
         self.cand_texts = [corpus.texts[i] for i in cand]
         self.cand_tokens = [tokenizer.encode(t, dcfg.max_prompt_caption) for t in self.cand_texts]
         self._clean: tuple[np.ndarray, list[list[list[int]]], np.ndarray] | None = None
@@ -322,8 +366,8 @@ class _TrainingData:
         prompts: list[list[list[int]]] = [[] for _ in range(len(self))]
         lengths = np.zeros(len(self), dtype=np.int64)
         if self.cfg.retrieval:
-            picked, _ = leave_group_out(
-                images, self.groups, self.cand_vectors, self.cand_groups, self.cand_texts, self.cfg.k
+            picked, _ = leave_out(
+                images, self.query_keys, self.cand_vectors, self.cand_keys, self.cand_texts, self.cfg.k
             )
             for row, neighbours in enumerate(picked):
                 prompts[row] = [self.cand_tokens[j] for j in neighbours if j >= 0]

@@ -114,8 +114,44 @@ def test_eval_captions_three_methods_per_style(caption_ws) -> None:
     assert all(ex["truth"] not in ex["retrieved"] and len(ex["retrieved"]) == 3 for ex in out["examples"])
     assert out["splits"]["all"]["retrieval"]["exact"] == 0.0  # every caption of the own concept was left out
 
+    assert out["exclude"] == "concept"
+
     res = invoke("eval", "captions", str(held), "--workspace", ws, "--show", "2")
     assert res.exit_code == 0 and "(c) retrieval-augmented decoder" in res.stdout and "true: a " in res.stdout
+    assert "leaves out each query's concept" in res.stdout
+
+
+def test_eval_captions_exclude_item_keeps_the_own_concepts_other_style(caption_ws) -> None:
+    from sqlalchemy import select
+
+    from mmgen.generate.caption import indexed_items
+    from mmgen.store.db import open_store
+    from mmgen.store.models import IndexRecord
+    from mmgen.workspace import Workspace
+
+    ws, train, held = caption_ws
+    # k = every distinct indexed caption (18 concepts), so what is retrieved is all that is not left out
+    common = ("--workspace", ws, "--decode", "greedy", "-k", "18", "--limit", "8", "--show", "8", "--json")
+    by_item = json.loads(invoke("eval", "captions", str(train), "--exclude", "item", *common).stdout)
+    by_concept = json.loads(invoke("eval", "captions", str(train), "--exclude", "concept", *common).stdout)
+    assert by_item["exclude"] == "item" and by_concept["exclude"] == "concept" and by_item["n_images"] == 8
+    for a, b in zip(by_item["examples"], by_concept["examples"]):
+        assert a["key"] == b["key"]
+        assert a["truth"] in a["retrieved"] and len(a["retrieved"]) == 18  # its other style's caption
+        assert b["truth"] not in b["retrieved"] and len(b["retrieved"]) == 17
+    res = invoke("eval", "captions", str(held), "--exclude", "nope", "--workspace", ws)
+    assert res.exit_code == 2 and "item, concept" in res.stderr
+
+    # what `item` leaves out: the query's own indexed item (by content or path), nothing for a new image
+    store = open_store(Workspace.resolve(ws).db_url)
+    try:
+        with store.session() as s:
+            index_id = s.scalar(select(IndexRecord.id).where(IndexRecord.name == "default"))
+        images = [train.parent / "red-circle-filled.png", train.parent / "blue-bar-filled.png"]  # indexed, held out
+        own, new = indexed_items(store, index_id, images)
+    finally:
+        store.close()
+    assert len(own) == 1 and new == set()
 
 
 def test_eval_captions_errors(caption_ws, tmp_path) -> None:

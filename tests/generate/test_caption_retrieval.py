@@ -1,4 +1,4 @@
-"""Neighbour captions: leave-group-out retrieval against brute force, hit filtering, kNN consensus."""
+"""Neighbour captions: leave-out retrieval against brute force, hit filtering, kNN consensus."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from mmgen.errors import ConfigError
 from mmgen.generate.caption_retrieval import (
     consensus_order,
     distinct_captions,
-    leave_group_out,
+    leave_out,
 )
 from mmgen.search import Hit
 
@@ -19,14 +19,14 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _brute_force(q, qg, c, cg, ct, k):
+def _brute_force(q, qk, c, ck, ct, k):
     out = []
-    for vec, group in zip(q, qg):
+    for vec, key in zip(q, qk):
         scores = c @ vec
         order = sorted(range(len(c)), key=lambda j: (-scores[j], j))
         picked, seen = [], set()
         for j in order:
-            if cg[j] == group or ct[j] in seen:
+            if key in ck[j] or ct[j] in seen:
                 continue
             seen.add(ct[j])
             picked.append(j)
@@ -37,32 +37,45 @@ def _brute_force(q, qg, c, cg, ct, k):
 
 
 @pytest.mark.parametrize("k", [1, 3, 7])
-def test_leave_group_out_matches_brute_force(k) -> None:
+def test_leave_out_matches_brute_force(k) -> None:
     rng = np.random.default_rng(k)
     c = _unit(rng, 300, 16)
-    cg = [f"g{i % 60}" for i in range(300)]
+    # each candidate carries a concept and an image key; 60 concepts, 150 distinct images
+    ck = [(f"concept:g{i % 60}", f"image:h{i % 150}") for i in range(300)]
     # duplicated texts: the same caption under several groups and rows
     ct = [f"t{i % 90}" for i in range(300)]
     q = _unit(rng, 50, 16)
-    qg = [f"g{i}" for i in range(50)]
-    idx, scores = leave_group_out(q, qg, c, cg, ct, k)
-    expected = _brute_force(q, qg, c, cg, ct, k)
+    # half the queries leave out their concept, half only their image
+    qk = [f"concept:g{i}" if i % 2 else f"image:h{i}" for i in range(50)]
+    idx, scores = leave_out(q, qk, c, ck, ct, k)
+    expected = _brute_force(q, qk, c, ck, ct, k)
     assert idx.tolist() == expected
     assert np.allclose(scores, np.take_along_axis(q @ c.T, idx, axis=1), atol=1e-6)
-    for row, group in zip(idx, qg):
-        assert all(cg[j] != group for j in row)
+    for row, key in zip(idx, qk):
+        assert all(key not in ck[j] for j in row)
         assert len({ct[j] for j in row}) == k
 
 
-def test_leave_group_out_pads_when_too_few_candidates() -> None:
+def test_leaving_out_an_image_keeps_its_concepts_other_images() -> None:
+    rng = np.random.default_rng(0)
+    c = _unit(rng, 3, 8)
+    keys = [("concept:a", "image:1"), ("concept:a", "image:2"), ("concept:b", "image:3")]
+    texts = ["own caption", "own caption", "other"]
+    by_image, _ = leave_out(c[:1], ["image:1"], c, keys, texts, 3)
+    by_concept, _ = leave_out(c[:1], ["concept:a"], c, keys, texts, 3)
+    assert sorted(j for j in by_image[0] if j >= 0) == [1, 2]  # the same concept's other image, not its own
+    assert by_concept[0].tolist() == [2, -1, -1]
+
+
+def test_leave_out_pads_when_too_few_candidates() -> None:
     rng = np.random.default_rng(0)
     c = _unit(rng, 4, 8)
-    idx, _ = leave_group_out(c[:1], ["a"], c, ["a", "a", "b", "c"], ["x", "y", "z", "z"], 3)
+    idx, _ = leave_out(c[:1], ["a"], c, [("a",), ("a",), ("b",), ("c",)], ["x", "y", "z", "z"], 3)
     assert idx[0, 0] in (2, 3) and idx[0, 1] == -1 and idx[0, 2] == -1
     with pytest.raises(ConfigError):
-        leave_group_out(c, ["a"], c, ["a"] * 4, ["x"] * 4, 2)
+        leave_out(c, ["a"], c, [("a",)] * 4, ["x"] * 4, 2)
     with pytest.raises(ConfigError):
-        leave_group_out(c, ["a"] * 4, c, ["a"] * 4, ["x"] * 4, 0)
+        leave_out(c, ["a"] * 4, c, [("a",)] * 4, ["x"] * 4, 0)
 
 
 def _hit(i: int, text: str | None, group: str | None, score: float) -> Hit:
