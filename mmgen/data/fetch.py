@@ -17,21 +17,17 @@ from mmgen.errors import DataError, MissingDependencyError
 
 NPM_TIMEOUT_S = 600
 APT_TIMEOUT_S = 1800
-RENDER_TIMEOUT_S = 60
 OPENCLIPART_PACKAGES = ("openclipart-svg", "openclipart-png")
 _NPM_HINT = "npm is needed to fetch the emoji corpora; install Node.js: apt-get install -y npm"
-_RSVG_HINT = "rsvg-convert is needed to rasterise OpenMoji; install it: apt-get install -y librsvg2-bin"
 
 
 def fetch_emoji(data_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Install OpenMoji and Twemoji with npm into data_dir/npm, then rasterise OpenMoji to 128 px PNGs.
 
-    Both steps skip work already done (same package versions, PNGs newer than their SVG).
+    Both steps skip work already done (same package versions, PNGs newer than their SVG). SVGs are
+    rendered in process by libvips (pyvips-binary ships librsvg), in parallel threads.
     """
     data_dir = Path(data_dir).expanduser().resolve()
-    rsvg = shutil.which("rsvg-convert")
-    if rsvg is None:
-        raise MissingDependencyError(_RSVG_HINT)
     installed = _npm_install(data_dir, emoji.NPM_PACKAGES)
     counts: dict[str, Any] = {"data_dir": str(data_dir), "npm_installed": installed, "packages": emoji.NPM_PACKAGES}
     jobs: list[tuple[Path, Path]] = []
@@ -47,7 +43,7 @@ def fetch_emoji(data_dir: Path, progress: bool = True) -> dict[str, Any]:
             png = png_dir / f"{svg.stem}.png"
             if not (png.is_file() and png.stat().st_mtime >= svg.stat().st_mtime):
                 jobs.append((svg, png))
-    failures = _render_all(rsvg, jobs, progress)
+    failures = _render_all(jobs, progress)
     counts["rendered"] = len(jobs) - len(failures)
     counts["up_to_date"] = sum(counts[s] for s in emoji.OPENMOJI_STYLES) - len(jobs)
     counts["twemoji"] = len(list((emoji.twemoji_dir(data_dir) / "img" / "twitter" / "64").glob("*.png")))
@@ -129,27 +125,27 @@ def _package_version(package_dir: Path) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def _render_one(rsvg: str, svg: Path, png: Path) -> str | None:
+def _render_one(svg: Path, png: Path) -> str | None:
     """Render one SVG to PNG atomically (temp file + rename); return an error reason or None."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{png.stem}.", suffix=".png", dir=png.parent)
-    os.close(fd)
-    side = str(emoji.PNG_SIDE)
-    cmd = [rsvg, "--width", side, "--height", side, "--keep-aspect-ratio", "--output", tmp, str(svg)]
+    from mmgen.data.images import render_svg_buffer
+    from mmgen.errors import ImageLoadError
+
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=RENDER_TIMEOUT_S, check=False)
-        if done.returncode != 0 or os.path.getsize(tmp) == 0:
-            lines = done.stderr.strip().splitlines()
-            return lines[0] if lines else f"rsvg-convert exit {done.returncode}"
+        data = render_svg_buffer(svg.read_bytes(), emoji.PNG_SIDE)
+    except (OSError, ImageLoadError) as e:
+        return str(e)
+    fd, tmp = tempfile.mkstemp(prefix=f".{png.stem}.", suffix=".png", dir=png.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, png)
         return None
-    except subprocess.TimeoutExpired:
-        return f"took longer than {RENDER_TIMEOUT_S} s"
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _render_all(rsvg: str, jobs: list[tuple[Path, Path]], progress: bool) -> list[tuple[Path, str]]:
-    """Render in parallel (each job is its own rsvg-convert process); return (svg, reason) failures."""
+def _render_all(jobs: list[tuple[Path, Path]], progress: bool) -> list[tuple[Path, str]]:
+    """Render in parallel threads (libvips releases the GIL); return (svg, reason) failures."""
     if not jobs:
         return []
     from tqdm import tqdm
@@ -160,7 +156,7 @@ def _render_all(rsvg: str, jobs: list[tuple[Path, Path]], progress: bool) -> lis
         ThreadPoolExecutor(max_workers=workers) as pool,
         tqdm(total=len(jobs), desc="rasterise OpenMoji", unit="svg", disable=not progress) as bar,
     ):
-        for (svg, _png), reason in zip(jobs, pool.map(lambda job: _render_one(rsvg, *job), jobs), strict=True):
+        for (svg, _png), reason in zip(jobs, pool.map(lambda job: _render_one(*job), jobs), strict=True):
             if reason is not None:
                 failures.append((svg, reason))
             bar.update(1)

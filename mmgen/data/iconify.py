@@ -226,16 +226,10 @@ def load_set(data_dir: Path, prefix: str) -> IconSet:
 
 # ---- rendering -----------------------------------------------------------------------------
 def render_svg(svg: str) -> bytes:
-    """Render one SVG document to PNG bytes with libvips (librsvg inside pyvips-binary); DataError on failure."""
-    from mmgen.data.images import _import_pyvips
+    """Render one sized SVG document to PNG bytes in process; DataError on failure."""
+    from mmgen.data.images import render_svg_buffer
 
-    pyvips = _import_pyvips()
-    try:
-        image = pyvips.Image.svgload_buffer(svg.encode("utf-8"), unlimited=False)
-        return bytes(image.write_to_buffer(".png"))
-    except pyvips.Error as e:
-        reason = str(e).strip().splitlines()
-        raise DataError(reason[0] if reason else "libvips could not render the SVG") from e
+    return render_svg_buffer(svg.encode("utf-8"))
 
 
 def _png_path(out_dir: Path, name: str) -> Path:

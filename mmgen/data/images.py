@@ -202,6 +202,23 @@ def render_svg_png(path: str | Path, side: int) -> bytes:
     return done.stdout
 
 
+def render_svg_buffer(svg: bytes, side: int | None = None) -> bytes:
+    """Render SVG markup to PNG bytes in process (libvips' librsvg), fitting side x side when given.
+
+    The markup comes from a buffer, so it has no base folder: references to other files resolve to nothing.
+    """
+    pyvips = _import_pyvips()
+    try:
+        image = pyvips.Image.svgload_buffer(svg, unlimited=False)
+        if side is not None and max(image.width, image.height) != side:
+            scale = side / max(image.width, image.height, 1)
+            image = pyvips.Image.svgload_buffer(svg, scale=scale, unlimited=False)
+        return bytes(image.write_to_buffer(".png"))
+    except pyvips.Error as e:
+        reason = str(e).strip().splitlines()
+        raise ImageLoadError(reason[0] if reason else "libvips could not render the SVG") from e
+
+
 def _load_svg(p: Path, max_side: int) -> Image.Image:
     from PIL import Image
 
