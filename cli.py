@@ -307,6 +307,13 @@ def generate_cmd(
     ] = None,
     steps: Annotated[int, typer.Option("--steps", help="DDIM sampling steps.")] = 30,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (1: none).")] = 3.0,
+    init_strength: Annotated[
+        float,
+        typer.Option(
+            "--init-strength",
+            help="In (0, 1]: start sample i from retrieved image i mod k noised to this time (1: pure noise).",
+        ),
+    ] = 1.0,
     model: Annotated[str, typer.Option("--model", "-m", help="Generator in WORKSPACE/models.")] = "generator",
     index: Annotated[
         Optional[str], typer.Option("--index", help="Index to retrieve from (default: the generator's).")
@@ -323,12 +330,14 @@ def generate_cmd(
     """Generate pictures from text, conditioned on the k nearest indexed images (all recorded in SQL).
 
     --json prints {"generations": [{"prompt", "prompt_id", "seed", "model", "files", "similarity",
-    "retrieved": [{"rank", "item_id", "score", "uri", "text", "group"}], "latency_ms", "params"}], "sheet"}.
+    "retrieved": [{"rank", "item_id", "score", "uri", "text", "group"}], "latency_ms", "params",
+    "init_ranks"}], "sheet"}; init_ranks: per picture, the retrieved rank it started from (empty at strength 1).
     """
     with _errors():
         import secrets
 
         from mmgen.errors import ConfigError
+        from mmgen.generate.diffusion import check_strength
         from mmgen.generate.image import ImageGenerator, check_seed, read_prompts
         from mmgen.store.db import open_store
 
@@ -336,11 +345,14 @@ def generate_cmd(
         if not wanted:
             raise ConfigError("give a prompt text (or --prompts FILE)")
         seed = secrets.randbits(32) if seed is None else check_seed(seed)
+        init_strength = check_strength(init_strength)
         ws = _workspace(workspace, db)
         with open_store(ws.db_url) as store:
             generator = ImageGenerator(ws, store, model, index, device)
             results = [
-                generator.generate_and_record(text, n=n, seed=seed, k=k, steps=steps, guidance=guidance, out_dir=out)
+                generator.generate_and_record(
+                    text, n=n, seed=seed, k=k, steps=steps, guidance=guidance, out_dir=out, init_strength=init_strength
+                )
                 for text in wanted
             ]
         sheet_path = None
@@ -350,7 +362,10 @@ def generate_cmd(
             rows = [
                 SheetRow(r.prompt, r.images, [nb.uri for nb in r.neighbours], note=f"seed {r.seed}") for r in results
             ]
-            sheet_path = save_sheet(rows, sheet, title=f"{model}: {steps} DDIM steps, guidance {guidance:g}")
+            title = f"{model}: {steps} DDIM steps, guidance {guidance:g}"
+            if init_strength < 1.0:
+                title += f", started from retrieved images at strength {init_strength:g}"
+            sheet_path = save_sheet(rows, sheet, title=title)
         if as_json:
             _print_json({"generations": [r.to_json() for r in results], "sheet": str(sheet_path) if sheet_path else None})
             return
@@ -905,17 +920,26 @@ def eval_generation_cmd(
     sheet: Annotated[
         Optional[Path], typer.Option("--sheet", help="Write a sheet: real | retrieval | (b) | (c) per prompt.")
     ] = None,
+    init_strength: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--init-strength",
+            help="Score (c) at these init strengths in (0, 1] (repeatable or 1.0,0.7); below 1 a picture starts "
+            "from the nearest image outside its concept, noised to that time [default: 1.0].",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Prompt similarity, R-precision, Frechet distance and memorisation: (a) retrieval only, (b) generator, (c) RA generator."""
     with _errors():
-        from mmgen.eval.generation import evaluate_generation, parse_filters
+        from mmgen.eval.generation import evaluate_generation, parse_filters, parse_strengths, ra_method
 
+        strengths = parse_strengths(init_strength or ["1.0"])
         report = evaluate_generation(
             _workspace(workspace, db), prompts, model=model, baseline=baseline, index=index,
             sample=sample or None, where=parse_filters(where or []), samples_per_prompt=per_prompt, steps=steps, guidance=guidance,
-            seed=seed, device=device, sheet=sheet, progress=not as_json,
+            seed=seed, device=device, sheet=sheet, progress=not as_json, init_strengths=strengths,
         )  # fmt: skip
         if as_json:
             _print_json(report.to_json())
@@ -930,13 +954,17 @@ def eval_generation_cmd(
             "generator": "(b) generator, no retrieval",
             "ra-generator": "(c) retrieval-augmented",
             "real": "real pictures (reference)",
+            **{ra_method(x): f"(c) RA, neighbour init {x:g}" for x in strengths if x < 1.0},
         }
-        typer.echo(f"{'prompt set':22s} {'method':30s} {'sim':>6s} {'R-prec':>7s} {'FD':>7s} {'NN-dist':>8s} {'n':>5s}")
+        typer.echo(
+            f"{'prompt set':22s} {'method':30s} {'sim':>6s} {'R-prec':>7s} {'FD':>7s} {'NN-dist':>8s} "
+            f"{'copies':>7s} {'n':>5s}"
+        )
         for rep in report.sets:
             for key, m in rep.methods.items():
                 typer.echo(
                     f"{rep.name:22s} {labels[key]:30s} {m.similarity:6.3f} {100 * m.r_precision:6.1f}% "
-                    f"{m.fd:7.3f} {m.nn_distance:8.3f} {m.n:5d}"
+                    f"{m.fd:7.3f} {m.nn_distance:8.3f} {100 * m.near_copies:6.1f}% {m.n:5d}"
                 )
         typer.echo(f"{report.seconds / 60:.1f} min" + (f"; sheet: {report.sheet}" if report.sheet else ""))
 

@@ -245,7 +245,9 @@ def icon_png(data_dir: Path, prefix: str, name: str) -> Path:
     return _png_path(png_dir(data_dir, prefix), name)
 
 
-def render_set(data_dir: Path, prefix: str, side: int = PNG_SIDE, workers: int = 0, progress: bool = True) -> dict[str, Any]:
+def render_set(
+    data_dir: Path, prefix: str, side: int = PNG_SIDE, workers: int = 0, progress: bool = True
+) -> dict[str, Any]:
     """Render every icon of a set once (cached; stale caches redrawn); report failures, never stop on one."""
     iset = load_set(data_dir, prefix)
     out = png_dir(data_dir, prefix)

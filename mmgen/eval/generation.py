@@ -8,7 +8,13 @@ each scored for every method in one run:
 
 - `retrieval`: the nearest indexed image to the prompt (top-1 text->image), at the generator's size;
 - `generator`: the generator without retrieval conditioning (the baseline);
-- `ra-generator`: the retrieval-augmented generator;
+- `ra-generator`: the retrieval-augmented generator, sampling from pure noise (init strength 1);
+- `ra-generator@S`: the same generator, each picture started from a retrieved neighbour image noised
+  to time S (SDEdit; see `mmgen.generate.diffusion.ddim_sample`), one method per init strength
+  asked for. That neighbour is the nearest indexed image to the prompt outside the prompt's own
+  concept (no item of its group, no copy of one of its reference pictures), so a seen concept's
+  target picture never becomes its starting point. The conditioning neighbours are the same as for
+  `ra-generator`, and so is the starting noise: the strengths are a paired comparison;
 - `real`: one real reference picture per concept (the ceiling of similarity and R-precision).
 
 Metrics, all in the image space of the index's joint encoder:
@@ -37,7 +43,7 @@ if TYPE_CHECKING:
     from mmgen.generate.image import ImageGenerator
     from mmgen.workspace import Workspace
 
-METHODS = ("retrieval", "generator", "ra-generator", "real")
+METHODS = ("retrieval", "generator", "ra-generator", "real")  # with the default init strength 1 only
 R_PRECISION_CANDIDATES = 100
 NEAR_COPY_DISTANCE = 0.05
 SHEET_ROWS_PER_SET = 8
@@ -207,6 +213,30 @@ def parse_filters(pairs: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+def parse_strengths(values: Sequence[str | float]) -> list[float]:
+    """Init strengths from floats or comma lists ("1.0,0.7"), each in (0, 1], in order, repeats dropped."""
+    from mmgen.generate.diffusion import check_strength
+
+    out: list[float] = []
+    for value in values:
+        for part in str(value).split(",") if isinstance(value, str) else [value]:
+            try:
+                strength = float(part)
+            except ValueError:
+                raise ConfigError(f"--init-strength takes numbers in (0, 1], e.g. 1.0,0.7, not {part!r}") from None
+            strength = check_strength(strength)
+            if strength not in out:
+                out.append(strength)
+    if not out:
+        raise ConfigError("give at least one init strength, e.g. 1.0")
+    return out
+
+
+def ra_method(strength: float) -> str:
+    """The method name of the retrieval-augmented generator at an init strength ("ra-generator" at 1)."""
+    return "ra-generator" if strength == 1.0 else f"ra-generator@{strength:g}"
+
+
 def _matches(meta: dict[str, Any], where: Mapping[str, Sequence[str]]) -> bool:
     # Manifest values are JSON (bools, numbers, strings); compared as lower-case text: base=true matches True.
     def text(v: Any) -> str:
@@ -273,8 +303,12 @@ def evaluate_generation(
     device: str = "auto",
     sheet: Path | None = None,
     progress: bool = True,
+    init_strengths: Sequence[float] = (1.0,),
 ) -> GenerationReport:
-    """Score retrieval-only, the baseline generator and the retrieval-augmented generator on each prompt set."""
+    """Score retrieval-only, the baseline generator and the retrieval-augmented generator on each prompt set.
+
+    The retrieval-augmented generator is scored once per init strength (1: pure noise, as trained).
+    """
     from mmgen.generate.image import ImageGenerator
     from mmgen.generate.image_model import load_generator
     from mmgen.store.db import open_store
@@ -283,6 +317,7 @@ def evaluate_generation(
         raise ConfigError("give at least one prompt manifest")
     if samples_per_prompt < 1:
         raise ConfigError(f"samples per prompt must be >= 1, not {samples_per_prompt}")
+    strengths = parse_strengths(init_strengths)
     started = time.perf_counter()
     prompt_sets = [load_prompt_set(Path(p), sample, seed, where) for p in manifests]
     with open_store(ws.db_url) as store:
@@ -296,7 +331,7 @@ def evaluate_generation(
         reports = []
         sheet_rows: list[Any] = []
         for ps in prompt_sets:
-            report, rows = _evaluate_set(ra, base, ps, samples_per_prompt, steps, guidance, seed, progress)
+            report, rows = _evaluate_set(ra, base, ps, samples_per_prompt, steps, guidance, seed, strengths, progress)
             reports.append(report)
             sheet_rows += rows
     sheet_path = None
@@ -304,7 +339,10 @@ def evaluate_generation(
         from mmgen.generate.sheet import save_sheet
 
         title = "columns: real | (a) retrieval only | (b) generator, no retrieval | (c) retrieval-augmented"
-        sheet_path = str(save_sheet(sheet_rows, sheet, scale=2, title=title, header="real, (a), (b), (c)"))
+        header = "real, (a), (b), " + ", ".join("(c)" if s == 1.0 else f"(c) init {s:g}" for s in strengths)
+        if strengths != [1.0]:
+            title += ", at init strength " + " | ".join(f"{s:g}" for s in strengths)
+        sheet_path = str(save_sheet(sheet_rows, sheet, scale=2, title=title, header=header))
     settings = {
         "index": ra.images.index,
         "encoder": ra.images.encoder,
@@ -313,6 +351,7 @@ def evaluate_generation(
         "samples_per_prompt": samples_per_prompt,
         "steps": steps,
         "guidance": guidance,
+        "init_strengths": strengths,
         "k": ra.model.neighbours,
         "seed": seed,
         "r_precision_candidates": R_PRECISION_CANDIDATES,
@@ -332,6 +371,7 @@ def _evaluate_set(
     steps: int,
     guidance: float,
     seed: int,
+    strengths: Sequence[float],
     progress: bool,
 ) -> tuple[SetReport, list[Any]]:
     from mmgen.data.images import load_image
@@ -347,36 +387,81 @@ def _evaluate_set(
     prompt_of = np.repeat(np.arange(m), per_prompt)
     size = ra.model.image_size
     crop = str(ra.model.manifest.get("crop", "content"))
+    k = max(1, ra.model.neighbours)
 
-    rows, _ = ra.retrieve(text_emb, max(1, ra.model.neighbours))
-    retrieved = [decode_one(ra.images.uris[r], size, crop) for r in rows[:, 0]]
+    rows, _ = ra.retrieve(text_emb, k)
+    retrieved = list(ra.pictures(rows[:, 0]))
     noise = _paired_noise(seed, m, per_prompt, size)
     neighbours = ra.images.image_vectors[rows[prompt_of]]
-    bar = _bar(2 * len(prompt_of), f"generating {ps.name}", progress)
-    ra_pixels = _sample(ra.model, text_emb[prompt_of], neighbours, noise, steps, guidance, bar)
+    init = None
+    if any(s < 1.0 for s in strengths):
+        # sample j of a prompt starts from its (j mod k)-th nearest image outside its own concept
+        init_rows = init_neighbours(ra, ps, text_emb, k)
+        init = ra.pictures(init_rows[prompt_of, np.tile(np.arange(per_prompt), m) % k])
+    bar = _bar((1 + len(strengths)) * len(prompt_of), f"generating {ps.name}", progress)
     base_pixels = _sample(base, text_emb[prompt_of], None, noise, steps, guidance, bar)
+    ra_pixels = {
+        s: _sample(ra.model, text_emb[prompt_of], neighbours, noise, steps, guidance, bar, init, s) for s in strengths
+    }
     bar.close()
     real = [decode_one(refs[0], size, crop) for refs in ps.references]
 
-    methods = {}
-    for name, pixels, owners in (
+    scored: list[tuple[str, Any, np.ndarray]] = [
         ("retrieval", retrieved, np.arange(m)),
         ("generator", list(base_pixels), prompt_of),
-        ("ra-generator", list(ra_pixels), prompt_of),
+        *((ra_method(s), list(px), prompt_of) for s, px in ra_pixels.items()),
         ("real", real, np.arange(m)),
-    ):
-        methods[name] = score_method(ra.embed_images(pixels), owners, text_emb, ref_emb, training, seed)
+    ]
+    methods = {
+        name: score_method(ra.embed_images(pixels), owners, text_emb, ref_emb, training, seed)
+        for name, pixels, owners in scored
+    }
     report = SetReport(ps.name, ps.source, m, len(ref_paths), min(R_PRECISION_CANDIDATES, m), methods, ps.skipped)
     sheet_rows = [
         SheetRow(
             label=ps.prompts[i],
-            samples=[real[i], retrieved[i], base_pixels[i * per_prompt], ra_pixels[i * per_prompt]],
+            samples=[real[i], retrieved[i], *(px[i * per_prompt] for px in (base_pixels, *ra_pixels.values()))],
             neighbours=[ra.images.uris[r] for r in rows[i]],
             note=ps.name,
         )
         for i in range(min(SHEET_ROWS_PER_SET, m))
     ]
     return report, sheet_rows
+
+
+def init_neighbours(ra: ImageGenerator, ps: PromptSet, text_emb: np.ndarray, k: int) -> np.ndarray:
+    """Rows (m, k) of the indexed images nearest each prompt outside its concept, to start sampling from.
+
+    Outside its concept means no item of the prompt's group (the exclusion training neighbours
+    use) and no item whose file is one of the prompt's reference pictures (the same picture indexed
+    under another group, or ungrouped): otherwise a seen concept would start from its target.
+    """
+    from mmgen.generate.image_neighbours import nearest
+
+    codes: dict[str, int] = {}
+    query_groups = np.asarray([codes.setdefault(g, len(codes)) for g in ps.groups], dtype=np.int64)
+    # an ungrouped item is a group of its own: a negative code no prompt has
+    candidate_groups = np.asarray(
+        [codes.setdefault(g, len(codes)) if g is not None else -1 - i for i, g in enumerate(ra.images.groups)],
+        dtype=np.int64,
+    )
+    rows_of_uri: dict[str, list[int]] = {}
+    for row, uri in enumerate(ra.images.uris):
+        rows_of_uri.setdefault(uri, []).append(row)
+    copies = [
+        {r for ref in refs for r in rows_of_uri.get(ref, ()) if candidate_groups[r] != query_groups[i]}
+        for i, refs in enumerate(ps.references)
+    ]
+    # ask for enough extra neighbours that dropping a prompt's copies still leaves k
+    wanted = min(k + max(len(c) for c in copies), len(ra.images))
+    found, _ = nearest(text_emb, ra.images.image_vectors, wanted, query_groups, candidate_groups)
+    out = np.empty((len(found), k), dtype=np.int64)
+    for i, row in enumerate(found):
+        kept = [int(r) for r in row if int(r) not in copies[i]][:k]
+        if len(kept) < k:
+            raise DataError(f"prompt {ps.prompts[i]!r}: fewer than {k} indexed images outside its concept; lower k")
+        out[i] = kept
+    return out
 
 
 def _paired_noise(seed: int, m: int, per_prompt: int, size: int) -> Any:
@@ -390,7 +475,15 @@ def _paired_noise(seed: int, m: int, per_prompt: int, size: int) -> Any:
 
 
 def _sample(
-    model: Any, text: np.ndarray, neighbours: np.ndarray | None, noise: Any, steps: int, guidance: float, bar: Any
+    model: Any,
+    text: np.ndarray,
+    neighbours: np.ndarray | None,
+    noise: Any,
+    steps: int,
+    guidance: float,
+    bar: Any,
+    init: np.ndarray | None = None,
+    init_strength: float = 1.0,
 ) -> np.ndarray:
     from mmgen.generate.image import SAMPLE_BATCH, sample_images
 
@@ -398,7 +491,11 @@ def _sample(
     for start in range(0, len(noise), SAMPLE_BATCH):
         stop = start + SAMPLE_BATCH
         nb = neighbours[start:stop] if neighbours is not None else None
-        out.append(sample_images(model, text[start:stop], nb, noise[start:stop], steps, guidance))
+        first = init[start:stop] if init is not None else None
+        out.append(
+            sample_images(model, text[start:stop], nb, noise[start:stop], steps, guidance,
+                          init=first, init_strength=init_strength)
+        )  # fmt: skip
         bar.update(len(out[-1]))
     return np.concatenate(out)
 

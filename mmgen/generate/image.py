@@ -4,6 +4,9 @@ One `ImageGenerator` holds what a workspace needs to draw: the trained generator
 encoder and its image vectors. Sampling is deterministic per seed (same seed, prompt and settings:
 the same PNG bytes on the same machine): the starting noise of sample i is the i-th draw of a CPU
 generator seeded with the seed, so it does not depend on how many samples are asked for.
+
+With an init strength below 1, sample i starts from retrieved neighbour i mod k noised to that
+time (SDEdit), so the neighbours shape the picture itself, not only its conditioning.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Generation:
     params: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     prompt_id: int | None = None
+    init_ranks: list[int] = field(default_factory=list)  # per picture, the neighbour rank it started from
 
     def to_json(self) -> dict[str, Any]:
         """The stable `--json` form of one prompt's result."""
@@ -89,6 +93,7 @@ class Generation:
             "retrieved": [n.to_json() for n in self.neighbours],
             "latency_ms": round(self.latency_ms, 1),
             "params": self.params,
+            "init_ranks": self.init_ranks,
         }
 
 
@@ -122,11 +127,17 @@ def sample_images(
     steps: int = DEFAULT_STEPS,
     guidance: float = DEFAULT_GUIDANCE,
     batch: int = SAMPLE_BATCH,
+    init: np.ndarray | None = None,
+    init_strength: float = 1.0,
 ) -> np.ndarray:
-    """Denoise `noise` (m, 3, S, S) conditioned on text (m, d) and neighbour (m, k, d) embeddings -> uint8 (m, S, S, 3)."""
+    """Denoise `noise` (m, 3, S, S) conditioned on text (m, d) and neighbour (m, k, d) embeddings -> uint8 (m, S, S, 3).
+
+    With `init_strength` < 1, sampling starts from the uint8 pictures `init` (m, S, S, 3) noised
+    to that time (see `ddim_sample`); strength 1 is pure noise and ignores `init`.
+    """
     import torch
 
-    from mmgen.generate.diffusion import ddim_sample, guided, to_uint8
+    from mmgen.generate.diffusion import check_strength, ddim_sample, from_uint8, guided, to_uint8
     from mmgen.generate.unet import Conditions
 
     if steps < 1 or steps > 1000:
@@ -135,6 +146,14 @@ def sample_images(
         raise ConfigError(f"guidance must be >= 0, not {guidance}")
     if model.retrieval and neighbours is None:
         raise ConfigError(f"generator {model.name!r} is conditioned on retrieved images; give neighbours")
+    init_strength = check_strength(init_strength)
+    if init_strength == 1.0:
+        init = None
+    else:
+        want = (len(noise), noise.shape[2], noise.shape[3], noise.shape[1])
+        got = None if init is None else (np.asarray(init).shape, np.asarray(init).dtype)
+        if got != (want, np.dtype(np.uint8)):
+            raise ConfigError(f"init strength {init_strength:g} starts from pictures: give uint8 {want}, not {got}")
     device = next(model.net.parameters()).device
     out = []
     for start in range(0, len(noise), batch):
@@ -156,8 +175,11 @@ def sample_images(
             )
             return model.net(z, t, cond)
 
+        x_init = None if init is None else from_uint8(torch.from_numpy(np.ascontiguousarray(init[start:stop])))
         with torch.inference_mode():
-            x = ddim_sample(guided(predict, guidance, model.prediction), noise[start:stop].to(device), steps)
+            x = ddim_sample(
+                guided(predict, guidance, model.prediction), noise[start:stop].to(device), steps, x_init, init_strength
+            )
         out.append(to_uint8(x).numpy())
     return np.concatenate(out)
 
@@ -203,6 +225,13 @@ class ImageGenerator:
             raise ConfigError(f"k must be in 1..{min(MAX_NEIGHBOURS, len(self.images))}, not {k}")
         return nearest(text_vectors, self.images.image_vectors, k)
 
+    def pictures(self, rows: Sequence[int]) -> np.ndarray:
+        """Indexed images at `rows` as the generator saw them in training: uint8 (m, S, S, 3)."""
+        from mmgen.train.data import decode_one
+
+        size, crop = self.model.image_size, str(self.model.manifest.get("crop", "content"))
+        return np.stack([decode_one(self.images.uris[int(r)], size, crop) for r in rows])
+
     def generate(
         self,
         prompt: str,
@@ -211,17 +240,30 @@ class ImageGenerator:
         k: int | None = None,
         steps: int = DEFAULT_STEPS,
         guidance: float = DEFAULT_GUIDANCE,
+        init_strength: float = 1.0,
     ) -> Generation:
-        """Make n pictures for one prompt (nothing written or recorded; see `generate_and_record`)."""
+        """Make n pictures for one prompt (nothing written or recorded; see `generate_and_record`).
+
+        `init_strength` < 1 starts picture i from retrieved neighbour i mod k noised to that time.
+        """
+        from mmgen.generate.diffusion import check_strength
+
         prompt = check_prompt(prompt)
         if not 1 <= n <= MAX_SAMPLES:
             raise ConfigError(f"n must be in 1..{MAX_SAMPLES}, not {n}")
+        init_strength = check_strength(init_strength)
+        if init_strength < 1.0 and not self.model.retrieval:
+            raise ConfigError(
+                f"generator {self.model.name!r} draws without retrieval, so there are no neighbours to start from; "
+                "use init strength 1 or a retrieval-augmented generator"
+            )
         seed = secrets.randbits(32) if seed is None else check_seed(seed)
         started = time.perf_counter()
         text_vec = self.encoder.encode_text([prompt])
         neighbours: list[Neighbour] = []
         neighbour_vecs = None
         k_used = 0
+        rows = np.empty((1, 0), dtype=np.int64)
         if self.model.retrieval:
             k_used = self.model.neighbours if k is None else int(k)
             rows, scores = self.retrieve(text_vec, k_used)
@@ -238,7 +280,15 @@ class ImageGenerator:
                 for rank, (r, s) in enumerate(zip(rows[0], scores[0]), start=1)
             ]
         noise = seeded_noise(seed, n, self.model.image_size)
-        pixels = sample_images(self.model, np.repeat(text_vec, n, axis=0), neighbour_vecs, noise, steps, guidance)
+        init = None
+        init_ranks: list[int] = []
+        if init_strength < 1.0:
+            init_ranks = [i % k_used + 1 for i in range(n)]
+            init = self.pictures([int(rows[0][r - 1]) for r in init_ranks])
+        pixels = sample_images(
+            self.model, np.repeat(text_vec, n, axis=0), neighbour_vecs, noise, steps, guidance,
+            init=init, init_strength=init_strength,
+        )  # fmt: skip
         latency = (time.perf_counter() - started) * 1000
         images = list(pixels)
         similarity = (self.embed_images(images) @ text_vec[0]).tolist()
@@ -248,13 +298,16 @@ class ImageGenerator:
             "k": k_used,
             "steps": steps,
             "guidance": guidance,
+            "init_strength": init_strength,
             "model": self.model.name,
             "model_checksum": self.model.checksum,
             "index": self.images.index,
             "encoder": self.images.encoder,
             "image_size": self.model.image_size,
         }
-        return Generation(prompt, seed, self.model.name, images, neighbours, similarity, latency, params)
+        return Generation(
+            prompt, seed, self.model.name, images, neighbours, similarity, latency, params, init_ranks=init_ranks
+        )
 
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Embed uint8 pictures with the index's encoder (as it embeds indexed images)."""
@@ -271,9 +324,10 @@ class ImageGenerator:
         steps: int = DEFAULT_STEPS,
         guidance: float = DEFAULT_GUIDANCE,
         out_dir: Path | None = None,
+        init_strength: float = 1.0,
     ) -> Generation:
         """Generate, write PNGs (workspace `outputs/` or `out_dir`), record prompt, retrievals and outputs in SQL."""
-        result = self.generate(prompt, n, seed, k, steps, guidance)
+        result = self.generate(prompt, n, seed, k, steps, guidance, init_strength)
         self.record(result, out_dir)
         return result
 
@@ -303,12 +357,15 @@ class ImageGenerator:
                     path = folder / f"{prompt.id}-{_slug(result.prompt)}-{i}.png"
                     Image.fromarray(pixels, "RGB").save(path, format="PNG")
                     written.append(path)
+                    scores = {"seed": result.seed, "sample": i, "prompt_similarity": result.similarity[i]}
+                    if result.init_ranks:
+                        scores["init_rank"] = result.init_ranks[i]  # the Retrieval rank it started from
                     s.add(
                         Output(
                             prompt_id=prompt.id,
                             file_uri=str(path),
                             model_id=model_id,
-                            scores={"seed": result.seed, "sample": i, "prompt_similarity": result.similarity[i]},
+                            scores=scores,
                             latency_ms=result.latency_ms,
                         )
                     )

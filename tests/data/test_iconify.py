@@ -40,7 +40,8 @@ def write_set(
 
 
 def test_svg_resolves_aliases_and_flips(tmp_path: Path) -> None:
-    write_set(tmp_path, "t", {"left": {"body": SQUARE}}, {"right": {"parent": "left", "hFlip": True}, "other": {"parent": "left"}})
+    aliases = {"right": {"parent": "left", "hFlip": True}, "other": {"parent": "left"}}
+    write_set(tmp_path, "t", {"left": {"body": SQUARE}}, aliases)
     s = iconify.load_set(tmp_path, "t")
     assert s.names() == ["left", "right"]  # a plain alias is another name, not another drawing
     assert s.alias_names("left") == ["other"]
@@ -127,3 +128,17 @@ def test_sources_name_the_sets_and_the_generic_prefix(emoji_data: Path) -> None:
     assert [r.text for r in generic.records()] == ["cat face"]
     with pytest.raises(DataError, match="not fetched"):
         open_sources("iconify:nothing-here", emoji_data)
+
+
+def test_fetch_reports_a_malformed_set_and_prepares_the_others(tmp_path: Path) -> None:
+    from mmgen.data.fetch import fetch_iconify
+
+    write_set(tmp_path, "good", {"a": {"body": SQUARE}})
+    bad = write_set(tmp_path, "bad", {"a": {"body": SQUARE}})
+    (bad / "icons.json").write_text('{"icons": [', encoding="utf-8")
+    done = fetch_iconify(tmp_path, {"bad": "1.0.0", "good": "1.0.0"}, progress=False)  # installed: npm not run
+    assert done["npm_installed"] is False
+    assert done["sets"]["good"]["rendered"] == 1
+    assert "malformed JSON" in done["sets"]["bad"]["error"] and done["errors"][0].startswith("bad:")
+    with pytest.raises(DataError, match="lower-case"):
+        fetch_iconify(tmp_path, {"../etc": None}, progress=False)

@@ -1,4 +1,5 @@
-"""Generation metrics against brute force and scipy, prompt sets, and `mmgen eval generation` end to end."""
+"""Generation metrics against brute force and scipy, prompt sets, and `mmgen eval generation` end to end,
+including several init strengths in one run."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from mmgen.eval.generation import (
     METHODS,
     evaluate_generation,
     frechet_distance,
+    init_neighbours,
     load_prompt_set,
     nearest_distance,
     parse_filters,
+    parse_strengths,
     r_precision,
+    ra_method,
 )
 from mmgen.workspace import Workspace
 
@@ -188,3 +192,74 @@ def test_cli_eval_generation(workspace: tuple[Workspace, Path]) -> None:
     assert res.exit_code == 0 and "(c) retrieval-augmented" in res.stdout and "R-prec" in res.stdout
     res = CliRunner().invoke(app, ["eval", "generation", str(manifest), "--workspace", str(ws.root), "--sample", "1"])
     assert res.exit_code == 2 and "at least 2" in res.stderr
+
+
+# ---- init strengths --------------------------------------------------------------------------
+def test_parse_strengths() -> None:
+    assert parse_strengths(["1.0,0.7", "0.7", " 0.5 "]) == [1.0, 0.7, 0.5]
+    assert parse_strengths([1.0]) == [1.0] and ra_method(1.0) == "ra-generator" and ra_method(0.7) == "ra-generator@0.7"
+    bad_values = ((["0"], r"\(0, 1\]"), (["1.2"], r"\(0, 1\]"), (["1,x"], "takes numbers"), ([], "at least one"))
+    for bad, message in bad_values:
+        with pytest.raises(ConfigError, match=message):
+            parse_strengths(bad)
+
+
+def test_init_neighbours_leave_out_the_prompt_s_own_concept(workspace: tuple[Workspace, Path]) -> None:
+    from mmgen.generate.image import ImageGenerator
+    from mmgen.store.db import open_store
+
+    ws, manifest = workspace
+    ps = load_prompt_set(manifest)
+    with open_store(ws.db_url) as store:
+        ra = ImageGenerator(ws, store, device="cpu")
+        text = ra.encoder.encode_text(ps.prompts)
+        rows = init_neighbours(ra, ps, text, 3)
+        assert rows.shape == (6, 3)
+        red = ps.groups.index("red-circle")
+        # the "pool" item shows red-circle's own filled picture under another group: a copy to leave out too
+        copies = [
+            i for i, uri in enumerate(ra.images.uris) if uri in ps.references[red] and ra.images.groups[i] != "red-circle"
+        ]
+        assert copies and ra.images.groups[copies[0]] == "pool"
+        for i, found in enumerate(rows):
+            assert all(ra.images.groups[r] != ps.groups[i] for r in found)
+            assert all(ra.images.uris[r] not in ps.references[i] for r in found)
+        # best first among what is left: the same order as the exact search with the concept masked out
+        scores = ra.images.image_vectors @ text[red]
+        allowed = [i for i in range(len(scores)) if ra.images.groups[i] != "red-circle" and i not in copies]
+        assert rows[red].tolist() == sorted(allowed, key=lambda i: (-scores[i], i))[:3]
+
+
+def test_one_run_compares_init_strengths(workspace: tuple[Workspace, Path], tmp_path: Path) -> None:
+    ws, manifest = workspace
+    kw: dict[str, Any] = {"model": "generator", "baseline": "generator-noretrieval", "steps": 2, "seed": 1,
+                          "device": "cpu", "progress": False, "where": {"style": ["filled"]},
+                          "samples_per_prompt": 2}  # fmt: skip
+    today = evaluate_generation(ws, [manifest], **kw)
+    both = evaluate_generation(ws, [manifest], init_strengths=[1.0, 0.5], sheet=tmp_path / "s.png", **kw)
+    methods = both.sets[0].to_json()["methods"]
+    assert list(methods) == ["retrieval", "generator", "ra-generator", "ra-generator@0.5", "real"]
+    assert methods["ra-generator"] == today.sets[0].to_json()["methods"]["ra-generator"]  # strength 1 is today's (c)
+    assert methods["ra-generator@0.5"] != methods["ra-generator"]
+    for name in ("ra-generator", "ra-generator@0.5"):
+        assert set(methods[name]) == {"similarity", "r_precision", "fd", "nn_distance", "near_copies", "n"}
+        assert methods[name]["n"] == 12 and 0 <= methods[name]["near_copies"] <= 1
+    assert both.settings["init_strengths"] == [1.0, 0.5] and today.settings["init_strengths"] == [1.0]
+    assert Path(both.sheet or "").is_file()
+    with pytest.raises(ConfigError, match="init strength"):
+        evaluate_generation(ws, [manifest], init_strengths=[0.0], **kw)
+
+
+def test_cli_eval_generation_with_init_strengths(workspace: tuple[Workspace, Path]) -> None:
+    ws, manifest = workspace
+    args = ["eval", "generation", str(manifest), "--workspace", str(ws.root), "--steps", "1", "--device", "cpu",
+            "--where", "style=filled", "--init-strength", "1.0,0.6", "--init-strength", "0.3"]  # fmt: skip
+    res = CliRunner().invoke(app, [*args, "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert set(out["sets"][0]["methods"]) == {*METHODS, "ra-generator@0.6", "ra-generator@0.3"}
+    assert out["settings"]["init_strengths"] == [1.0, 0.6, 0.3]
+    res = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0 and "(c) RA, neighbour init 0.6" in res.stdout and "copies" in res.stdout
+    res = CliRunner().invoke(app, [*args[:-4], "--init-strength", "0"])
+    assert res.exit_code == 2 and "init strength must be in (0, 1]" in res.stderr

@@ -186,7 +186,8 @@ def _with_icons(corpora: dict[str, list[Record]], root: Path) -> dict[str, list[
         code = f"{0x1F600 + i:X}"
         text = f"emoji {code}"
         meta = {"style": "fluent-emoji", "base": True, "is_flag": False, "captions": [text]}
-        style.append(Record(key=f"n{i}", image=_png(root / "fl" / f"{i}.png", (i, 9, 90)), text=text, group=code, meta=meta))
+        image = _png(root / "fl" / f"{i}.png", (i, 9, 90))
+        style.append(Record(key=f"n{i}", image=image, text=text, group=code, meta=meta))
     out["fluent-emoji"] = style
     icons = []
     for i in range(N_BASE):  # an icon naming each emoji concept ("emoji 1F600 outline")

@@ -1,8 +1,10 @@
-"""Diffusion maths and the denoising network: schedule identities, exact sampling with an oracle, guidance, shapes."""
+"""Diffusion maths and the denoising network: schedule identities, exact sampling with an oracle, guidance, shapes,
+starting from a noised image (init strength)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -11,7 +13,9 @@ from mmgen.errors import ConfigError
 from mmgen.generate.diffusion import (
     LOGSNR_MAX,
     LOGSNR_MIN,
+    PREDICTIONS,
     alpha_sigma,
+    check_strength,
     ddim_sample,
     diffusion_loss,
     from_uint8,
@@ -155,3 +159,79 @@ def test_text_only_unet_and_config_checks() -> None:
     with pytest.raises(ConfigError, match="unknown UNet settings"):
         UNetConfig.from_json({"channels": [16, 32], "attention": [1], "depth": 3})
     assert UNetConfig.from_json(TINY.to_json()) == TINY
+
+
+# ---- starting from an image (init strength, SDEdit) ---------------------------------------------
+def _pure_noise_ddim(denoise: Any, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """The sampler as it was before init strengths existed, kept as the oracle for strength 1."""
+    z, times, x0 = noise, torch.linspace(1.0, 0.0, steps + 1), noise
+    for i in range(steps):
+        alpha, sigma = alpha_sigma(times[i].view(1))
+        x0 = denoise(z, times[i].expand(z.shape[0])).clamp(-1.0, 1.0)
+        if i == steps - 1:
+            break
+        alpha_n, sigma_n = alpha_sigma(times[i + 1].view(1))
+        z = alpha_n * x0 + sigma_n * ((z - alpha * x0) / sigma)
+    return x0
+
+
+def test_strength_one_is_the_pure_noise_sampler_bit_for_bit() -> None:
+    torch.manual_seed(0)
+    net = ConditionalUNet(TINY).eval()
+    for p in net.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    text, neigh = torch.randn(2, 8), torch.randn(2, 3, 8)
+
+    def predict(z: torch.Tensor, t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        r = z.shape[0] // 2
+        return net(z, t, Conditions(text.repeat(r, 1), neigh.repeat(r, 1, 1), keep, keep))
+
+    gen = torch.Generator().manual_seed(3)
+    noise, init = torch.randn((2, 3, 16, 16), generator=gen), torch.rand((2, 3, 16, 16), generator=gen) * 2 - 1
+    for prediction in PREDICTIONS:
+        denoise = guided(predict, 3.0, prediction)
+        with torch.no_grad():
+            expected = _pure_noise_ddim(denoise, noise, 4)
+        assert torch.equal(ddim_sample(denoise, noise, 4), expected)
+        assert torch.equal(ddim_sample(denoise, noise, 4, init, 1.0), expected)  # init ignored at strength 1
+        assert not torch.equal(ddim_sample(denoise, noise, 4, init, 0.5), expected)
+
+
+def test_init_is_noised_with_the_schedule_and_the_steps_span_zero_to_t0() -> None:
+    gen = torch.Generator().manual_seed(4)
+    noise, init = torch.randn((2, 3, 8, 8), generator=gen), torch.rand((2, 3, 8, 8), generator=gen) * 2 - 1
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def record(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append((z.clone(), t.clone()))
+        return torch.zeros_like(z)
+
+    ddim_sample(record, noise, 4, init, 0.6)
+    alpha, sigma = alpha_sigma(torch.tensor([0.6]))
+    torch.testing.assert_close(seen[0][0], alpha * init + sigma * noise, rtol=0, atol=0)
+    assert [float(t[0]) for _, t in seen] == pytest.approx([0.6, 0.45, 0.3, 0.15])
+    assert all(t.shape == (2,) for _, t in seen)
+
+
+def test_lower_strength_keeps_more_of_the_init_with_the_ideal_gaussian_denoiser() -> None:
+    """For data ~ N(0, I) the ideal clean estimate is alpha(t) z: the start decides the picture."""
+    gen = torch.Generator().manual_seed(5)
+    noise, init = torch.randn((4, 3, 8, 8), generator=gen), torch.randn((4, 3, 8, 8), generator=gen).clamp(-1, 1)
+
+    def ideal(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return alpha_sigma(t)[0].view(-1, 1, 1, 1) * z
+
+    mse = [float((ddim_sample(ideal, noise, 10, init, s) - init).pow(2).mean()) for s in (0.1, 0.4, 0.7, 1.0)]
+    assert mse == sorted(mse) and mse[0] < 0.05 < mse[-1]
+
+
+def test_invalid_strengths_and_missing_init_are_refused() -> None:
+    noise = torch.zeros((1, 3, 8, 8))
+    for bad in (0.0, -0.5, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(ConfigError, match=r"init strength must be in \(0, 1\]"):
+            check_strength(bad)  # type: ignore[arg-type]
+    assert check_strength(1) == 1.0 and check_strength(0.25) == 0.25
+    with pytest.raises(ConfigError, match="give `init`"):
+        ddim_sample(lambda z, t: z, noise, 2, None, 0.5)
+    with pytest.raises(ConfigError, match="differ in shape"):
+        ddim_sample(lambda z, t: z, noise, 2, torch.zeros((1, 3, 4, 4)), 0.5)

@@ -1,4 +1,5 @@
-"""`mmgen generate` end to end on a tiny indexed workspace: determinism, retrieval, SQL provenance, sheet, errors."""
+"""`mmgen generate` end to end on a tiny indexed workspace: determinism, retrieval, SQL provenance, sheet, errors,
+starting from retrieved images (init strength)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from mmgen.errors import (
     ModelLoadError,
     VectorIndexError,
 )
-from mmgen.generate.image import ImageGenerator, check_seed, read_prompts, seeded_noise
+from mmgen.generate.image import ImageGenerator, check_seed, read_prompts, sample_images, seeded_noise
 from mmgen.generate.image_neighbours import load_indexed_images, nearest
 from mmgen.store.db import open_store
 from mmgen.store.models import ModelRecord, Output, Prompt, Retrieval
@@ -181,6 +182,11 @@ def test_clear_errors(workspace: tuple[Workspace, Path], tmp_path: Path) -> None
         (["generate", "cat", "--workspace", root, "--k", "0"], "k must be"),
         (["generate", "cat", "--workspace", root, "--n", "0"], "n must be"),
         (["generate", "cat", "--workspace", root, "--steps", "0"], "steps must be"),
+        (["generate", "cat", "--workspace", root, "--init-strength", "0"], "init strength must be in (0, 1]"),
+        (["generate", "cat", "--workspace", root, "--init-strength", "1.5"], "init strength must be in (0, 1]"),
+        (["generate", "cat", "--workspace", root, "--init-strength", "-0.2"], "init strength must be in (0, 1]"),
+        (["generate", "cat", "--workspace", root, "--model", "generator-noretrieval", "--init-strength", "0.5"],
+         "draws without retrieval"),
         (["generate", "cat", "--workspace", str(tmp_path / "empty")], "no index"),
     ):
         res = invoke(*args)
@@ -189,6 +195,88 @@ def test_clear_errors(workspace: tuple[Workspace, Path], tmp_path: Path) -> None
     assert check_seed(2**32 - 1) == 2**32 - 1
     with pytest.raises(ConfigError):
         check_seed(True)
+
+
+@pytest.fixture(scope="module")
+def v_generator(workspace: tuple[Workspace, Path]) -> str:
+    """A v-predicting generator beside the x0 ones: a barely trained one reads its start far more than an x0 one."""
+    from mmgen.train.generator import GeneratorConfig, train_generator
+
+    ws, _ = workspace
+    cfg = GeneratorConfig(name="generator-v", neighbours=3, preset="tiny", steps=4, image_size=16, prediction="v",
+                          device="cpu", progress=False)  # fmt: skip
+    assert train_generator(ws, cfg).status == "completed"
+    return cfg.model_name
+
+
+def test_init_strength_one_is_todays_sampling(workspace: tuple[Workspace, Path], tmp_path: Path) -> None:
+    ws, _ = workspace
+    args = ["generate", "a green bar", "--workspace", str(ws.root), "--n", "2", "--steps", "3", "--seed", "9", "--json"]
+    plain = json.loads(invoke(*args, "--out", str(tmp_path / "a")).stdout)["generations"][0]
+    one = json.loads(invoke(*args, "--init-strength", "1.0", "--out", str(tmp_path / "b")).stdout)["generations"][0]
+    assert [Path(f).read_bytes() for f in plain["files"]] == [Path(f).read_bytes() for f in one["files"]]
+    assert plain["params"]["init_strength"] == 1.0 and plain["init_ranks"] == []
+
+
+def test_lower_init_strength_starts_from_the_neighbours_and_is_recorded(
+    workspace: tuple[Workspace, Path], tmp_path: Path
+) -> None:
+    ws, _ = workspace
+    args = ["generate", "a red square", "--workspace", str(ws.root), "--n", "4", "--steps", "3", "--seed", "2",
+            "--k", "3", "--init-strength", "0.4", "--json"]  # fmt: skip
+    first = json.loads(invoke(*args, "--out", str(tmp_path / "a")).stdout)["generations"][0]
+    again = json.loads(invoke(*args, "--out", str(tmp_path / "b")).stdout)["generations"][0]
+    plain = json.loads(invoke(*args[:-3], "--json", "--out", str(tmp_path / "c")).stdout)["generations"][0]
+    read = [[Path(f).read_bytes() for f in g["files"]] for g in (first, again, plain)]
+    assert read[0] == read[1] and read[0] != read[2]  # seeded: same bytes; and not today's pictures
+    assert first["init_ranks"] == [1, 2, 3, 1]  # sample i starts from neighbour i mod k
+    with open_store(ws.db_url) as store, store.session() as s:
+        prompt = s.get(Prompt, first["prompt_id"])
+        assert prompt is not None and prompt.params["init_strength"] == 0.4 and prompt.params["k"] == 3
+        outputs = s.scalars(select(Output).where(Output.prompt_id == prompt.id).order_by(Output.id)).all()
+        assert [o.scores["init_rank"] for o in outputs] == [1, 2, 3, 1]
+        plain_prompt = s.get(Prompt, plain["prompt_id"])
+        assert plain_prompt is not None and plain_prompt.params["init_strength"] == 1.0
+
+
+@pytest.mark.parametrize("model", ["generator", "v"])
+def test_lower_init_strength_draws_closer_to_the_init_neighbour(
+    workspace: tuple[Workspace, Path], v_generator: str, model: str
+) -> None:
+    ws, _ = workspace
+    with open_store(ws.db_url) as store:
+        gen = ImageGenerator(ws, store, model=v_generator if model == "v" else model, device="cpu")
+        for prompt in ("a red circle", "a blue bar"):
+            full = gen.generate(prompt, n=3, seed=5, steps=3)
+            low = gen.generate(prompt, n=3, seed=5, steps=3, init_strength=0.3)
+            rows = [gen.images.uris.index(nb.uri) for nb in low.neighbours]
+            init = gen.pictures([rows[r - 1] for r in low.init_ranks]).astype(np.float64)
+
+            def mse(images: list[np.ndarray], init: np.ndarray = init) -> float:
+                return float(np.mean((np.stack(images).astype(np.float64) - init) ** 2))
+
+            assert [nb.item_id for nb in low.neighbours] == [nb.item_id for nb in full.neighbours]
+            assert mse(low.images) < mse(full.images), (model, prompt)
+
+
+def test_sample_images_checks_its_init(workspace: tuple[Workspace, Path]) -> None:
+    ws, _ = workspace
+    with open_store(ws.db_url) as store:
+        gen = ImageGenerator(ws, store, device="cpu")
+        text = gen.encoder.encode_text(["a red bar"])
+        neigh = gen.images.image_vectors[None, :3]
+        noise = seeded_noise(0, 1, 16)
+        with pytest.raises(ConfigError, match="starts from pictures"):
+            sample_images(gen.model, text, neigh, noise, 2, init_strength=0.5)
+        with pytest.raises(ConfigError, match="starts from pictures"):
+            sample_images(gen.model, text, neigh, noise, 2, init=np.zeros((1, 8, 8, 3), np.uint8), init_strength=0.5)
+        with pytest.raises(ConfigError, match="init strength must be"):
+            sample_images(gen.model, text, neigh, noise, 2, init_strength=0.0)
+        with pytest.raises(ConfigError, match="draws without retrieval"):
+            base = ImageGenerator(ws, store, model="generator-noretrieval", device="cpu")
+            base.generate("x", 1, 0, init_strength=0.5)
+        init = gen.pictures([0])
+        assert init.shape == (1, 16, 16, 3) and init.dtype == np.uint8
 
 
 def test_workspace_without_images_or_generator(tmp_path: Path, text_folder: Path) -> None:
