@@ -507,8 +507,10 @@ def train_encoder_cmd(
     ] = "image",
     icon_weight: Annotated[
         float,
-        typer.Option("--icon-weight", min=0, help="Draw weight of icon concepts (Iconify icon sets); 0 leaves them out."),
-    ] = 1.0,
+        typer.Option(
+            "--icon-weight", min=0, help="Draw weight of an icon concept's image (Iconify icon sets); 0 leaves them out."
+        ),
+    ] = 0.2,
     caption_names: Annotated[
         bool,
         typer.Option("--caption-names/--no-caption-names", help="Emoji Unicode and short names as extra captions."),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mmgen.data.records import Record
+from mmgen.data.records import Record, read_json_file
 from mmgen.errors import DataError
 
 OPENMOJI_VERSION = "17.0.0"
@@ -79,12 +78,7 @@ def _style_folder(style: str) -> str:
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DataError(f"{path} not found: {FETCH_HINT}") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: unreadable JSON ({e})") from e
+    return read_json_file(path, FETCH_HINT)
 
 
 def load_openmoji_table(data_dir: Path) -> dict[str, dict[str, Any]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmgen.data.records import Record
+from mmgen.data.records import Record, read_json_file
 from mmgen.errors import DataError
 
 # The emoji styles DATA.md names for training, pinned (npm versions).
@@ -179,12 +179,7 @@ def _has_transform(spec: dict[str, Any]) -> bool:
 
 
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DataError(f"{path} not found: {FETCH_HINT.format(what=what)}") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: malformed JSON ({e})") from e
+    return read_json_file(path, FETCH_HINT.format(what=what))
 
 
 def load_set(data_dir: Path, prefix: str) -> IconSet:

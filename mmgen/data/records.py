@@ -32,6 +32,16 @@ class Record:
     error: str | None = None
 
 
+def read_json_file(path: Path, fetch_hint: str) -> Any:
+    """Parse a corpus's JSON file; DataError naming the fetch command when missing, or the parse error."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise DataError(f"{path} not found: {fetch_hint}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: malformed JSON ({e})") from e
+
+
 def record_to_json(r: Record) -> dict[str, Any]:
     """Return the manifest form of a record: {"id", "image", "text", "group", "meta"}, None fields left out."""
     out: dict[str, Any] = {"id": r.key}

@@ -91,7 +91,9 @@ class TrainConfig:
     augment: str = "style"  # augmentation preset: style, strong, none
     alternate_caption_p: float = 0.3  # chance of "annotation, tags" instead of the annotation
     sampling: str = "image"  # batch units: "concept" (each once per epoch) or "image" (weighted by images)
-    icon_weight: float = 1.0  # draw weight of icon concepts relative to an emoji or OpenClipart image; 0: none
+    # Draw weight of an icon concept's image relative to an emoji or OpenClipart image; 0: none. 0.2 was
+    # chosen on the product protocol's development split (README, *Many styles*).
+    icon_weight: float = 0.2
     caption_names: bool = False  # also use emoji Unicode names and short names (meta.names) as alternatives
     workers: int = 0  # image decoding threads; 0: one per core
     device: str = "auto"
