@@ -86,3 +86,17 @@ def test_real_emoji_counts() -> None:
     assert all(r.meta["openmoji_match"] for r in tw)
     bus = {r.key: r for r in tw}["1F68C"]
     assert bus.text == "bus"
+
+
+def test_unicode_names_become_alternative_captions_only_when_asked(emoji_data: Path) -> None:
+    from mmgen.train.data import collect_examples
+
+    records = {(r.meta["style"], r.key): r for r in openmoji_records(emoji_data, "openmoji-color")}
+    thumbs = records[("openmoji-color", "1F44D")]
+    assert thumbs.meta["names"] == ["thumbs up sign", "thumbsup"]  # "+1" is not a caption
+    assert records[("openmoji-color", "1F68C")].meta["names"] == []  # "bus" is the annotation already
+    plain, _ = collect_examples(["openmoji-color"], emoji_data)
+    named, _ = collect_examples(["openmoji-color"], emoji_data, caption_names=True)
+    by_text = {e.captions[0]: e for e in plain}
+    assert "thumbs up sign" not in by_text["thumbs up"].captions
+    assert {e.captions[0]: e for e in named}["thumbs up"].captions[-2:] == ["thumbs up sign", "thumbsup"]
