@@ -36,7 +36,8 @@ data: setup
 
 # The demo's joint encoder: trained once on the product protocol's training split (held-out
 # concepts never seen, in any style or icon set), then reused. MODEL_MINUTES bounds its training loop;
-# ENCODER_FLAGS are the defaults chosen on the protocol's development split (README, *Many styles*).
+# ENCODER_FLAGS passes more `mmgen train encoder` options (its defaults were chosen on the protocol's
+# development split: README, *Many styles*).
 MODEL         ?= product
 MODEL_MINUTES ?= 8
 ENCODER_FLAGS ?=
