@@ -163,3 +163,23 @@ def test_eval_retrieval_command(tmp_path, image_folder, tiny_clip) -> None:
     assert res.exit_code == 2 and "embeds text only" in res.stderr
     res = invoke("data", "protocol", "nope", "-o", str(tmp_path / "p"))
     assert res.exit_code == 2 and "loso" in res.stderr and "product" in res.stderr
+
+
+def test_iconify_set_indexes_with_its_licence_and_fetch_names_the_choices(tmp_path) -> None:
+    from mmgen.data import iconify
+
+    data = tmp_path / "data"
+    root = iconify.package_dir(data, "tabler")
+    root.mkdir(parents=True)
+    icons = {"bus": {"body": '<path d="M2 2h8v8H2z"/>'}, "bus-off": {"body": '<path d="M2 2h4v8H2z"/>'}}
+    (root / "icons.json").write_text(json.dumps({"prefix": "tabler", "icons": icons, "width": 24, "height": 24}))
+    (root / "info.json").write_text(json.dumps({"name": "Tabler Icons", "license": {"spdx": "MIT"}}))
+    iconify.render_set(data, "tabler", progress=False)
+    ws = str(tmp_path / "ws")
+    res = invoke("index", "tabler", "--workspace", ws, "--data-dir", str(data), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["added"] == 2
+    info = json.loads(invoke("info", "--workspace", ws, "--json").stdout)
+    assert info["corpora"] == {"tabler": 2} and info["licences"] == {"tabler": "MIT (Tabler Icons)"}
+    res = runner.invoke(app, ["data", "fetch", "nope", "--data-dir", str(data)])
+    assert res.exit_code == 2 and "iconify:PREFIX" in res.output
