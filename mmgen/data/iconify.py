@@ -113,8 +113,9 @@ class IconSet:
     @property
     def licence(self) -> str:
         """The set's licence as `SPDX (set name, author)`."""
-        lic = self.info.get("license") or {}
-        author = (self.info.get("author") or {}).get("name")
+        lic = self.info.get("license") if isinstance(self.info.get("license"), dict) else {}
+        author_info = self.info.get("author")
+        author = author_info.get("name") if isinstance(author_info, dict) else None
         spdx = lic.get("spdx") or lic.get("title") or "unknown licence"
         who = ", ".join(x for x in (self.info.get("name"), author) if x)
         return f"{spdx} ({who})" if who else str(spdx)
@@ -196,7 +197,8 @@ def load_set(data_dir: Path, prefix: str) -> IconSet:
     meta_path = root / "metadata.json"
     meta = _read_json(meta_path, what) if meta_path.is_file() else {}
     categories: dict[str, list[str]] = {}
-    for cat, names in (meta.get("categories") or {}).items() if isinstance(meta, dict) else ():
+    raw_categories = meta.get("categories") if isinstance(meta, dict) else None
+    for cat, names in raw_categories.items() if isinstance(raw_categories, dict) else ():
         for n in names if isinstance(names, list) else ():
             categories.setdefault(str(n), []).append(str(cat))
     declared = [s for s in ((meta.get("suffixes") or {}) if isinstance(meta, dict) else {}) if s]
@@ -206,12 +208,18 @@ def load_set(data_dir: Path, prefix: str) -> IconSet:
     except (OSError, ValueError, AttributeError):
         pass
     aliases = data.get("aliases") if isinstance(data.get("aliases"), dict) else {}
+    try:
+        width, height = float(data.get("width", 16)), float(data.get("height", 16))
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{root / 'icons.json'}: malformed default size ({e})") from e
+    if not (0 < width < 1e6 and 0 < height < 1e6):
+        raise DataError(f"{root / 'icons.json'}: default size must be positive, not {width} x {height}")
     return IconSet(
         prefix=prefix,
         icons={str(k): v for k, v in data["icons"].items() if isinstance(v, dict)},
         aliases={str(k): v for k, v in aliases.items() if isinstance(v, dict)},
-        width=float(data.get("width", 16)),
-        height=float(data.get("height", 16)),
+        width=width,
+        height=height,
         info=info if isinstance(info, dict) else {},
         categories=categories,
         suffixes=tuple(sorted(declared, key=len, reverse=True)),
@@ -262,6 +270,8 @@ def render_set(
             png = render_svg(iset.svg(name, side))
         except DataError as e:
             return name, str(e)
+        except (TypeError, ValueError) as e:  # a field of the wrong type in the set's JSON
+            return name, f"malformed icon ({e})"
         target = _png_path(out, name)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".png", dir=out)
         with os.fdopen(fd, "wb") as f:
@@ -318,6 +328,7 @@ class EmojiJoin:
     openmoji: dict[str, dict[str, Any]]
     twemoji_names: dict[str, str]  # code points -> Unicode name (lower case)
     unicode_names: dict[str, list[str]] = field(default_factory=dict)  # code points -> Unicode and short names
+    flags: dict[str, str] = field(default_factory=dict)  # normalised country ("flag: X") -> code points
 
 
 def emoji_join_table(data_dir: Path) -> EmojiJoin:
@@ -339,11 +350,14 @@ def emoji_join_table(data_dir: Path) -> EmojiJoin:
             if isinstance(n, str) and n:
                 by_name.setdefault(normalise_name(n), code)
     # OpenMoji's annotations win over emoji-datasource's names (they are the project's captions).
+    flags: dict[str, str] = {}
     for code, row in openmoji.items():
         ann = str(row.get("annotation") or "")
         if ann:
             by_name[normalise_name(ann)] = code
-    return EmojiJoin(by_name, openmoji, twemoji_names, emoji.load_unicode_names(data_dir))
+            if ann.lower().startswith("flag:"):
+                flags.setdefault(normalise_name(ann.split(":", 1)[1]), code)
+    return EmojiJoin(by_name, openmoji, twemoji_names, emoji.load_unicode_names(data_dir), flags)
 
 
 def join_emoji_name(name: str, aliases: list[str], table: EmojiJoin) -> tuple[str | None, str]:
@@ -362,15 +376,22 @@ def join_emoji_name(name: str, aliases: list[str], table: EmojiJoin) -> tuple[st
                 return code, "skin tone"
             base_code = table.by_name.get(normalise_name(base))
             if base_code:
-                toned = f"{base_code}-{_FLUENT_TONES[suffix]}"
-                if toned in table.openmoji:
-                    return toned, "skin tone"
+                # Unicode puts the tone after the first code point (1F468-1F3FB-200D-1F9B2), else at the end.
+                first, *rest = base_code.split("-")
+                tone = _FLUENT_TONES[suffix]
+                for toned in ("-".join([first, tone, *rest]), f"{base_code}-{tone}"):
+                    if toned in table.openmoji:
+                        return toned, "skin tone"
     # Numbered variants of one emoji (streamline's thumbs-up-1, thumbs-up-2).
     stripped = re.sub(r"-\d+$", "", name)
     if stripped != name:
         code = table.by_name.get(normalise_name(stripped))
         if code:
             return code, "numbered"
+    # Flags by country: emojione's flag-for-germany, streamline's bare germany ("flag: Germany").
+    country = normalise_name(name.removeprefix("flag-for-").removeprefix("flag-"))
+    if country and country in table.flags:
+        return table.flags[country], "flag"
     return None, "none"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +97,8 @@ def _named_source(name: str, spec: str, data_dir: Path) -> Source:
 
 
 def _iconify_source(prefix: str, spec: str, data_dir: Path) -> Source:
-    if not prefix:
-        raise DataError("iconify: needs a set prefix, e.g. iconify:mdi")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", prefix):
+        raise DataError(f"iconify: takes a set prefix: lower-case letters, digits and '-', e.g. mdi; not {prefix!r}")
     iconify.check_rendered(data_dir, prefix)
     iset = iconify.load_set(data_dir, prefix)
     root = iconify.package_dir(data_dir, prefix)

@@ -16,6 +16,7 @@ real corpora and writes the files.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -65,9 +66,11 @@ DESCRIPTIONS = {
         "together with their skin-tone variants, then permutes the sorted OpenClipart keys and holds out the "
         "first 10%; the Iconify emoji styles (when fetched) hold out the same concepts; every icon whose "
         "caption contains a held-out concept's name (OpenMoji annotation, Unicode name or short name, as whole "
-        "words) is left out of training (OpenClipart drawings that do are counted and stay); numpy permutes the "
-        "sorted remaining icon concept groups and holds out the first 5% (icons-heldout.jsonl); a further 10% of "
-        "the training emoji concepts without flags (a second permutation) make the development split in dev/ "
+        "words, or squashed inside a one-word caption of 8+ letters) is left out of training (OpenClipart "
+        "drawings that do are counted and stay); numpy permutes the sorted remaining icon concept groups whose "
+        "name is no emoji's name and holds out the first 5% (icons-heldout.jsonl), and training icons with a "
+        "held-out icon concept's name as a caption are left out; default_rng([seed, 1]) permutes the training "
+        "emoji concepts without flags and takes 10% as the development split in dev/ "
         "(dev/train.jsonl leaves them out the same way, dev/heldout-vs-pool.jsonl queries them); train on "
         "everything else; evaluate on the held-out base emoji without "
         "flags among themselves and against every base emoji without flags of the three styles (the rest as "
@@ -267,8 +270,15 @@ def _product(
     icons = [r for s in [*styles, *(s for s in ICON_SOURCES if s in tagged)] for r in tagged[s] if _is_icon(r)]
     held_names = _concept_names(emoji_records, held)
     named = {r.key for r in icons if _names_any(r, held_names)}
-    icon_groups = sorted({str(r.group) for r in icons if r.key not in named})
+    # Icon concepts that are also an emoji's name ("airplane") are not unseen concepts: never held out.
+    emoji_names = _concept_names(emoji_records, frozenset(r.group for r in emoji_records if r.group))
+    icon_groups = sorted(
+        {str(r.group) for r in icons if r.key not in named and _words(r.text or "") not in emoji_names}
+    )
     held_icons = _hold_out(icon_groups, ICON_HOLDOUT, rng)
+    # ... and no training icon may carry a held-out icon concept's name (as an alias caption, say).
+    held_icon_names = _Names(_words(r.text or "") for r in icons if r.group in held_icons)
+    named |= {r.key for r in icons if r.group not in held_icons and _names_any(r, held_icon_names, exact=True)}
     # Counted, not removed: OpenClipart's split stays by drawing, as before the icon sets joined.
     art_named = sum(r.group not in held_art and _names_any(r, held_names) for r in tagged["openclipart"])
 
@@ -301,7 +311,8 @@ def _product(
     # Development split: a second permutation of the training emoji concepts, left out the same way.
     flag_groups = {r.group for r in emoji_records if r.meta.get("is_flag")}
     dev_concepts = sorted(c for c in concepts if c not in held and c not in flag_groups)
-    dev = _hold_out(dev_concepts, DEV_HOLDOUT, rng)
+    # Its own generator, so the development split does not depend on which icon sets were fetched.
+    dev = _hold_out(dev_concepts, DEV_HOLDOUT, np.random.default_rng([seed, 1]))
     dev_names = _concept_names(emoji_records, dev)
     manifests[f"{DEV_DIR}/{TRAIN}"] = [
         r for r in train if concept_of(r) not in dev and r.group not in dev and not (
@@ -344,7 +355,7 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(re.findall(r"[a-z0-9]+", text.casefold()))
 
 
-def _concept_names(records: list[Record], concepts: frozenset[str]) -> set[tuple[str, ...]]:
+def _concept_names(records: list[Record], concepts: frozenset[str]) -> _Names:
     """Every name of the given emoji concepts, as word tuples: annotations, Unicode names, short names."""
     names: set[tuple[str, ...]] = set()
     for r in records:
@@ -355,18 +366,41 @@ def _concept_names(records: list[Record], concepts: frozenset[str]) -> set[tuple
     return names
 
 
-def _names_any(r: Record, names: set[tuple[str, ...]]) -> bool:
-    """True when one of the record's captions contains one of the names as whole, consecutive words."""
+class _Names(frozenset[tuple[str, ...]]):
+    """Concept names as word tuples, with their squashed forms (no spaces, 5+ letters) computed once."""
+
+    @functools.cached_property
+    def squashed(self) -> tuple[str, ...]:
+        """The names written without spaces, 5+ letters."""
+        return tuple(sorted({"".join(n) for n in self if len("".join(n)) >= 5}))
+
+
+def _squashed(names: set[tuple[str, ...]] | _Names) -> tuple[str, ...]:
+    return names.squashed if isinstance(names, _Names) else _Names(names).squashed
+
+
+def _names_any(r: Record, names: set[tuple[str, ...]] | _Names, exact: bool = False) -> bool:
+    """True when one of the record's captions contains one of the names as whole, consecutive words.
+
+    `exact`: the caption must be the name. A one-word caption of 8+ letters (fxemoji squashes
+    names: `bouquetofflowers`) also matches a name of 5+ letters written inside it.
+    """
     if not names:
         return False
     longest = max(len(n) for n in names)
     captions = [r.text or "", *(c for c in r.meta.get("captions") or [] if isinstance(c, str))]
     for caption in captions:
         w = _words(caption)
+        if exact:
+            if w in names:
+                return True
+            continue
         for i in range(len(w)):
             for j in range(i + 1, min(len(w), i + longest) + 1):
                 if w[i:j] in names:
                     return True
+        if len(w) == 1 and len(w[0]) >= 8 and any(n in w[0] for n in _squashed(names)):  # noqa: SIM110
+            return True
     return False
 
 

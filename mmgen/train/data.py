@@ -77,9 +77,9 @@ class Example:
     weight: float = 1.0  # relative chance of being drawn (icons are down-weighted by `icon_weight`)
 
 
-def is_icon_group(group: str | None) -> bool:
+def is_icon_record(meta: dict[str, Any]) -> bool:
     """True for a named icon concept (Iconify icon sets; emoji-style icons joined to no code point)."""
-    return str(group or "").startswith("icon:")
+    return isinstance(meta, dict) and meta.get("kind") == "icon"
 
 
 @dataclass
@@ -133,7 +133,7 @@ def collect_examples(
                     continue
                 # Emoji groups are code points shared across styles; other keys are only unique per corpus.
                 group = record.group if record.group is not None else f"{source.corpus}:{record.key}"
-                weight = icon_weight if is_icon_group(group) else 1.0
+                weight = icon_weight if is_icon_record(record.meta) else 1.0
                 if weight <= 0:
                     report.skipped_icons += 1
                     continue

@@ -99,6 +99,8 @@ def test_emoji_style_joins_names_to_code_points(emoji_data: Path) -> None:
         "heavy-black-heart": {"body": SQUARE},  # a Unicode name (emoji-datasource)
         "bus-2": {"body": SQUARE},  # a numbered variant
         "unicorn-sparkles": {"body": SQUARE},  # joins to nothing: kept as an icon concept
+        "flag-for-france": {"body": SQUARE},  # emojione's flags
+        "france": {"body": SQUARE},  # streamline's flags
     }
     write_set(emoji_data, "fluent-emoji", icons, category="Emoji", size=32)
     iconify.render_set(emoji_data, "fluent-emoji", side=32, progress=False)
@@ -110,8 +112,10 @@ def test_emoji_style_joins_names_to_code_points(emoji_data: Path) -> None:
     assert records["bus-2"].group == "1F68C" and records["bus-2"].meta["join"] == "numbered"
     odd = records["unicorn-sparkles"]
     assert odd.error is None and odd.group == "icon:unicorn-sparkles" and odd.text == "unicorn sparkles"
+    assert records["flag-for-france"].group == records["france"].group == "1F1EB-1F1F7"
+    assert records["france"].meta["join"] == "flag" and records["france"].text == "flag: France"
     coverage = iconify.join_coverage(emoji_data, "fluent-emoji")
-    assert coverage["icons"] == 6 and coverage["joined"] == 5 and coverage["by"]["none"] == 1
+    assert coverage["icons"] == 8 and coverage["joined"] == 7 and coverage["by"]["none"] == 1
 
 
 def test_sources_name_the_sets_and_the_generic_prefix(emoji_data: Path) -> None:

@@ -194,6 +194,9 @@ def _with_icons(corpora: dict[str, list[Record]], root: Path) -> dict[str, list[
         text = f"emoji {0x1F600 + i:X} outline"
         icons.append(Record(key=f"named{i}", image=_png(root / "ic" / f"n{i}.png", (i, 90, 9)), text=text,
                             group=f"icon:{text.replace(' ', '-').lower()}", meta={"style": "mdi", "captions": [text]}))
+    squashed = f"emoji{0x1F600:X}squashed".lower()  # fxemoji-style: a held-out name inside one long word
+    icons.append(Record(key="sq", image=_png(root / "ic" / "sq.png", (1, 2, 3)), text=squashed,
+                        group=f"icon:{squashed}", meta={"style": "mdi", "captions": [squashed]}))
     for i in range(60):  # icon concepts of their own, two variants each
         for v in range(2):
             text = f"gadget {i}"
@@ -212,6 +215,7 @@ def test_product_with_iconify_sources(corpora: dict[str, list[Record]], tmp_path
     # The new style holds out the same concepts; no training icon names a held-out concept.
     fluent_train = {r.group for r in train if r.meta["style"] == "fluent-emoji"}
     assert fluent_train and not fluent_train & held
+    assert ("mdi:sq" in {r.key for r in train}) == ("1F600" not in held)
     named_train = [r for r in train if r.key.startswith("mdi:named")]
     assert {r.text.split()[1] for r in named_train} == {r.group for r in train if r.meta["style"] == "fluent-emoji"}
     # A seeded 5% of the icon concepts, every variant, is held out and never trained on.
