@@ -120,9 +120,11 @@ def _is_flag_codes(codes: str) -> bool:
 def load_unicode_names(data_dir: Path) -> dict[str, list[str]]:
     """Code points -> the Unicode name and short names from emoji-datasource, as lower-case words."""
     path = twemoji_dir(data_dir) / "emoji.json"
-    if not path.is_file():
-        return {}
-    rows = _load_json(path)
+    return unicode_names(_load_json(path)) if path.is_file() else {}
+
+
+def unicode_names(rows: Any) -> dict[str, list[str]]:
+    """Code points -> Unicode name and short names, from emoji-datasource's parsed `emoji.json` rows."""
     out: dict[str, list[str]] = {}
     for row in rows if isinstance(rows, list) else ():
         code = normalise_codepoints(str(row.get("unified") or ""))

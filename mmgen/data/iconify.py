@@ -357,7 +357,7 @@ def emoji_join_table(data_dir: Path) -> EmojiJoin:
             by_name[normalise_name(ann)] = code
             if ann.lower().startswith("flag:"):
                 flags.setdefault(normalise_name(ann.split(":", 1)[1]), code)
-    return EmojiJoin(by_name, openmoji, twemoji_names, emoji.load_unicode_names(data_dir), flags)
+    return EmojiJoin(by_name, openmoji, twemoji_names, emoji.unicode_names(rows), flags)
 
 
 def join_emoji_name(name: str, aliases: list[str], table: EmojiJoin) -> tuple[str | None, str]:
