@@ -2,16 +2,23 @@
 
     python benchmarks/bench_captions.py --workspace /tmp/cap/ws \
         --protocol indexes/protocols/product --encoder mmgen:/work/main/indexes/models/product \
-        [--epochs 6] [--k 4] [--decode beam --beams 3] [--retrain] [--json out.json]
+        [--epochs 6 | --steps N] [--minutes M] [--k 4] [--decode beam --beams 3] [--retrain] [--json out.json]
+        [--evals heldout-concepts.jsonl,openclipart-heldout.jsonl] [--exclude concept|item]
+
+A new style of known concepts (train without Twemoji, caption Twemoji, retrieve from everything else):
+
+    python benchmarks/bench_captions.py --workspace build/cap-loso --protocol indexes/protocols/loso \
+        --encoder mmgen:/path/to/models/loso --evals twemoji.jsonl --exclude item
 
 1. Index the protocol's `train.jsonl` into the workspace (skipped when the index exists).
 2. Train `captioner` (retrieval-augmented) and `captioner-noret` (image-only, same epochs) unless
    they exist (or with --retrain).
 3. Evaluate both with `evaluate_captions` on `heldout-concepts.jsonl` (per style) and
-   `openclipart-heldout.jsonl`: (a) retrieval only (kNN consensus), (b) the image-only decoder,
+   `openclipart-heldout.jsonl` (or `--evals`): (a) retrieval only (kNN consensus), (b) the image-only decoder,
    (c) the retrieval-augmented decoder, and print a Markdown table.
 Held-out concepts are never indexed nor trained on (the protocol shares no group between train
-and eval), and retrieval leaves the query's own group out in any case.
+and eval). `--exclude concept` (the default) also leaves the query's own group out of retrieval;
+`--exclude item` leaves out only the query's item and identical images.
 """
 
 from __future__ import annotations
@@ -40,7 +47,10 @@ def main() -> None:
     ap.add_argument("--protocol", type=Path, default=Path("indexes/protocols/product"))
     ap.add_argument("--encoder", default="mmgen:product", help="joint encoder for a new index")
     ap.add_argument("--epochs", type=float, default=None, help="passes per captioner [default: the trainer's]")
+    ap.add_argument("--steps", type=int, default=None, help="optimiser steps per captioner (instead of --epochs)")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock cap per captioner")
+    ap.add_argument("--evals", default=",".join(EVALS), help="comma-separated manifests in --protocol")
+    ap.add_argument("--exclude", default="concept", choices=["concept", "item"], help="what retrieval leaves out")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--decode", default="beam", choices=["greedy", "beam"])
     ap.add_argument("--beams", type=int, default=3)
@@ -63,7 +73,8 @@ def main() -> None:
         manifest = ws.models_dir / name / "manifest.json"
         if args.retrain or not manifest.is_file():
             cfg = CaptionerConfig(
-                name=name, k=args.k, retrieval=retrieval, epochs=args.epochs, minutes=args.minutes, seed=args.seed
+                name=name, k=args.k, retrieval=retrieval, epochs=args.epochs, steps=args.steps,
+                minutes=args.minutes, seed=args.seed,
             )
             train_captioner(ws, cfg)
         info = json.loads(manifest.read_text(encoding="utf-8"))
@@ -75,13 +86,15 @@ def main() -> None:
         )
 
     results: dict[str, dict] = {}
-    settings = CaptionEvalSettings(decode=args.decode, beams=args.beams, show=6, progress=False)
-    for manifest in EVALS:
+    settings = CaptionEvalSettings(
+        decode=args.decode, beams=args.beams, exclude=args.exclude, show=6, progress=False
+    )
+    for manifest in [m for m in args.evals.split(",") if m]:
         started = time.perf_counter()
         report = evaluate_captions(args.protocol / manifest, ws, settings)
         results[manifest] = report.to_json()
         print(f"# {manifest}: {report.n_images} images in {time.perf_counter() - started:.0f} s, k={report.k}, "
-              f"decode {report.decode}, skipped {len(report.skipped)}")
+              f"decode {report.decode}, exclude {report.exclude}, skipped {len(report.skipped)}")
 
     print("\n| split | method | BLEU-4 | CIDEr | exact name |")
     print("|---|---|---:|---:|---:|")
