@@ -10,7 +10,7 @@ A new style of known concepts (train without Twemoji, caption Twemoji, retrieve 
     python benchmarks/bench_captions.py --workspace build/cap-loso --protocol indexes/protocols/loso \
         --encoder mmgen:/path/to/models/loso --evals twemoji.jsonl --exclude item
 
-1. Index the protocol's `train.jsonl` into the workspace (skipped when the index exists).
+1. Index the protocol's `train.jsonl` into the workspace (incremental: unchanged items are skipped).
 2. Train `captioner` (retrieval-augmented) and `captioner-noret` (image-only, same epochs) unless
    they exist (or with --retrain).
 3. Evaluate both with `evaluate_captions` on `heldout-concepts.jsonl` (per style) and
@@ -62,12 +62,12 @@ def main() -> None:
     ws = Workspace.resolve(args.workspace)
     print(f"# mmgen caption benchmark: {' '.join(sys.argv)}")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, MMGEN_THREADS={os.environ.get('MMGEN_THREADS')}")
-    if not (ws.index_dir("default") / "manifest.json").is_file():
-        from mmgen.indexer import IndexOptions, index_sources
+    # Always run the (incremental) indexer: an interrupted first run leaves a partial index behind.
+    from mmgen.indexer import IndexOptions, index_sources
 
-        started = time.perf_counter()
-        report = index_sources(str(args.protocol / "train.jsonl"), ws, IndexOptions(encoder=args.encoder))
-        print(f"# indexed {report.totals} in {time.perf_counter() - started:.0f} s")
+    started = time.perf_counter()
+    report = index_sources(str(args.protocol / "train.jsonl"), ws, IndexOptions(encoder=args.encoder))
+    print(f"# indexed {report.totals} in {time.perf_counter() - started:.0f} s")
     training: dict[str, dict] = {}
     for name, retrieval in (("captioner", True), ("captioner-noret", False)):
         manifest = ws.models_dir / name / "manifest.json"
