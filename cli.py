@@ -197,7 +197,11 @@ def search_cmd(
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of hits.")] = 10,
     where: Annotated[
         Optional[list[str]],
-        typer.Option("--where", help="Metadata filter key=value (repeatable; keys: meta keys, corpus, group)."),
+        typer.Option(
+            "--where",
+            help="Filter KEY=VALUE, KEY!=VALUE or KEY>=N / <= / > / < (repeatable: a repeated KEY= means any of, "
+            "different keys all hold; keys: meta keys, corpus, group, modality; exact, case-sensitive).",
+        ),
     ] = None,
     encoder: Annotated[
         Optional[str], typer.Option("--encoder", help="Must match the index's encoder [default: the index's].")
@@ -219,8 +223,9 @@ def search_cmd(
 ) -> None:
     """Search an index: text->text, text->image, image->text, image->image."""
     with _errors():
-        from mmgen.search import Searcher, parse_where
+        from mmgen.search import Searcher
         from mmgen.store.db import open_store
+        from mmgen.store.filters import parse_where
 
         ws = _workspace(workspace, db)
         filters = parse_where(where or [])
@@ -912,7 +917,9 @@ def eval_generation_cmd(
     where: Annotated[
         Optional[list[str]],
         typer.Option(
-            "--where", help="Keep records whose meta matches KEY=VALUE (repeatable; a repeated key means any of)."
+            "--where",
+            help="Keep records matching KEY=VALUE, KEY!=VALUE or KEY>=N / <= / > / < (repeatable: a repeated KEY= "
+            "means any of, different keys all hold; keys: meta keys, group; exact, case-sensitive).",
         ),
     ] = None,
     per_prompt: Annotated[int, typer.Option("--per-prompt", help="Pictures per prompt and generator.")] = 1,
@@ -935,12 +942,13 @@ def eval_generation_cmd(
 ) -> None:
     """Prompt similarity, R-precision, Frechet distance and memorisation: (a) retrieval only, (b) generator, (c) RA generator."""
     with _errors():
-        from mmgen.eval.generation import evaluate_generation, parse_filters, parse_strengths, ra_method
+        from mmgen.eval.generation import evaluate_generation, parse_strengths, ra_method
+        from mmgen.store.filters import parse_where
 
         strengths = parse_strengths(init_strength or ["1.0"])
         report = evaluate_generation(
             _workspace(workspace, db), prompts, model=model, baseline=baseline, index=index,
-            sample=sample or None, where=parse_filters(where or []), samples_per_prompt=per_prompt, steps=steps, guidance=guidance,
+            sample=sample or None, where=parse_where(where or []), samples_per_prompt=per_prompt, steps=steps, guidance=guidance,
             seed=seed, device=device, sheet=sheet, progress=not as_json, init_strengths=strengths,
         )  # fmt: skip
         if as_json:

@@ -93,7 +93,7 @@ def main() -> None:
 
     import faiss
 
-    from mmgen.hashing.binary_index import BinaryIndex
+    from mmgen.index.binary import BinaryIndex
     from mmgen.hashing.data import load_index_vectors
     from mmgen.hashing.model import load_hasher
     from mmgen.index.faiss_index import FaissIndex

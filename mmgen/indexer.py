@@ -15,14 +15,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 
-from mmgen.errors import ConfigError, DataError, ImageLoadError, ManifestMismatchError
-from mmgen.index import IndexFolder, Preset, SyncReport, resolve_preset
+from mmgen.errors import DataError, ImageLoadError
+from mmgen.catalog import DEFAULT_INDEX, open_index_hasher, open_or_create_index, sync_index
 from mmgen.store.models import IndexRecord, IndexRow, Item
 from mmgen.workspace import Workspace
 
@@ -32,10 +31,8 @@ if TYPE_CHECKING:
     from mmgen.data.records import Record
     from mmgen.data.sources import Source
     from mmgen.encoders.base import Encoder
-    from mmgen.hashing.model import Hasher
     from mmgen.store.db import Store
 
-DEFAULT_INDEX = "default"
 MAX_REASONS_KEPT = 10_000
 
 
@@ -142,171 +139,6 @@ def _modality(record: Record) -> str:
     if record.image and record.text is not None:
         return "image+text"
     return "image" if record.image else "text"
-
-
-def open_or_create_index(
-    ws: Workspace, store: Store, name: str, encoder: Encoder, preset_name: str | None, reembed: bool = False
-) -> tuple[int, IndexFolder]:
-    """The SQL row id and folder of an index, created on first use.
-
-    An index built with another encoder is refused, unless `reembed`: then its rows and files are
-    dropped and it is rebuilt with `encoder` (items stay in the store; only vectors are redone).
-    """
-    from mmgen.store.db import mask_url
-
-    checksum = encoder.checksum()
-    root = ws.index_dir(name)
-    with store.session() as s:
-        rec = s.scalar(select(IndexRecord).where(IndexRecord.name == name))
-        if rec is not None and (reembed or rec.encoder_checksum != checksum):
-            if not reembed:
-                raise ManifestMismatchError(
-                    f"index {name!r} was built with encoder {rec.encoder}, not {encoder.name}; "
-                    f"use --encoder {rec.encoder}, another --name, or --reembed to rebuild it with the new encoder"
-                )
-            preset_name = preset_name or rec.params.get("preset", {}).get("name")
-            # Files first, then SQL: a run killed in between leaves an index record with no rows
-            # and no folder, which the branch below recreates.
-            _discard_folder(root)
-            s.execute(delete(IndexRow).where(IndexRow.index_id == rec.id))
-            s.delete(rec)
-            s.commit()
-            rec = None
-        if rec is not None and not (root / "manifest.json").exists():
-            has_rows = s.scalar(select(func.count(IndexRow.id)).where(IndexRow.index_id == rec.id))
-            if has_rows:
-                raise ManifestMismatchError(
-                    f"the files of index {name!r} are missing from {root}; rebuild it with --reembed"
-                )
-            s.delete(rec)
-            s.commit()
-            rec = None
-        if rec is None:
-            preset = resolve_preset(preset_name, ws.root)
-            if (root / "manifest.json").exists():
-                raise ManifestMismatchError(
-                    f"{root} holds index files that the store {mask_url(store.url)} does not know; "
-                    "remove the folder or point --db at the store that built it"
-                )
-            folder = IndexFolder.create(
-                root, name=name, encoder=encoder.name, encoder_checksum=checksum, dim=encoder.dim, preset=preset
-            )
-            rec = IndexRecord(
-                name=name,
-                encoder=encoder.name,
-                encoder_checksum=checksum,
-                dim=encoder.dim,
-                factory=preset.factory,
-                params={"preset": preset.to_json()},
-            )
-            s.add(rec)
-            s.commit()
-            return rec.id, folder
-        folder = IndexFolder.open(root)
-        folder.check(encoder=encoder.name, encoder_checksum=checksum, dim=encoder.dim)
-        if preset_name is not None:
-            preset = resolve_preset(preset_name, ws.root)
-            if preset.factory != folder.preset.factory:
-                folder.set_preset(preset)
-                rec.factory = preset.factory
-                rec.params = {**rec.params, "preset": preset.to_json()}
-                s.commit()
-        return rec.id, folder
-
-
-def _discard_folder(root: Path) -> None:
-    """Remove an index folder's files (vectors, FAISS, manifest); the folder itself stays."""
-    if not root.is_dir():
-        return
-    for path in root.iterdir():
-        if path.is_file() and (path.suffix in (".f32", ".faiss", ".tmp") or path.name == "manifest.json"):
-            path.unlink()
-
-
-def live_row_ids(store: Store, index_id: int, modality: str) -> np.ndarray:
-    """Row ids SQL holds for one index and modality."""
-    with store.session() as s:
-        ids = s.scalars(
-            select(IndexRow.row_id).where(IndexRow.index_id == index_id, IndexRow.modality == modality)
-        ).all()
-    return np.asarray(ids, dtype=np.int64)
-
-
-def sql_fingerprint(store: Store, index_id: int, modality: str) -> tuple[int, int]:
-    """(count, max row id) of the live rows, compared with the FAISS file's to detect staleness."""
-    with store.session() as s:
-        count, top = s.execute(
-            select(func.count(IndexRow.id), func.max(IndexRow.row_id)).where(
-                IndexRow.index_id == index_id, IndexRow.modality == modality
-            )
-        ).one()
-    return int(count), int(top) if top is not None else -1
-
-
-def sync_index(store: Store, index_id: int, folder: IndexFolder, hasher: Hasher | None = None) -> dict[str, str]:
-    """Bring every FAISS file of the index (and its binary codes, given the hasher) in line with SQL and save it."""
-    notes = {}
-    for modality in ("image", "text"):
-        live = live_row_ids(store, index_id, modality)
-        if len(live) == 0 and modality not in folder.modalities():
-            continue
-        rep = folder.sync(modality, live)
-        folder.save(modality)
-        notes[modality] = _sync_note(rep)
-        if hasher is not None:
-            rep = folder.sync_codes(modality, live, hasher.encode, hasher.checksum)
-            folder.save_codes(modality)
-            notes[f"{modality} codes"] = _sync_note(rep)
-    return notes
-
-
-def _sync_note(rep: SyncReport) -> str:
-    return f"+{rep.added} -{rep.removed}" + (" (rebuilt)" if rep.rebuilt else "") + (f" {rep.reason}" if rep.reason else "")
-
-
-def open_index_hasher(
-    ws: Workspace, store: Store, index_id: int, folder: IndexFolder, name: str | None, preset_name: str | None
-) -> Hasher | None:
-    """The hasher whose codes the index keeps: `name` (recorded in the index from now on), else the recorded one.
-
-    Refuses a hasher trained on another encoder's embeddings, and a recorded hasher that was
-    retrained since its codes were built (its codes would not match; re-run with --hash NAME).
-    """
-    from mmgen.hashing.model import load_hasher
-
-    info = folder.hash
-    if name is None:
-        if preset_name is not None:
-            raise ConfigError("--hash-preset configures the binary codes of --hash HASHER; give --hash too")
-        if info is None:
-            return None
-        hasher = load_hasher(info["name"], ws.models_dir)
-        if hasher.checksum != info["checksum"]:
-            raise ManifestMismatchError(
-                f"hasher {info['name']!r} was retrained since index {folder.manifest['name']!r} encoded its codes "
-                f"(checksum {info['checksum'][:12]}, now {hasher.checksum[:12]}); re-encode them with "
-                f"`mmgen index SOURCE --name {folder.manifest['name']} --hash {info['name']}`"
-            )
-        return hasher
-    hasher = load_hasher(name, ws.models_dir)
-    hasher.check_index(
-        index=folder.manifest["name"],
-        encoder=folder.manifest["encoder"],
-        encoder_checksum=folder.manifest["encoder_checksum"],
-        dim=folder.dim,
-    )
-    if preset_name is None and info is not None:
-        preset = Preset.from_json(info["preset"])
-    else:
-        preset = resolve_preset(preset_name, ws.root, binary=True)
-    folder.set_hash(name=name, checksum=hasher.checksum, bits=hasher.bits, preset=preset)
-    with store.session() as s:
-        rec = s.get(IndexRecord, index_id)
-        if rec is not None:
-            hash_info = {"name": name, "checksum": hasher.checksum, "bits": hasher.bits, "preset": preset.to_json()}
-            rec.params = {**rec.params, "hash": hash_info}
-            s.commit()
-    return hasher
 
 
 class _Prefetcher:

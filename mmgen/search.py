@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import getpass
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,8 @@ from sqlalchemy import select
 from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
 from mmgen.index import IndexFolder
 from mmgen.index.vectors import VectorFile
-from mmgen.indexer import DEFAULT_INDEX, live_row_ids, sql_fingerprint
+from mmgen.catalog import catch_up, catch_up_codes, pick_index_name, sql_fingerprint
+from mmgen.store.filters import Filters, as_filters
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.workspace import Workspace
 
@@ -85,34 +86,6 @@ class SearchResult:
         }
 
 
-def pick_index_name(store: Store, name: str | None) -> str:
-    """The given index, else `default`, else the only index; errors list what exists."""
-    with store.session() as s:
-        names = list(s.scalars(select(IndexRecord.name).order_by(IndexRecord.name)))
-    if not names:
-        raise VectorIndexError("the workspace has no index yet; build one with `mmgen index SOURCE`")
-    if name is not None:
-        if name not in names:
-            raise VectorIndexError(f"no index named {name!r}; indexes here: {', '.join(names)}")
-        return name
-    if DEFAULT_INDEX in names:
-        return DEFAULT_INDEX
-    if len(names) == 1:
-        return names[0]
-    raise ConfigError(f"several indexes here ({', '.join(names)}); choose one with --index")
-
-
-def parse_where(pairs: Sequence[str]) -> dict[str, str]:
-    """`key=value` strings to a dict; the values stay data (they are bound as SQL parameters)."""
-    where: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--where takes key=value, not {pair!r}")
-        where[key.strip()] = value
-    return where
-
-
 class Searcher:
     """An opened index: encoder, FAISS files and store, reused across queries."""
 
@@ -148,12 +121,7 @@ class Searcher:
 
     def _faiss(self, modality: str) -> Any:
         if modality not in self._ready:
-            if sql_fingerprint(self.store, self.index_id, modality) != self.folder.fingerprint(modality):
-                # A run was killed before its FAISS save: catch up from the vector file.
-                self.folder.sync(modality, live_row_ids(self.store, self.index_id, modality))
-                with self.folder.lock(wait=False) as got:
-                    if got:
-                        self.folder.save(modality)
+            catch_up(self.store, self.index_id, self.folder, modality)  # a run killed before its FAISS save
             self._ready.add(modality)
         return self.folder.faiss(modality)
 
@@ -182,14 +150,7 @@ class Searcher:
     def _codes(self, modality: str) -> Any:
         hasher = self.hasher()
         if modality not in self._codes_ready:
-            live_fp = sql_fingerprint(self.store, self.index_id, modality)
-            if live_fp != self.folder.codes_fingerprint(modality) or self.folder.codes(modality).count != live_fp[0]:
-                # A run killed before its save of the codes, or a lost codes file: catch up from the vectors.
-                live = live_row_ids(self.store, self.index_id, modality)
-                self.folder.sync_codes(modality, live, hasher.encode, hasher.checksum)
-                with self.folder.lock(wait=False) as got:
-                    if got:
-                        self.folder.save_codes(modality)
+            catch_up_codes(self.store, self.index_id, self.folder, modality, hasher)
             self._codes_ready.add(modality)
         return self.folder.codes(modality)
 
@@ -213,12 +174,16 @@ class Searcher:
         queries: np.ndarray,
         to: str | None = None,
         k: int = 10,
-        where: dict[str, str] | None = None,
+        where: Filters | Mapping[str, Any] | None = None,
         mode: str = "float",
         rerank: int | None = None,
         query_modality: str | None = None,
     ) -> tuple[str, list[list[Hit]]]:
-        """Top-k hits per query vector in the `to` modality; codes modes need the queries' modality."""
+        """Top-k hits per query vector in the `to` modality; codes modes need the queries' modality.
+
+        `where`: Filters from `mmgen.store.filters.parse_where`, or a plain {key: value} dict.
+        """
+        where = as_filters(where)
         if k < 1:
             raise ConfigError("k must be at least 1")
         if mode not in SEARCH_MODES:
@@ -260,7 +225,7 @@ class Searcher:
         asymmetric scoring (the query's real-valued code against the candidates' bits); on graph
         and IVF presets it is the Hamming top C.
         """
-        from mmgen.hashing.codes import code_similarity, pack_codes
+        from mmgen.index.codes import code_similarity, pack_codes
 
         hasher = self.hasher()
         logits = hasher.logits(np.ascontiguousarray(queries, dtype=np.float32), query_modality)
@@ -275,14 +240,14 @@ class Searcher:
         if not index.slotted:  # graph / IVF presets: the Hamming short list as it comes
             _, short = index.search(codes, depth, allowed_ids=allowed, device=self.device)
             return rerank_exact(queries, short, self.folder.vectors(to), k)
-        from mmgen.hashing.codes import asymmetric_prune
+        from mmgen.index.codes import asymmetric_prune
 
         _, long = index.search(codes, PRELIST * depth, allowed_ids=allowed, device=self.device)
         short = asymmetric_prune(np.tanh(logits), long, index.slot_codes(), depth)
         return rerank_exact(queries, short, self.folder.vectors(to), k)
 
-    def _allowed_rows(self, modality: str, where: dict[str, str]) -> np.ndarray:
-        from mmgen.store.repo import filter_items_by_meta
+    def _allowed_rows(self, modality: str, where: Filters) -> np.ndarray:
+        from mmgen.store.filters import filter_items_by_meta
 
         stmt = (
             select(IndexRow.row_id)
@@ -330,7 +295,7 @@ class Searcher:
         image: str | Path | None = None,
         to: str | None = None,
         k: int = 10,
-        where: dict[str, str] | None = None,
+        where: Filters | Mapping[str, Any] | None = None,
         record: bool = True,
         mode: str = "float",
         rerank: int | None = None,
@@ -339,6 +304,7 @@ class Searcher:
         if (text is None) == (image is None):
             raise ConfigError("give a query text or --image PATH (one of them)")
         started = time.perf_counter()
+        where = as_filters(where)
         vec = self.encode_queries(texts=[text] if text is not None else None, images=[image] if image else None)
         query_modality = "text" if text is not None else "image"
         to, hits = self.search_vectors(
@@ -350,7 +316,7 @@ class Searcher:
             "image": str(Path(image).resolve()) if image is not None else None,
             "to": to,
             "k": k,
-            "where": where or {},
+            "where": where.to_json(),
             "index": self.name,
             "encoder": self.encoder.name,
             "mode": mode,

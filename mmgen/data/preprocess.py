@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from mmgen.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -73,3 +75,20 @@ class ContentCrop:
 
     def __repr__(self) -> str:
         return f"ContentCrop(pad={self.pad}, threshold={self.threshold})"
+
+
+def decode_one(path: str, image_size: int, crop: str) -> np.ndarray:
+    """One image as the model sees it: decoded on white, cropped (`content`/`none`), resized to a square."""
+    from PIL import Image
+
+    from mmgen.data.images import MAX_SIDE_DEFAULT, load_image
+
+    # Decode at the size the indexer does, so training and inference resize from the same pixels.
+    img = apply_crop(load_image(path, MAX_SIDE_DEFAULT), crop)
+    if img.size != (image_size, image_size):
+        if img.width != img.height:  # crop "none": centre-crop the shorter side, as open_clip's transform does
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+        img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)

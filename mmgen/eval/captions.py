@@ -237,7 +237,7 @@ def evaluate_captions(manifest: str | Path, ws: Workspace, settings: CaptionEval
 
 
 def _queries(records: Any, skipped: list[tuple[str, str]]) -> list[_Query]:
-    from mmgen.eval.protocols import concept_of
+    from mmgen.data.concepts import concept_of
 
     out = []
     for r in records:

@@ -28,7 +28,6 @@ Metrics, all in the image space of the index's joint encoder:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmgen.errors import ConfigError, DataError
+from mmgen.store.filters import Filters, as_filters
 
 if TYPE_CHECKING:
     from mmgen.generate.image import ImageGenerator
@@ -172,12 +172,12 @@ def r_precision(
     return hits / len(prompt_of)
 
 
-def nearest_distance(emb: np.ndarray, pool: np.ndarray, chunk: int = 1024) -> np.ndarray:
+def nearest_distance(emb: np.ndarray, pool: np.ndarray) -> np.ndarray:
     """1 - cosine to the nearest row of `pool`, per row of `emb` (rows L2-normalised)."""
-    out = np.empty(len(emb), dtype=np.float32)
-    for start in range(0, len(emb), chunk):
-        out[start : start + chunk] = 1.0 - (emb[start : start + chunk] @ pool.T).max(axis=1)
-    return out
+    from mmgen.index.knn import exact_knn
+
+    scores, _ = exact_knn(emb, pool, 1)
+    return (1.0 - scores[:, 0]).astype(np.float32)
 
 
 def score_method(
@@ -202,17 +202,6 @@ def score_method(
 
 
 # ---- prompt sets ---------------------------------------------------------------------------
-def parse_filters(pairs: Sequence[str]) -> dict[str, list[str]]:
-    """`key=value` strings to {key: [values]}: a record must match every key, any of its values."""
-    out: dict[str, list[str]] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--where takes key=value, not {pair!r}")
-        out.setdefault(key.strip(), []).append(value.strip())
-    return out
-
-
 def parse_strengths(values: Sequence[str | float]) -> list[float]:
     """Init strengths from floats or comma lists ("1.0,0.7"), each in (0, 1], in order, repeats dropped."""
     from mmgen.generate.diffusion import check_strength
@@ -237,20 +226,13 @@ def ra_method(strength: float) -> str:
     return "ra-generator" if strength == 1.0 else f"ra-generator@{strength:g}"
 
 
-def _matches(meta: dict[str, Any], where: Mapping[str, Sequence[str]]) -> bool:
-    # Manifest values are JSON (bools, numbers, strings); compared as lower-case text: base=true matches True.
-    def text(v: Any) -> str:
-        return json.dumps(v) if isinstance(v, (bool, int, float)) or v is None else str(v)
-
-    return all(text(meta.get(k)).casefold() in {v.casefold() for v in values} for k, values in where.items())
-
-
 def load_prompt_set(
-    path: Path, sample: int | None = None, seed: int = 0, where: Mapping[str, Sequence[str]] | None = None
+    path: Path, sample: int | None = None, seed: int = 0, where: Filters | Mapping[str, Any] | None = None
 ) -> PromptSet:
     """Prompts (one per group) and reference images from a manifest; `sample` draws that many groups, seeded.
 
-    `where` keeps only records whose `meta` matches (see `parse_filters`), e.g. {"base": ["true"]}.
+    `where` keeps only records that match it (the `--where` grammar of `mmgen.store.filters`: meta keys,
+    and `group`), e.g. `parse_where(["base=true"])` or {"base": ["true"]}.
     Records with `meta.role` "candidate" (pool-only records of retrieval manifests) are not prompts.
     """
     from mmgen.data.records import read_manifest
@@ -258,9 +240,10 @@ def load_prompt_set(
     texts: dict[str, str] = {}
     refs: dict[str, list[str]] = {}
     skipped = 0
+    filters = as_filters(where)
     for rec in read_manifest(path):
         meta = rec.meta if isinstance(rec.meta, dict) else {}
-        if where and not _matches(meta, where):
+        if filters and not filters.matches(rec):
             continue
         if rec.error or not rec.image or not (rec.text or "").strip() or meta.get("role") == "candidate":
             skipped += 1
@@ -295,7 +278,7 @@ def evaluate_generation(
     baseline: str,
     index: str | None = None,
     sample: int | None = 200,
-    where: Mapping[str, Sequence[str]] | None = None,
+    where: Filters | Mapping[str, Any] | None = None,
     samples_per_prompt: int = 1,
     steps: int = 30,
     guidance: float = 3.0,
@@ -318,8 +301,9 @@ def evaluate_generation(
     if samples_per_prompt < 1:
         raise ConfigError(f"samples per prompt must be >= 1, not {samples_per_prompt}")
     strengths = parse_strengths(init_strengths)
+    filters = as_filters(where)
     started = time.perf_counter()
-    prompt_sets = [load_prompt_set(Path(p), sample, seed, where) for p in manifests]
+    prompt_sets = [load_prompt_set(Path(p), sample, seed, filters) for p in manifests]
     with open_store(ws.db_url) as store:
         ra = ImageGenerator(ws, store, model, index, device)
         if not ra.model.retrieval:
@@ -347,7 +331,7 @@ def evaluate_generation(
         "index": ra.images.index,
         "encoder": ra.images.encoder,
         "sample": sample,
-        "where": {k: list(v) for k, v in (where or {}).items()},
+        "where": filters.to_json(lists=True),
         "samples_per_prompt": samples_per_prompt,
         "steps": steps,
         "guidance": guidance,
@@ -376,7 +360,7 @@ def _evaluate_set(
 ) -> tuple[SetReport, list[Any]]:
     from mmgen.data.images import load_image
     from mmgen.generate.sheet import SheetRow
-    from mmgen.train.data import decode_one
+    from mmgen.data.preprocess import decode_one
 
     m = len(ps.prompts)
     enc = ra.encoder
@@ -436,7 +420,7 @@ def init_neighbours(ra: ImageGenerator, ps: PromptSet, text_emb: np.ndarray, k: 
     use) and no item whose file is one of the prompt's reference pictures (the same picture indexed
     under another group, or ungrouped): otherwise a seen concept would start from its target.
     """
-    from mmgen.generate.image_neighbours import nearest
+    from mmgen.index.knn import exact_knn
 
     codes: dict[str, int] = {}
     query_groups = np.asarray([codes.setdefault(g, len(codes)) for g in ps.groups], dtype=np.int64)
@@ -454,7 +438,9 @@ def init_neighbours(ra: ImageGenerator, ps: PromptSet, text_emb: np.ndarray, k: 
     ]
     # ask for enough extra neighbours that dropping a prompt's copies still leaves k
     wanted = min(k + max(len(c) for c in copies), len(ra.images))
-    found, _ = nearest(text_emb, ra.images.image_vectors, wanted, query_groups, candidate_groups)
+    _, found = exact_knn(
+        text_emb, ra.images.image_vectors, wanted, query_groups=query_groups, database_groups=candidate_groups
+    )
     out = np.empty((len(found), k), dtype=np.int64)
     for i, row in enumerate(found):
         kept = [int(r) for r in row if int(r) not in copies[i]][:k]

@@ -30,7 +30,7 @@ import numpy as np
 
 from mmgen.errors import ConfigError
 from mmgen.hashing.baselines import BASELINES, FaissBaseline
-from mmgen.hashing.codes import check_bits, hamming_knn
+from mmgen.index.codes import check_bits, hamming_knn
 from mmgen.hashing.data import IndexVectors, load_index_vectors
 from mmgen.search import DEFAULT_RERANK
 
@@ -174,7 +174,7 @@ def evaluate_hashing(
     progress: Callable[[str], None] | None = None,
 ) -> HashingReport:
     """Evaluate the trained hashers of an index (or the named ones) and the FAISS baselines at their widths."""
-    from mmgen.search import pick_index_name
+    from mmgen.catalog import pick_index_name
     from mmgen.store.db import open_store
 
     unknown = [m for m in methods if m not in METHODS]
@@ -264,7 +264,7 @@ def _find_hashers(
 
 
 def _prepare_split(data: IndexVectors, held_groups: set[str], rerank: int) -> _Split:
-    import faiss
+    from mmgen.index.knn import exact_knn
 
     train, held = data.split(held_groups)
     exact, n_relevant, qps = {}, {}, {}
@@ -274,10 +274,8 @@ def _prepare_split(data: IndexVectors, held_groups: set[str], rerank: int) -> _S
         queries, database = held.modalities[q], data.modalities[d]
         if len(queries) == 0:
             raise ConfigError(f"no held-out {q} queries: the held-out groups have no {q}s")
-        flat = faiss.IndexFlatIP(data.dim)
-        flat.add(np.ascontiguousarray(database.vectors))
         started = time.perf_counter()
-        _, exact[key] = flat.search(np.ascontiguousarray(queries.vectors), min(depth, len(database)))
+        _, exact[key] = exact_knn(queries.vectors, database.vectors, min(depth, len(database)))
         qps[key] = len(queries) / max(time.perf_counter() - started, 1e-9)
         counts = _group_counts(database.groups)
         n_relevant[key] = np.array([counts.get(g, 0) for g in queries.groups], dtype=np.int64)
@@ -315,7 +313,7 @@ def _method_rows(
     soft: Callable[[np.ndarray, str], np.ndarray] | None = None,
 ) -> list[HashingRow]:
     """Codes only and re-ranked rows; with `soft` (the autoencoder) also the asymmetric pre-list that search uses."""
-    from mmgen.hashing.codes import asymmetric_prune
+    from mmgen.index.codes import asymmetric_prune
     from mmgen.search import PRELIST
 
     codes_rec, codes_map, codes_qps, rr_rec, rr_map, rr_qps = {}, {}, {}, {}, {}, {}

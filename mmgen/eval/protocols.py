@@ -30,6 +30,7 @@ import numpy as np
 
 from mmgen.data.hashing import file_sha256
 from mmgen.data.iconify import EMOJI_SETS, ICON_SETS
+from mmgen.data.concepts import concept_of
 from mmgen.data.records import Record, write_manifest
 from mmgen.errors import DataError, UnknownNameError
 
@@ -46,7 +47,6 @@ DEV_HOLDOUT = 0.1  # of the training emoji concepts: the development split for t
 DEV_DIR = "dev"
 TRAIN = "train.jsonl"
 SUMMARY = "protocol.json"
-_SKIN_TONES = frozenset({"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"})
 _REQUIRED: dict[str, tuple[str, ...]] = {"loso": SOURCES, "product": SOURCES}
 # Sources whose records reach an evaluation manifest: only their images are hashed for duplicates.
 _EVALUATED: dict[str, tuple[str, ...]] = {"loso": ("twemoji",), "product": SOURCES}
@@ -170,16 +170,6 @@ def manifest_counts(records: list[Record]) -> dict[str, int]:
         counts["candidates"] = len(candidates)
         counts["query_groups"] = len({r.group for r in records if r.meta.get("role") != "candidate"})
     return counts
-
-
-def concept_of(record: Record) -> str:
-    """The base emoji concept of an emoji record: its skin-tone base, else its code points without tones."""
-    base = record.meta.get("skintone_base")
-    if isinstance(base, str) and base:
-        return base
-    group = record.group or record.key
-    stripped = "-".join(c for c in group.split("-") if c not in _SKIN_TONES)
-    return stripped or group
 
 
 def data_versions(data_dir: Path) -> dict[str, Any]:

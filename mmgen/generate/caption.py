@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import select
 
+from mmgen.artifacts import read_model_manifest, write_json_atomic
 from mmgen.errors import ConfigError, ImageLoadError, ManifestMismatchError, ModelLoadError
 from mmgen.generate.caption_retrieval import Retrieved, distinct_captions, fetch_size
 
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
     from mmgen.workspace import Workspace
 
 DEFAULT_CAPTIONER = "captioner"
+MANIFEST_TYPE = "mmgen.captioner"
+MANIFEST_FORMAT = 1
+WEIGHTS = "decoder.safetensors"
+VOCAB = "vocab.json"
+LEXICON = "lexicon.json"
+MANIFEST = "manifest.json"
 BATCH = 64
 
 
@@ -127,17 +134,6 @@ def load_captioner(
     from mmgen.generate.caption_words import Lexicon
     from mmgen.generate.decoder import CaptionDecoder, DecoderConfig
     from mmgen.generate.tokenizer import CaptionTokenizer, OutputVocab
-    from mmgen.train.captioner import (
-        LEXICON,
-        MANIFEST,
-        MANIFEST_FORMAT,
-        MANIFEST_TYPE,
-        VOCAB,
-        WEIGHTS,
-        artifact_files,
-    )
-    from mmgen.train.state import read_model_manifest
-
     folder = ws.models_dir / name
     path = folder / MANIFEST
     missing = ""
@@ -177,12 +173,31 @@ def load_captioner(
 
 
 def _is_captioner(manifest_path: Path) -> bool:
-    from mmgen.train.captioner import MANIFEST_TYPE
-
     try:
         return json.loads(manifest_path.read_text(encoding="utf-8")).get("type") == MANIFEST_TYPE
     except (OSError, ValueError):
         return False
+
+
+def save_captioner(model: Any, vocab: Any, lexicon: Any, manifest: dict[str, Any], out_dir: Path) -> str:
+    """Write weights, output vocabulary, lexicon and manifest (with their checksum); returns the checksum."""
+    from safetensors.torch import save_file
+
+    from mmgen.encoders.base import sha256_files
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(out_dir / WEIGHTS))
+    (out_dir / VOCAB).write_text(json.dumps([int(i) for i in vocab.ids]), encoding="utf-8")
+    (out_dir / LEXICON).write_text(json.dumps(lexicon.to_json()), encoding="utf-8")
+    checksum = sha256_files(artifact_files(out_dir), root=out_dir)
+    write_json_atomic(out_dir / MANIFEST, {**manifest, "checksum": checksum})
+    return checksum
+
+
+def artifact_files(folder: Path) -> list[Path]:
+    """The files a captioner's checksum covers."""
+    return [folder / WEIGHTS, folder / VOCAB, folder / LEXICON]
 
 
 def _model_id(store: Store, name: str, checksum: str) -> int | None:

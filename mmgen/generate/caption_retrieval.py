@@ -25,11 +25,12 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import select
 
+from mmgen.data.concepts import concept_key
 from mmgen.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -51,16 +52,6 @@ def check_exclude_mode(mode: str) -> str:
     if mode not in EXCLUDE_MODES:
         raise ConfigError(f"unknown exclusion {mode!r}; valid: {', '.join(EXCLUDE_MODES)}")
     return mode
-
-
-def concept_key(group: str | None, meta: dict[str, Any] | None, item_id: int) -> str:
-    """The concept an item belongs to: its group with emoji skin-tone variants folded into their base."""
-    from mmgen.data.records import Record
-    from mmgen.eval.protocols import concept_of
-
-    if group is None:
-        return f"item:{item_id}"
-    return concept_of(Record(key=str(item_id), group=group, meta=meta if isinstance(meta, dict) else {}))
 
 
 @dataclass
@@ -166,7 +157,7 @@ def exclude_concepts(corpus: IndexedCaptions, manifests: Sequence[str | Path]) -
     `concept_key` makes them (emoji skin-tone variants count as their base concept).
     """
     from mmgen.data.records import read_manifest
-    from mmgen.eval.protocols import concept_of
+    from mmgen.data.concepts import concept_of
 
     concepts = {concept_of(r) for path in manifests for r in read_manifest(path) if r.group is not None}
     keep = np.array([g not in concepts for g in corpus.groups], dtype=bool)

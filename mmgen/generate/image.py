@@ -219,15 +219,16 @@ class ImageGenerator:
 
     def retrieve(self, text_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows (m, k) and scores of the k indexed images nearest to each text vector."""
-        from mmgen.generate.image_neighbours import nearest
+        from mmgen.index.knn import exact_knn
 
         if not 1 <= k <= min(MAX_NEIGHBOURS, len(self.images)):
             raise ConfigError(f"k must be in 1..{min(MAX_NEIGHBOURS, len(self.images))}, not {k}")
-        return nearest(text_vectors, self.images.image_vectors, k)
+        scores, rows = exact_knn(text_vectors, self.images.image_vectors, k)
+        return rows, scores
 
     def pictures(self, rows: Sequence[int]) -> np.ndarray:
         """Indexed images at `rows` as the generator saw them in training: uint8 (m, S, S, 3)."""
-        from mmgen.train.data import decode_one
+        from mmgen.data.preprocess import decode_one
 
         size, crop = self.model.image_size, str(self.model.manifest.get("crop", "content"))
         return np.stack([decode_one(self.images.uris[int(r)], size, crop) for r in rows])
@@ -381,9 +382,13 @@ class ImageGenerator:
     def model_id(self) -> int:
         """The generator's `models` row (registered here if the folder was copied in from elsewhere)."""
         if self._model_id is None:
-            from mmgen.train.generator import register_generator
+            from mmgen.artifacts import register_model
 
-            self._model_id = register_generator(self.ws, self.model.name, self.model.path, self.model.manifest)
+            manifest = self.model.manifest
+            params = {k: v for k, v in manifest.items() if k != "loss_curve"}
+            self._model_id = register_model(
+                self.ws, "generator", self.model.name, self.model.path, str(manifest["checksum"]), params
+            )
         return self._model_id
 
 

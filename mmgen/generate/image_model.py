@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmgen.artifacts import read_model_manifest, write_json_atomic
 from mmgen.errors import ManifestMismatchError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -94,7 +95,6 @@ def save_generator(net: ConditionalUNet, out_dir: Path, manifest: dict[str, Any]
     from safetensors.torch import save_file
 
     from mmgen.data.hashing import file_sha256
-    from mmgen.train.state import write_manifest
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (WEIGHTS + ".tmp")
@@ -107,7 +107,7 @@ def save_generator(net: ConditionalUNet, out_dir: Path, manifest: dict[str, Any]
         "unet": net.cfg.to_json(),
         "checksum": file_sha256(out_dir / WEIGHTS),
     }
-    write_manifest(out_dir / MANIFEST, full)
+    write_json_atomic(out_dir / MANIFEST, full)
     return full
 
 
@@ -117,7 +117,6 @@ def load_generator(models_dir: Path, name: str, device: str = "cpu") -> Generato
 
     from mmgen.data.hashing import file_sha256
     from mmgen.generate.unet import ConditionalUNet, UNetConfig
-    from mmgen.train.state import read_model_manifest
 
     folder = generator_dir(models_dir, name)
     manifest_path = folder / MANIFEST

@@ -7,18 +7,18 @@ generation and evaluation then see the very same neighbours whatever FAISS prese
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mmgen.data.concepts import concept_key
 from mmgen.errors import DataError, ManifestMismatchError, VectorIndexError
 
 if TYPE_CHECKING:
     from mmgen.store.db import Store
     from mmgen.workspace import Workspace
 
-CHUNK = 1024
 
 
 @dataclass
@@ -44,12 +44,16 @@ class IndexedImages:
         """Embedding dimension."""
         return int(self.image_vectors.shape[1])
 
+    concepts: list[str] = field(default_factory=list)  # `concept_key` of each item (skin tones folded)
+
     def group_codes(self) -> np.ndarray:
-        """One integer per distinct group; an item without a group is a group of its own."""
+        """One integer per distinct concept (`mmgen.data.concepts`); an item without a group is its own."""
         codes: dict[str, int] = {}
-        out = np.empty(len(self.groups), dtype=np.int64)
-        for i, g in enumerate(self.groups):
-            key = g if g is not None else f"\0item:{int(self.item_ids[i])}"
+        concepts = self.concepts or [
+            concept_key(g, None, int(i)) for g, i in zip(self.groups, self.item_ids)
+        ]
+        out = np.empty(len(concepts), dtype=np.int64)
+        for i, key in enumerate(concepts):
             out[i] = codes.setdefault(key, len(codes))
         return out
 
@@ -70,7 +74,7 @@ def load_indexed_images(ws: Workspace, store: Store, index: str | None = None, w
     from sqlalchemy import select
 
     from mmgen.index import IndexFolder
-    from mmgen.search import pick_index_name
+    from mmgen.catalog import pick_index_name
     from mmgen.store.models import IndexRecord, IndexRow, Item
 
     name = pick_index_name(store, index)
@@ -78,7 +82,7 @@ def load_indexed_images(ws: Workspace, store: Store, index: str | None = None, w
         rec = s.scalars(select(IndexRecord).where(IndexRecord.name == name)).one()
         index_id, encoder, checksum = rec.id, rec.encoder, rec.encoder_checksum
         rows = s.execute(
-            select(IndexRow.row_id, Item.id, Item.uri, Item.text, Item.group_key)
+            select(IndexRow.row_id, Item.id, Item.uri, Item.text, Item.group_key, Item.meta)
             .join(Item, Item.id == IndexRow.item_id)
             .where(IndexRow.index_id == index_id, IndexRow.modality == "image")
             .order_by(Item.id)
@@ -121,40 +125,5 @@ def load_indexed_images(ws: Workspace, store: Store, index: str | None = None, w
         image_vectors=np.ascontiguousarray(image_vectors, dtype=np.float32),
         text_vectors=text_vectors,
         has_text=has_text,
+        concepts=[concept_key(r[4], r[5], int(r[1])) for r in rows],
     )
-
-
-def nearest(
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    k: int,
-    query_groups: np.ndarray | None = None,
-    candidate_groups: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product: (indices, scores), each (m, k), best first.
-
-    With groups, a candidate of the query's own group is never returned (training neighbours
-    exclude the other styles of the same concept, so the model learns to use neighbours, not copy).
-    """
-    queries = np.asarray(queries, dtype=np.float32)
-    if queries.ndim != 2 or candidates.ndim != 2 or queries.shape[1] != candidates.shape[1]:
-        raise VectorIndexError(f"queries {queries.shape} and candidates {candidates.shape} do not match")
-    if (query_groups is None) != (candidate_groups is None):
-        raise VectorIndexError("give groups for both queries and candidates, or for neither")
-    if k < 1 or k > len(candidates):
-        raise VectorIndexError(f"k must be in 1..{len(candidates)} (the candidates), not {k}")
-    out_idx = np.empty((len(queries), k), dtype=np.int64)
-    out_scores = np.empty((len(queries), k), dtype=np.float32)
-    for start in range(0, len(queries), CHUNK):
-        scores = queries[start : start + CHUNK] @ candidates.T
-        if query_groups is not None and candidate_groups is not None:
-            scores[query_groups[start : start + CHUNK, None] == candidate_groups[None, :]] = -np.inf
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        # Sort by score, ties by index, so results do not depend on argpartition's order.
-        order = np.lexsort((part, -part_scores), axis=1)
-        out_idx[start : start + CHUNK] = np.take_along_axis(part, order, axis=1)
-        out_scores[start : start + CHUNK] = np.take_along_axis(part_scores, order, axis=1)
-    if not np.isfinite(out_scores).all():
-        raise DataError(f"fewer than {k} candidates outside a query's own group; lower k")
-    return out_idx, out_scores

@@ -1,4 +1,5 @@
-"""Semantic hashing: the autoencoder (`Hasher`), packed binary codes, FAISS binary indexes and baselines.
+"""Semantic hashing: the autoencoder (`Hasher`) and the FAISS baselines; packed codes and binary indexes
+(`mmgen.index.codes`, `mmgen.index.binary`) are re-exported here.
 
 Importing this package is cheap: torch and faiss load on first use of a name.
 """
@@ -12,22 +13,22 @@ from mmgen._lazy import lazy_getattr
 if TYPE_CHECKING:
     from mmgen.hashing.baselines import BASELINES as BASELINES
     from mmgen.hashing.baselines import FaissBaseline as FaissBaseline
-    from mmgen.hashing.binary_index import BinaryIndex as BinaryIndex
-    from mmgen.hashing.codes import hamming_knn as hamming_knn
-    from mmgen.hashing.codes import pack_codes as pack_codes
-    from mmgen.hashing.codes import torch_hamming_knn as torch_hamming_knn
-    from mmgen.hashing.codes import unpack_codes as unpack_codes
+    from mmgen.index.binary import BinaryIndex as BinaryIndex
+    from mmgen.index.codes import hamming_knn as hamming_knn
+    from mmgen.index.codes import pack_codes as pack_codes
+    from mmgen.index.codes import torch_hamming_knn as torch_hamming_knn
+    from mmgen.index.codes import unpack_codes as unpack_codes
     from mmgen.hashing.model import Hasher as Hasher
     from mmgen.hashing.model import load_hasher as load_hasher
 
 _LAZY = {
     "BASELINES": "mmgen.hashing.baselines",
     "FaissBaseline": "mmgen.hashing.baselines",
-    "BinaryIndex": "mmgen.hashing.binary_index",
-    "hamming_knn": "mmgen.hashing.codes",
-    "pack_codes": "mmgen.hashing.codes",
-    "torch_hamming_knn": "mmgen.hashing.codes",
-    "unpack_codes": "mmgen.hashing.codes",
+    "BinaryIndex": "mmgen.index.binary",
+    "hamming_knn": "mmgen.index.codes",
+    "pack_codes": "mmgen.index.codes",
+    "torch_hamming_knn": "mmgen.index.codes",
+    "unpack_codes": "mmgen.index.codes",
     "Hasher": "mmgen.hashing.model",
     "load_hasher": "mmgen.hashing.model",
 }

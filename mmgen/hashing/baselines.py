@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mmgen.errors import ConfigError, UnknownNameError, VectorIndexError
-from mmgen.hashing.codes import check_bits
+from mmgen.index.codes import check_bits
 
 BASELINES = ("lsh", "itq", "pca")
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import select
 
+from mmgen.data.concepts import concept_key
 from mmgen.errors import ConfigError, VectorIndexError
 from mmgen.index import MODALITIES, IndexFolder
 from mmgen.store.models import IndexRecord, IndexRow, Item
@@ -24,7 +25,7 @@ class ModalityVectors:
 
     rows: np.ndarray
     items: np.ndarray
-    groups: np.ndarray  # object array of str: the item's group, or "item:ID" for an item without one
+    groups: np.ndarray  # object array of str: the item's concept (`concept_key`: skin tones folded), or "item:ID"
     vectors: np.ndarray
 
     def subset(self, mask: np.ndarray) -> ModalityVectors:
@@ -71,7 +72,7 @@ def load_index_vectors(ws: Workspace, store: Store, index: str) -> IndexVectors:
             raise VectorIndexError(f"no index named {index!r} (indexes here: {names})")
         out = IndexVectors(rec.name, rec.encoder, rec.encoder_checksum, int(rec.dim))
         rows = s.execute(
-            select(IndexRow.modality, IndexRow.row_id, IndexRow.item_id, Item.group_key)
+            select(IndexRow.modality, IndexRow.row_id, IndexRow.item_id, Item.group_key, Item.meta)
             .join(Item, Item.id == IndexRow.item_id)
             .where(IndexRow.index_id == rec.id)
             .order_by(IndexRow.modality, IndexRow.item_id)
@@ -83,7 +84,7 @@ def load_index_vectors(ws: Workspace, store: Store, index: str) -> IndexVectors:
             continue
         row_ids = np.fromiter((r[1] for r in mine), dtype=np.int64, count=len(mine))
         item_ids = np.fromiter((r[2] for r in mine), dtype=np.int64, count=len(mine))
-        groups = np.array([r[3] if r[3] is not None else f"item:{r[2]}" for r in mine], dtype=object)
+        groups = np.array([concept_key(r[3], r[4], int(r[2])) for r in mine], dtype=object)
         out.modalities[modality] = ModalityVectors(row_ids, item_ids, groups, folder.vectors(modality).get(row_ids))
     if not out.modalities:
         raise VectorIndexError(f"index {index!r} is empty; fill it with `mmgen index SOURCE --name {index}`")

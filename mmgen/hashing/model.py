@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmgen.artifacts import read_model_manifest, write_json_atomic
 from mmgen.data.hashing import file_sha256
 from mmgen.errors import ConfigError, ManifestMismatchError, ModelLoadError
-from mmgen.hashing.codes import check_bits, pack_codes
+from mmgen.index.codes import check_bits, pack_codes
 
 if TYPE_CHECKING:
     import torch
@@ -153,14 +154,12 @@ def save_hasher(net: torch.nn.Module, manifest: dict[str, Any], folder: Path) ->
     """Write weights then manifest (with the weights' checksum) atomically; returns the saved hasher."""
     import torch
 
-    from mmgen.train.state import write_manifest
-
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / (WEIGHTS + ".tmp")
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
     os.replace(tmp, folder / WEIGHTS)
     manifest = {**manifest, "type": MANIFEST_TYPE, "format": MANIFEST_FORMAT, "checksum": file_sha256(folder / WEIGHTS)}
-    write_manifest(folder / "manifest.json", manifest)
+    write_json_atomic(folder / "manifest.json", manifest)
     return Hasher(net, manifest, folder)
 
 
@@ -174,8 +173,6 @@ def hasher_folder(name_or_path: str, models_dir: Path) -> Path:
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     """A hasher's manifest; ModelLoadError when missing, unreadable or not a hasher's."""
-    from mmgen.train.state import read_model_manifest
-
     return read_model_manifest(
         folder / "manifest.json",
         MANIFEST_TYPE,

@@ -30,7 +30,7 @@ from mmgen.index.presets import Preset
 from mmgen.index.vectors import VectorFile
 
 if TYPE_CHECKING:
-    from mmgen.hashing.binary_index import BinaryIndex
+    from mmgen.index.binary import BinaryIndex
 
 MANIFEST = "manifest.json"
 MANIFEST_TYPE = "mmgen.float-index"
@@ -228,7 +228,7 @@ class IndexFolder:
         current = self.hash
         if current and (current["name"], current["checksum"], current["preset"]) == (name, checksum, preset.to_json()):
             return
-        from mmgen.hashing.binary_index import BinaryIndex
+        from mmgen.index.binary import BinaryIndex
 
         for modality in MODALITIES:
             BinaryIndex.delete(self.root / f"{modality}{CODES_SUFFIX}")
@@ -240,7 +240,7 @@ class IndexFolder:
 
     def codes(self, modality: str) -> BinaryIndex:
         """The binary index of one modality: loaded, or new and empty when absent or unreadable."""
-        from mmgen.hashing.binary_index import BinaryIndex
+        from mmgen.index.binary import BinaryIndex
 
         _check_modality(modality)
         info = self.hash
@@ -292,7 +292,7 @@ class IndexFolder:
             or built_with != checksum
         )
         if needs_rebuild:
-            from mmgen.hashing.binary_index import BinaryIndex
+            from mmgen.index.binary import BinaryIndex
 
             fresh = BinaryIndex(index.bits, index.preset)
             codes = self._encode(modality, live, encode)

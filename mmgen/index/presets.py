@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mmgen.errors import ConfigError, UnknownNameError
+from mmgen.resources import presets_path
 
-PACKAGE_PRESETS = Path(__file__).resolve().parents[2] / "indexes" / "presets"
+PACKAGE_PRESETS = presets_path()
 DEFAULT_PRESET = "flat"
 DEFAULT_BINARY_PRESET = "binary-flat"
 

@@ -64,9 +64,11 @@ def mask_url(url: str | URL) -> str:
 
 
 def migrations_dir() -> Path:
-    """The Alembic script folder: `$MMGEN_MIGRATIONS`, else `migrations/` at the repository root."""
+    """The Alembic script folder: `$MMGEN_MIGRATIONS`, else the one that ships with mmgen (`mmgen.resources`)."""
+    from mmgen.resources import migrations_path
+
     override = os.environ.get(MIGRATIONS_ENV)
-    path = Path(override).expanduser() if override else Path(__file__).resolve().parents[2] / "migrations"
+    path = Path(override).expanduser() if override else migrations_path()
     if not (path / "env.py").is_file():
         hint = f"{MIGRATIONS_ENV} is set to {override!r}" if override else f"set {MIGRATIONS_ENV} to the folder"
         raise StoreError(f"Alembic migrations not found at {path} (no env.py there); {hint}")

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mmgen.errors import ManifestMismatchError
-from mmgen.store.filters import filter_items_by_meta
+from mmgen.store.filters import Filters, filter_items_by_meta
 from mmgen.store.models import Base, Corpus, IndexRecord, IndexRow, Item, Output, Prompt, Retrieval
 
 __all__ = [
@@ -112,11 +112,11 @@ def items_for_rows(
     index_id: int,
     modality: str,
     row_ids: Iterable[int],
-    where: Mapping[str, Any] | None = None,
+    where: Filters | Mapping[str, Any] | None = None,
 ) -> dict[int, Item]:
     """Map FAISS row ids of one index and modality to their items (ids < 0, FAISS's padding, skipped).
 
-    With `where`, rows whose item fails the filter (see `filter_items_by_meta`) are left out.
+    With `where`, rows whose item fails the filters (see `mmgen.store.filters`) are left out.
     """
     wanted = sorted({int(r) for r in row_ids if int(r) >= 0})
     if not wanted:

@@ -20,7 +20,6 @@ unseen concept's neighbours are wrong. Each item's choice is fixed for the run a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import time
@@ -31,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import mmgen
+from mmgen.artifacts import register_model
 from mmgen.errors import ConfigError, DataError
+from mmgen.generate.caption import MANIFEST_FORMAT, MANIFEST_TYPE, save_captioner
 from mmgen.generate.caption_retrieval import (
     EXCLUDE_CONCEPT,
     EXCLUDE_ITEM,
@@ -45,12 +46,6 @@ if TYPE_CHECKING:
     from mmgen.generate.decoder import DecoderConfig
     from mmgen.workspace import Workspace
 
-MANIFEST_TYPE = "mmgen.captioner"
-MANIFEST_FORMAT = 1
-WEIGHTS = "decoder.safetensors"
-VOCAB = "vocab.json"
-LEXICON = "lexicon.json"
-MANIFEST = "manifest.json"
 # Batches are sorted by prompt length inside windows of this many batches (less padding, still shuffled).
 BUCKET_BATCHES = 32
 # Tags the seeded stream of each item's own-concept draw apart from the per-epoch streams ([seed, epoch, n]).
@@ -146,7 +141,7 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
     from mmgen.generate.caption_words import Lexicon
     from mmgen.generate.decoder import CaptionDecoder, make_batch
     from mmgen.generate.tokenizer import CaptionTokenizer, OutputVocab
-    from mmgen.search import pick_index_name
+    from mmgen.catalog import pick_index_name
     from mmgen.store.db import open_store
     from mmgen.train.state import seed_everything
 
@@ -255,7 +250,7 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
     }
     out_dir = ws.models_dir / cfg.name
     checksum = save_captioner(model, vocab, lexicon, manifest, out_dir)
-    model_id = register_captioner(ws, cfg.name, out_dir, checksum, manifest)
+    model_id = register_model(ws, "captioner", cfg.name, out_dir, checksum, {**manifest, "checksum": checksum})
     return CaptionerResult(
         name=cfg.name,
         path=out_dir,
@@ -416,45 +411,3 @@ def _lr(base: float, step: int, warmup: int, total: int) -> float:
         return base * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def save_captioner(model: Any, vocab: Any, lexicon: Any, manifest: dict[str, Any], out_dir: Path) -> str:
-    """Write weights, output vocabulary, lexicon and manifest (with their checksum); returns the checksum."""
-    from safetensors.torch import save_file
-
-    from mmgen.encoders.base import sha256_files
-    from mmgen.train.state import write_manifest
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(out_dir / WEIGHTS))
-    (out_dir / VOCAB).write_text(json.dumps([int(i) for i in vocab.ids]), encoding="utf-8")
-    (out_dir / LEXICON).write_text(json.dumps(lexicon.to_json()), encoding="utf-8")
-    checksum = sha256_files(artifact_files(out_dir), root=out_dir)
-    write_manifest(out_dir / MANIFEST, {**manifest, "checksum": checksum})
-    return checksum
-
-
-def artifact_files(folder: Path) -> list[Path]:
-    """The files a captioner's checksum covers."""
-    return [folder / WEIGHTS, folder / VOCAB, folder / LEXICON]
-
-
-def register_captioner(ws: Workspace, name: str, path: Path, checksum: str, params: dict[str, Any]) -> int:
-    """Insert or update the `models` row (kind "captioner", version = checksum prefix); returns its id."""
-    from sqlalchemy import select
-
-    from mmgen.store import open_store
-    from mmgen.store.models import ModelRecord
-
-    version = checksum[:16]
-    with open_store(ws.db_url) as store, store.session() as session:
-        row = session.scalars(select(ModelRecord).filter_by(kind="captioner", name=name, version=version)).one_or_none()
-        if row is None:
-            row = ModelRecord(kind="captioner", name=name, version=version)
-            session.add(row)
-        row.path = str(path)
-        row.checksum = checksum
-        row.params = json.loads(json.dumps({**params, "checksum": checksum}, default=str))
-        session.commit()
-        return int(row.id)

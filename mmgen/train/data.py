@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mmgen.data.preprocess import decode_one
 from mmgen.errors import ConfigError, DataError, ImageLoadError
 
 # Bump when decoding or cropping changes, so stale pixel caches are not reused.
@@ -243,24 +244,6 @@ def decode_pixels(
     if cache_dir is not None:
         _write_pixel_cache(cache_dir, key, pixels, errors)
     return pixels, errors
-
-
-def decode_one(path: str, image_size: int, crop: str) -> np.ndarray:
-    """One image as the model sees it: decoded on white, cropped (`content`/`none`), resized to a square."""
-    from PIL import Image
-
-    from mmgen.data.images import MAX_SIDE_DEFAULT, load_image
-    from mmgen.data.preprocess import apply_crop
-
-    # Decode at the size the indexer does, so training and inference resize from the same pixels.
-    img = apply_crop(load_image(path, MAX_SIDE_DEFAULT), crop)
-    if img.size != (image_size, image_size):
-        if img.width != img.height:  # crop "none": centre-crop the shorter side, as open_clip's transform does
-            side = min(img.size)
-            left, top = (img.width - side) // 2, (img.height - side) // 2
-            img = img.crop((left, top, left + side, top + side))
-        img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 SAMPLING_MODES = ("concept", "image")

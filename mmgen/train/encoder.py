@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import mmgen
+from mmgen.artifacts import register_model, write_json_atomic
 from mmgen.encoders.openclip import trim_padding
 from mmgen.errors import ConfigError, ModelLoadError
 from mmgen.train.augment import augment_batch, augment_preset, caption_allows_gray, caption_allows_mirror
@@ -40,7 +41,6 @@ from mmgen.train.state import (
     StopOnInterrupt,
     export_model,
     load_state,
-    register_model,
     rng_state,
     save_state,
     seed_everything,
@@ -460,10 +460,8 @@ def _finish(
     except ModelLoadError as exc:
         raise ModelLoadError(f"the model just saved in {out_dir} does not load back: {exc}") from exc
     manifest["checksum"] = checksum
-    from mmgen.train.state import write_manifest
-
-    write_manifest(out_dir / "manifest.json", manifest)
-    model_id = register_model(ws, cfg.name, out_dir, checksum, manifest)
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    model_id = register_model(ws, "encoder", cfg.name, out_dir, checksum, manifest)
     return dataclasses.replace(result, path=out_dir, checksum=checksum, model_id=model_id, manifest=manifest)
 
 

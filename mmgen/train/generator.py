@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import mmgen
+from mmgen.artifacts import register_model
 from mmgen.errors import ConfigError, DataError, UnknownNameError
 from mmgen.generate.image_model import DEFAULT_BASELINE, DEFAULT_GENERATOR
 
@@ -358,7 +359,8 @@ def train_generator(
     }
     ema.eval()
     manifest = save_generator(ema.cpu(), out_dir, manifest)
-    model_id = register_generator(ws, cfg.model_name, out_dir, manifest)
+    params = {k: v for k, v in manifest.items() if k != "loss_curve"}
+    model_id = register_model(ws, "generator", cfg.model_name, out_dir, str(manifest["checksum"]), params)
     return dataclasses.replace(result, path=out_dir, model_id=model_id, manifest=manifest)
 
 
@@ -368,37 +370,15 @@ def training_neighbours(indexed: IndexedImages, rows: np.ndarray, k: int) -> np.
     Text -> image, as at generation time; leaving out the other styles of the same concept makes
     the model learn to draw from related pictures instead of copying its target.
     """
-    from mmgen.generate.image_neighbours import nearest
+    from mmgen.index.knn import exact_knn
 
     if indexed.text_vectors is None:
         raise DataError(f"index {indexed.index!r} has no caption vectors to retrieve training neighbours with")
     codes = indexed.group_codes()
-    found, _ = nearest(indexed.text_vectors[rows], indexed.image_vectors, k, codes[rows], codes)
+    _, found = exact_knn(
+        indexed.text_vectors[rows], indexed.image_vectors, k, query_groups=codes[rows], database_groups=codes
+    )
     return found
-
-
-def register_generator(ws: Workspace, name: str, path: Path, manifest: dict[str, Any]) -> int:
-    """Insert or update the `models` row of a generator (kind "generator", version = checksum prefix)."""
-    from sqlalchemy import select
-
-    from mmgen.store import open_store
-    from mmgen.store.models import ModelRecord
-
-    checksum = str(manifest["checksum"])
-    version = checksum[:16]
-    params = {k: v for k, v in manifest.items() if k != "loss_curve"}
-    with open_store(ws.db_url) as store, store.session() as session:
-        row = session.scalars(
-            select(ModelRecord).filter_by(kind="generator", name=name, version=version)
-        ).one_or_none()
-        if row is None:
-            row = ModelRecord(kind="generator", name=name, version=version)
-            session.add(row)
-        row.path = str(path)
-        row.checksum = checksum
-        row.params = json.loads(json.dumps(params, default=str))
-        session.commit()
-        return int(row.id)
 
 
 def _preset(cfg: GeneratorConfig, device: str) -> tuple[str, dict[str, Any]]:

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import mmgen
+from mmgen.artifacts import register_model
 from mmgen.errors import ConfigError
-from mmgen.hashing.codes import check_bits
+from mmgen.index.codes import check_bits
 from mmgen.hashing.data import IndexVectors, heldout_groups, load_index_vectors
 from mmgen.hashing.model import (
     MODALITY_IDS,
@@ -107,7 +108,7 @@ class HasherResult:
 def train_hasher(ws: Workspace, cfg: HasherConfig) -> HasherResult:
     """Train a hasher on an index's vectors (held-out groups excluded), save it, register it in SQL."""
     cfg.check()
-    from mmgen.search import pick_index_name
+    from mmgen.catalog import pick_index_name
     from mmgen.store.db import open_store
 
     store = open_store(ws.db_url)
@@ -141,7 +142,8 @@ def train_hasher(ws: Workspace, cfg: HasherConfig) -> HasherResult:
     }
     folder = ws.models_dir / name
     hasher = save_hasher(net.cpu(), manifest, folder)
-    model_id = register_hasher(ws, hasher)
+    params = {k: v for k, v in hasher.manifest.items() if k != "loss_curve"}
+    model_id = register_model(ws, MODEL_KIND, hasher.name, hasher.path, hasher.checksum, params)
     return HasherResult(
         hasher, folder, model_id, run["steps"], run["seconds"], run["final_loss"], run["stopped_by_time"], hasher.manifest
     )
@@ -167,7 +169,7 @@ def fit(train: IndexVectors, cfg: HasherConfig) -> tuple[torch.nn.Module, dict[s
         m: torch.from_numpy(np.ascontiguousarray(train.modalities[m].vectors, dtype=np.float32)).to(device) for m in mods
     }
     directions = _directions(mods, cfg.same_modality_weight)
-    neighbours = {(q, d): _knn(train.modalities[q].vectors, train.modalities[d].vectors, cfg.neighbours, q == d)
+    neighbours = {(q, d): _neighbours(train.modalities[q].vectors, train.modalities[d].vectors, cfg.neighbours, q == d)
                   for q, d, _ in directions}  # fmt: skip
 
     net = build_net(NetConfig(train.dim, cfg.bits, cfg.hidden)).to(device)
@@ -275,15 +277,11 @@ def _directions(mods: list[str], same_weight: float) -> list[tuple[str, str, flo
     return out
 
 
-def _knn(queries: np.ndarray, database: np.ndarray, k: int, same: bool) -> np.ndarray:
-    """Exact top-k database positions per query (inner product); a vector is not its own neighbour."""
-    import faiss
+def _neighbours(queries: np.ndarray, database: np.ndarray, k: int, same: bool) -> np.ndarray:
+    """Exact top-k database positions per query; within one modality a vector is not its own neighbour."""
+    from mmgen.index.knn import exact_knn
 
-    k = min(k + int(same), len(database))
-    index = faiss.IndexFlatIP(database.shape[1])
-    index.add(np.ascontiguousarray(database, dtype=np.float32))
-    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return found[:, 1:] if same and k > 1 else found
+    return exact_knn(queries, database, min(k, len(database) - int(same)), exclude_self=same)[1]
 
 
 def _batch(
@@ -296,28 +294,3 @@ def _batch(
         rows = nn[picked[q]]
         pools[d].append(rows[np.arange(len(rows)), rng.integers(0, rows.shape[1], len(rows))])
     return {m: np.unique(np.concatenate(parts)) for m, parts in pools.items()}
-
-
-def register_hasher(ws: Workspace, hasher: Hasher) -> int:
-    """Insert or update the `models` row of a hasher (kind "hasher", version = checksum prefix); returns its id."""
-    import json
-
-    from sqlalchemy import select
-
-    from mmgen.store import open_store
-    from mmgen.store.models import ModelRecord
-
-    version = hasher.checksum[:16]
-    params = json.loads(json.dumps({k: v for k, v in hasher.manifest.items() if k != "loss_curve"}, default=str))
-    with open_store(ws.db_url) as store, store.session() as session:
-        row = session.scalars(
-            select(ModelRecord).filter_by(kind=MODEL_KIND, name=hasher.name, version=version)
-        ).one_or_none()
-        if row is None:
-            row = ModelRecord(kind=MODEL_KIND, name=hasher.name, version=version)
-            session.add(row)
-        row.path = str(hasher.path)
-        row.checksum = hasher.checksum
-        row.params = params
-        session.commit()
-        return int(row.id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -14,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmgen.artifacts import write_json_atomic
 from mmgen.errors import ModelLoadError
 
 if TYPE_CHECKING:
     import torch
 
-    from mmgen.workspace import Workspace
 
 STATE_NAME = "train-state.pt"
 STATE_VERSION = 1
@@ -117,54 +116,8 @@ def export_model(
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copyfile(tokenizer_dir / name, out_dir / name)
-    write_manifest(out_dir / "manifest.json", manifest)
+    write_json_atomic(out_dir / "manifest.json", manifest)
     return out_dir
-
-
-def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Write a JSON manifest atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_model_manifest(path: Path, manifest_type: str, max_format: int, label: str, missing: str) -> dict[str, Any]:
-    """A saved model's manifest, checked: ModelLoadError when it is missing (`missing` is the
-    message), unreadable, of another model type (`label` names the expected one) or written by a
-    newer mmgen than `max_format` allows.
-    """
-    if not path.is_file():
-        raise ModelLoadError(missing)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"unreadable {label} manifest {path}: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("type") != manifest_type:
-        found = manifest.get("type", "unknown") if isinstance(manifest, dict) else "unknown"
-        raise ModelLoadError(f"{path.parent} holds a {found} model, not a {label}")
-    if int(manifest.get("format", 0)) > max_format:
-        raise ModelLoadError(f"{path} was written by a newer mmgen (format {manifest['format']})")
-    return manifest
-
-
-def register_model(ws: Workspace, name: str, path: Path, checksum: str, params: dict[str, Any]) -> int:
-    """Insert or update the `models` row (kind "encoder", version = checksum prefix); returns its id."""
-    from sqlalchemy import select
-
-    from mmgen.store import open_store
-    from mmgen.store.models import ModelRecord
-
-    version = checksum[:16]
-    with open_store(ws.db_url) as store, store.session() as session:
-        row = session.scalars(select(ModelRecord).filter_by(kind="encoder", name=name, version=version)).one_or_none()
-        if row is None:
-            row = ModelRecord(kind="encoder", name=name, version=version)
-            session.add(row)
-        row.path = str(path)
-        row.checksum = checksum
-        row.params = json.loads(json.dumps(params, default=str))
-        session.commit()
-        return int(row.id)
 
 
 class StopOnInterrupt:

@@ -21,11 +21,11 @@ from mmgen.eval.generation import (
     init_neighbours,
     load_prompt_set,
     nearest_distance,
-    parse_filters,
     parse_strengths,
     r_precision,
     ra_method,
 )
+from mmgen.store.filters import parse_where
 from mmgen.workspace import Workspace
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220)}
@@ -91,7 +91,7 @@ def test_nearest_distance_against_brute_force() -> None:
     rng = np.random.default_rng(2)
     pool, emb = unit(rng.normal(size=(50, 6))), unit(rng.normal(size=(7, 6)))
     expected = 1 - np.max(emb @ pool.T, axis=1)
-    np.testing.assert_allclose(nearest_distance(emb, pool, chunk=3), expected, rtol=1e-6)
+    np.testing.assert_allclose(nearest_distance(emb, pool), expected, rtol=1e-6)
     assert np.allclose(nearest_distance(pool[:5], pool), 0, atol=1e-6)
 
 
@@ -129,14 +129,19 @@ def test_load_prompt_set(tmp_path: Path) -> None:
     sample = load_prompt_set(manifest, sample=3, seed=5)
     assert len(sample.groups) == 3 and sample.groups == load_prompt_set(manifest, sample=3, seed=5).groups
     assert set(sample.groups) <= set(ps.groups)
-    filled = load_prompt_set(manifest, where=parse_filters(["style=filled"]))
+    filled = load_prompt_set(manifest, where=parse_where(["style=filled"]))
     assert all(len(refs) == 1 for refs in filled.references)
-    both = load_prompt_set(manifest, where=parse_filters(["style=filled", "style=OUTLINED"]))
+    both = load_prompt_set(manifest, where=parse_where(["style=filled", "style=outlined"]))
     assert both.groups == ps.groups and all(len(refs) == 2 for refs in both.references)
+    # one grammar with search: values are exact and case-sensitive, so OUTLINED adds nothing
+    upper = load_prompt_set(manifest, where=parse_where(["style=filled", "style=OUTLINED"]))
+    assert upper.groups == ps.groups and all(len(refs) == 1 for refs in upper.references)
+    reds = load_prompt_set(manifest, where=parse_where(["style!=outlined", "group=red-circle", "group=red-square"]))
+    assert reds.groups == ["red-circle", "red-square"] and all(len(refs) == 1 for refs in reds.references)
     with pytest.raises(DataError, match="fewer than 2"):
         load_prompt_set(manifest, where={"style": ["nope"]})
     with pytest.raises(ConfigError, match="key=value"):
-        parse_filters(["style"])
+        parse_where(["style"])
 
 
 # ---- end to end ------------------------------------------------------------------------------

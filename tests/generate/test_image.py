@@ -20,10 +20,9 @@ from mmgen.errors import (
     DataError,
     ManifestMismatchError,
     ModelLoadError,
-    VectorIndexError,
 )
 from mmgen.generate.image import ImageGenerator, check_seed, read_prompts, sample_images, seeded_noise
-from mmgen.generate.image_neighbours import load_indexed_images, nearest
+from mmgen.generate.image_neighbours import load_indexed_images
 from mmgen.store.db import open_store
 from mmgen.store.models import ModelRecord, Output, Prompt, Retrieval
 from mmgen.workspace import Workspace
@@ -317,20 +316,3 @@ def test_generator_refuses_another_encoder_or_tampered_weights(
             ImageGenerator(copy, store, model="generator-noretrieval", device="cpu")
     finally:
         store.close()
-
-
-def test_nearest_matches_brute_force_and_excludes_own_group() -> None:
-    rng = np.random.default_rng(0)
-    cand = rng.normal(size=(50, 8)).astype(np.float32)
-    cand /= np.linalg.norm(cand, axis=1, keepdims=True)
-    queries = cand[:10] + 0.01 * rng.normal(size=(10, 8)).astype(np.float32)
-    idx, scores = nearest(queries, cand, 5)
-    brute = np.argsort(-(queries @ cand.T), axis=1, kind="stable")[:, :5]
-    assert np.array_equal(idx, brute) and np.all(np.diff(scores, axis=1) <= 0)
-    groups = np.arange(50) // 2  # pairs share a group
-    idx, _ = nearest(queries, cand, 5, groups[:10], groups)
-    assert not np.any(groups[idx] == groups[:10, None])
-    with pytest.raises(VectorIndexError):
-        nearest(queries, cand, 51)
-    with pytest.raises(DataError, match="fewer than"):
-        nearest(queries[:1], cand[:2], 2, groups[:1], np.zeros(2, dtype=np.int64))

@@ -11,9 +11,10 @@ import pytest
 
 from mmgen.data.sources import open_sources
 from mmgen.errors import ConfigError, ManifestMismatchError
-from mmgen.hashing.codes import hamming
+from mmgen.index.codes import hamming
 from mmgen.index import IndexFolder
-from mmgen.indexer import Indexer, IndexOptions, live_row_ids
+from mmgen.catalog import live_row_ids
+from mmgen.indexer import Indexer, IndexOptions
 from mmgen.search import Searcher
 from mmgen.store.db import open_store
 from mmgen.train.hasher import HasherConfig, train_hasher

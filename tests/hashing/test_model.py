@@ -14,7 +14,7 @@ from mmgen.errors import (
     UnknownNameError,
 )
 from mmgen.hashing.baselines import FaissBaseline
-from mmgen.hashing.codes import hamming
+from mmgen.index.codes import hamming
 from mmgen.hashing.model import NetConfig, build_net, load_hasher, save_hasher
 
 DIM = 48

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from mmgen.errors import ConfigError
 from mmgen.hashing.baselines import FaissBaseline
-from mmgen.hashing.codes import hamming
+from mmgen.index.codes import hamming
 from mmgen.hashing.data import IndexVectors, ModalityVectors, heldout_groups
 from mmgen.hashing.model import load_hasher
 from mmgen.store.db import open_store

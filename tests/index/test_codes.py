@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mmgen.errors import ConfigError, VectorIndexError
-from mmgen.hashing.codes import (
+from mmgen.index.codes import (
     check_bits,
     choose_backend,
     code_similarity,
@@ -96,7 +96,7 @@ def test_cuda_paths_match_cpu() -> None:
 
 
 def test_asymmetric_prune_ranks_candidates_by_soft_code_agreement() -> None:
-    from mmgen.hashing.codes import asymmetric_prune
+    from mmgen.index.codes import asymmetric_prune
 
     rng = np.random.default_rng(4)
     bits = rng.integers(0, 2, (30, 64))

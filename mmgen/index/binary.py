@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mmgen.errors import ManifestMismatchError, VectorIndexError
-from mmgen.hashing.codes import check_bits, check_codes, choose_backend, hamming_knn
+from mmgen.index.codes import check_bits, check_codes, choose_backend, hamming_knn
 from mmgen.index.presets import Preset
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mmgen.errors import ManifestMismatchError, UnknownNameError, VectorIndexError
-from mmgen.hashing.binary_index import BinaryIndex
-from mmgen.hashing.codes import hamming
+from mmgen.index.binary import BinaryIndex
+from mmgen.index.codes import hamming
 from mmgen.index import list_presets, resolve_preset
 
 
