@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from cli import app
+from mmgen.cli import app
 from mmgen.store.db import open_store
 from mmgen.store.models import Output, Prompt, Retrieval
 from mmgen.workspace import Workspace

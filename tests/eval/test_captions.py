@@ -15,7 +15,7 @@ import torch
 from click.testing import Result
 from typer.testing import CliRunner
 
-from cli import app
+from mmgen.cli import app
 from mmgen.errors import ConfigError, DataError
 from mmgen.eval.captions import caption_tokens, normalize_caption, score_captions
 

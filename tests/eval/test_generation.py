@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
+from mmgen.cli import app
 from mmgen.errors import ConfigError, DataError, ModelLoadError
 from mmgen.eval.generation import (
     METHODS,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
+from mmgen.cli import app
 from mmgen.errors import ConfigError
 from mmgen.eval.hashing import average_precision, evaluate_hashing, recall_vs_exact
 from mmgen.train.hasher import HasherConfig, train_hasher

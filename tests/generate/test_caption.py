@@ -13,7 +13,7 @@ from click.testing import Result
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cli import app
+from mmgen.cli import app
 from mmgen.store.db import open_store
 from mmgen.store.models import ModelRecord, Output, Prompt
 from mmgen.workspace import Workspace

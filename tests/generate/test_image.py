@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cli import app
+from mmgen.cli import app
 from mmgen.errors import (
     ConfigError,
     DataError,

@@ -12,7 +12,7 @@ import torch
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cli import app
+from mmgen.cli import app
 from mmgen.errors import ConfigError, DataError, VectorIndexError
 from mmgen.generate.caption_retrieval import IndexedCaptions, load_indexed_captions
 from mmgen.generate.tokenizer import CaptionTokenizer

@@ -7,7 +7,7 @@ import json
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cli import app
+from mmgen.cli import app
 from mmgen.store.db import open_store
 from mmgen.store.models import ModelRecord
 from mmgen.workspace import Workspace

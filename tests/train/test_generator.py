@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cli import app
+from mmgen.cli import app
 from mmgen.errors import ConfigError, UnknownNameError
 from mmgen.generate.image_model import load_generator
 from mmgen.generate.image_neighbours import load_indexed_images

@@ -1,0 +1,16 @@
+"""The mmgen command line: one typer app (`app`), its command groups in the modules of this package.
+
+Installed, `mmgen` runs `main`; in a checkout `python cli.py` does the same.
+"""
+
+from __future__ import annotations
+
+from mmgen.cli import core, data, evaluation, train  # noqa: F401  (they register their commands)
+from mmgen.cli.common import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Entry point of the `mmgen` console script."""
+    app()

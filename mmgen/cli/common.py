@@ -1,0 +1,77 @@
+"""What every command shares: the typer apps, the common option types, error handling.
+
+Only the `mmgen.cli` modules turn library errors (`MmgenError`) into messages and exit codes.
+Heavy libraries (torch, faiss, open_clip, SQLAlchemy models) are imported inside the commands, so
+`mmgen --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(
+    name="mmgen",
+    help="Index image and text collections into FAISS and a SQL store; search them from the command line.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Fetch the demo corpora and write manifests.", no_args_is_help=True)
+db_app = typer.Typer(help="The SQL store: migrations.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate encoders with the field's standard protocols.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models on the workspace's corpora.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(db_app, name="db")
+app.add_typer(eval_app, name="eval")
+
+WorkspaceOpt = Annotated[
+    Optional[Path],
+    typer.Option("--workspace", "-w", envvar="MMGEN_WORKSPACE", help="Workspace folder [default: ./indexes]."),
+]
+DbOpt = Annotated[
+    Optional[str],
+    typer.Option("--db", envvar="MMGEN_DB", help="SQLAlchemy URL of the store [default: SQLite in the workspace]."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+DataDirOpt = Annotated[
+    Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA", help="Where `mmgen data fetch` put corpora.")
+]
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn library errors into one line on stderr and a non-zero exit code."""
+    from mmgen.errors import MmgenError
+
+    try:
+        yield
+    except MmgenError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _workspace(workspace: Path | None, db: str | None) -> Any:
+    from mmgen.workspace import Workspace
+
+    return Workspace.resolve(workspace, db)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
