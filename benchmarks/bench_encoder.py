@@ -80,7 +80,7 @@ def main() -> None:
             augment=args.augment,
             icon_weight=args.icon_weight,
             caption_names=args.caption_names,
-            max_minutes=None if args.steps else args.minutes,
+            minutes=None if args.steps else args.minutes,
             steps=args.steps,
             seed=args.seed,
             resume="auto" if args.resume else "never",

@@ -46,6 +46,20 @@ DataDirOpt = Annotated[
     Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA", help="Where `mmgen data fetch` put corpora.")
 ]
 
+# The training budget and resume options: one meaning in every `mmgen train` command (mmgen.train.loop).
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimiser steps (instead of --epochs).")]
+MinutesOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--minutes",
+        help="Time budget of the training loop: alone, the schedule is planned to fill it; with --steps or --epochs, "
+        "the loop stops there if not done. The model is saved either way.",
+    ),
+]
+ResumeOpt = Annotated[
+    str, typer.Option("--resume", help="auto (continue a compatible saved state) | require | never.")
+]
+
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 

@@ -13,7 +13,10 @@ from mmgen.cli.common import (
     DbOpt,
     DeviceOpt,
     JsonOpt,
+    MinutesOpt,
     QuietOpt,
+    ResumeOpt,
+    StepsOpt,
     WorkspaceOpt,
     _errors,
     _print_json,
@@ -42,13 +45,11 @@ def train_encoder_cmd(
     init: Annotated[
         Optional[str], typer.Option("--init", help="Start the image tower from openclip:ARCH/TAG_OR_CHECKPOINT.")
     ] = None,
-    minutes: Annotated[
-        Optional[float], typer.Option("--minutes", help="Training time budget (the schedule fits it).")
-    ] = None,
+    minutes: MinutesOpt = None,
     epochs: Annotated[
         Optional[float], typer.Option("--epochs", help="Passes over the concepts (instead of --minutes).")
     ] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (instead of --minutes).")] = None,
+    steps: StepsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Distinct concepts per batch.")] = 256,
     lr: Annotated[float, typer.Option("--lr")] = 6e-3,
     image_size: Annotated[int, typer.Option("--image-size", min=16)] = 64,
@@ -73,7 +74,7 @@ def train_encoder_cmd(
         typer.Option("--caption-names/--no-caption-names", help="Emoji Unicode and short names as extra captions."),
     ] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    resume: Annotated[str, typer.Option("--resume", help="auto | require | never")] = "auto",
+    resume: ResumeOpt = "auto",
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
@@ -91,7 +92,7 @@ def train_encoder_cmd(
             image_size=image_size,
             batch_size=batch_size,
             lr=lr,
-            max_minutes=minutes if minutes is not None or epochs is not None or steps is not None else 12.0,
+            minutes=minutes,
             epochs=epochs,
             steps=steps,
             seed=seed,
@@ -145,10 +146,8 @@ def train_captioner_cmd(
     epochs: Annotated[
         Optional[float], typer.Option("--epochs", help="Passes over the indexed images [default: 5].")
     ] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (instead of --epochs).")] = None,
-    minutes: Annotated[
-        Optional[float], typer.Option("--minutes", help="Stop (and save) after this many minutes of training.")
-    ] = None,
+    steps: StepsOpt = None,
+    minutes: MinutesOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     lr: Annotated[float, typer.Option("--lr")] = 1e-3,
     prompt_dropout: Annotated[
@@ -242,17 +241,13 @@ def train_generator_cmd(
     preset: Annotated[
         str, typer.Option("--preset", help="auto (gpu on CUDA, else cpu) | cpu | gpu | tiny: network and budget.")
     ] = "auto",
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (default: the preset's).")] = None,
-    minutes: Annotated[
-        Optional[float], typer.Option("--minutes", help="Stop, export and keep the state after this many minutes.")
-    ] = None,
+    steps: StepsOpt = None,
+    minutes: MinutesOpt = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="(default: the preset's)")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="(default: the preset's)")] = None,
     image_size: Annotated[int, typer.Option("--image-size", help="Side of the generated pictures.")] = 64,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the saved state of an interrupted or time-capped run.")
-    ] = False,
+    resume: ResumeOpt = "auto",
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -308,10 +303,8 @@ def train_hasher_cmd(
     name: Annotated[
         Optional[str], typer.Option("--name", "-n", help="Saved in WORKSPACE/models/NAME [default: INDEX-BITSb].")
     ] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps (the schedule's length).")] = 1500,
-    minutes: Annotated[
-        Optional[float], typer.Option("--minutes", help="Optional wall-clock cap (stops early, schedule unchanged).")
-    ] = None,
+    steps: StepsOpt = None,
+    minutes: MinutesOpt = None,
     hidden: Annotated[int, typer.Option("--hidden", min=0, help="Hidden width of the MLPs (0: linear).")] = 512,
     lr: Annotated[float, typer.Option("--lr")] = 1e-3,
     temperature: Annotated[

@@ -31,6 +31,7 @@ import numpy as np
 
 import mmgen
 from mmgen.artifacts import register_model
+from mmgen.train.loop import Budget, LoopSettings, LoopState, Schedule, run_loop
 from mmgen.errors import ConfigError, DataError
 from mmgen.generate.caption import MANIFEST_FORMAT, MANIFEST_TYPE, save_captioner
 from mmgen.generate.caption_retrieval import (
@@ -63,7 +64,7 @@ class CaptionerConfig:
     retrieval: bool = True  # False: image-only decoder (baseline), no prompt, no copy head
     epochs: float | None = None  # passes over the indexed images
     steps: int | None = None  # instead of epochs
-    minutes: float | None = None  # optional wall-clock cap on the loop (the model is saved when it is hit)
+    minutes: float | None = None  # the loop's time budget (mmgen.train.loop); the model is saved when it is hit
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -169,52 +170,44 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
     model = CaptionDecoder(dcfg, vocab, torch.from_numpy(tokenizer.embeddings())).to(device)
     n = len(data)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.steps if cfg.steps is not None else max(1, round((cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch))
-    warmup = max(1, round(cfg.warmup_fraction * total))
     optimizer = _optimizer(model, cfg)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=total, desc=f"train captioner {cfg.name}", unit="step", disable=not cfg.progress, dynamic_ncols=True
+    budget = Budget(
+        cfg.steps, cfg.epochs, cfg.minutes, steps_per_epoch, default_steps=round(DEFAULT_EPOCHS * steps_per_epoch)
     )
-    started = time.monotonic()
-    step, loss_ema, stopped, curve, window = 0, None, False, [], []
-    model.train()
-    try:
-        while step < total and not stopped:
-            epoch = step // steps_per_epoch
+    cached: dict[int, tuple[np.ndarray, list[list[list[int]]], list[np.ndarray]]] = {}
+
+    def step(n: int, factor: float) -> tuple[float, int]:
+        epoch, position = divmod(n, steps_per_epoch)
+        if epoch not in cached:
+            cached.clear()
             images, prompts, lengths = data.epoch(epoch)
-            for rows in _epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch):
-                if step >= total:
-                    break
-                batch = make_batch(
-                    vocab, images[rows], [prompts[i] for i in rows], [data.targets[i] for i in rows], dcfg
-                ).to(device)
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr(cfg.lr, step, warmup, total)
-                loss = model(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise ConfigError(f"captioner training diverged at step {step} (loss {value}); lower lr")
-                step += 1
-                loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
-                window.append(value)
-                if len(window) >= max(1, total // 100):
-                    curve.append([step, round(float(np.mean(window)), 4)])
-                    window.clear()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
-                if cfg.minutes is not None and time.monotonic() - started > cfg.minutes * 60:
-                    stopped = True
-                    break
-    finally:
-        bar.close()
-    seconds = time.monotonic() - started
+            cached[epoch] = (images, prompts, list(_epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)))
+        images, prompts, batches = cached[epoch]
+        rows = batches[position % len(batches)]
+        batch = make_batch(vocab, images[rows], [prompts[i] for i in rows], [data.targets[i] for i in rows], dcfg)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * factor
+        loss = model(batch.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return float(loss.detach()), len(rows)
+
+    run = LoopState()
+    settings = LoopSettings(
+        label=f"train captioner {cfg.name}",
+        budget=budget,
+        warmup=lambda total: max(1, round(cfg.warmup_fraction * total)),
+        schedule=Schedule("cosine", floor=0.1),
+        ema_decay=0.98,
+        progress=cfg.progress,
+    )
+    model.train()
+    status = run_loop(step, run, settings)
+    if status == "interrupted":
+        raise KeyboardInterrupt
+    step_count, seconds, loss_ema, stopped = run.step, run.elapsed_s, run.loss_ema, status == "time-capped"
     model.eval()
     manifest: dict[str, Any] = {
         "type": MANIFEST_TYPE,
@@ -239,14 +232,14 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
         # Which ones is reproducible from (seed, item id), so only the count is kept.
         "own_concept_items": int(data.own_concept.sum()),
         "config": {**dataclasses.asdict(cfg), "exclude": [str(Path(p).resolve()) for p in cfg.exclude]},
-        "steps": step,
-        "planned_steps": total,
-        "epochs": round(step / steps_per_epoch, 3),
+        "steps": step_count,
+        "planned_steps": run.total_steps,
+        "epochs": round(step_count / steps_per_epoch, 3),
         "stopped_by_time": stopped,
         "train_seconds": round(seconds, 1),
         "device": device,
         "final_loss": loss_ema,
-        "loss_curve": curve,
+        "loss_curve": run.curve,
     }
     out_dir = ws.models_dir / cfg.name
     checksum = save_captioner(model, vocab, lexicon, manifest, out_dir)
@@ -254,7 +247,7 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
     return CaptionerResult(
         name=cfg.name,
         path=out_dir,
-        steps=step,
+        steps=step_count,
         epochs=manifest["epochs"],
         train_seconds=seconds,
         final_loss=loss_ema,
@@ -403,11 +396,3 @@ def _optimizer(model: Any, cfg: CaptionerConfig) -> Any:
         (decay if p.ndim >= 2 and "emb" not in name and "pos" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
-
-
-def _lr(base: float, step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the base rate."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -38,15 +38,14 @@ from mmgen.train.data import (
 from mmgen.train.state import (
     MANIFEST_TYPE,
     STATE_NAME,
-    StopOnInterrupt,
     export_model,
-    load_state,
     rng_state,
     save_state,
     seed_everything,
     set_rng_state,
     trainable_state_dict,
 )
+from mmgen.train.loop import RESUME_MODES, Budget, LoopSettings, LoopState, resume_state, run_loop
 from mmgen.train.towers import DEFAULT_TOWER, TEXT_DIM, is_convolutional, tower_model_cfg
 
 if TYPE_CHECKING:
@@ -56,15 +55,10 @@ if TYPE_CHECKING:
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100)
-# Steps timed before a time budget is turned into a number of steps (the first is a warm-up, not timed).
-CALIBRATION_STEPS = 8
-# Warm-up length assumed while a time budget is still being calibrated (only the ramp's slope depends on it).
-PROVISIONAL_WARMUP = 200
-# A time-budget run stops at this multiple of its budget even if the machine slowed down.
-DEADLINE_FACTOR = 1.25
+# The loop's time budget when neither steps, epochs nor minutes are given.
+DEFAULT_MINUTES = 12.0
 TEXT_BATCH = 256
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_RESUME_MODES = ("auto", "require", "never")
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -82,9 +76,9 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup_fraction: float = 0.05
     warmup_steps: int | None = None  # overrides warmup_fraction
-    max_minutes: float | None = 12.0  # time budget of the training loop (decoding and text caching excluded)
-    epochs: float | None = None  # alternative to max_minutes: passes over the distinct concepts
-    steps: int | None = None  # alternative to max_minutes and epochs
+    minutes: float | None = None  # time budget of the loop (mmgen.train.loop); nothing given: DEFAULT_MINUTES
+    epochs: float | None = None  # passes over the distinct concepts
+    steps: int | None = None  # optimiser steps
     seed: int = 0
     unlocked_text_layers: int = 0  # 0: MiniLM fully locked (text embeddings cached once)
     text_lr: float = 1e-5  # learning rate of unlocked text layers
@@ -113,15 +107,9 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be positive, not {value!r}")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2 for a contrastive loss")
-        lengths = [v for v in (self.steps, self.epochs) if v is not None]
-        if len(lengths) > 1:
-            raise ConfigError("give steps or epochs, not both")
-        if not lengths and not self.max_minutes:
-            raise ConfigError("give max_minutes, epochs or steps")
-        for key in ("steps", "epochs", "max_minutes", "checkpoint_minutes"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{key} must be positive, not {value!r}")
+        Budget(steps=self.steps, epochs=self.epochs, minutes=self.minutes).check()
+        if self.checkpoint_minutes <= 0:
+            raise ConfigError(f"checkpoint_minutes must be positive, not {self.checkpoint_minutes!r}")
         if not 0 <= self.alternate_caption_p <= 1 or not 0 <= self.warmup_fraction < 1:
             raise ConfigError("alternate_caption_p must be in [0, 1] and warmup_fraction in [0, 1)")
         if self.icon_weight < 0:
@@ -130,8 +118,8 @@ class TrainConfig:
             raise ConfigError("unlocked_text_layers and weight_decay must be >= 0")
         if self.crop not in ("content", "none"):
             raise ConfigError(f"crop must be content or none, not {self.crop!r}")
-        if self.resume not in _RESUME_MODES:
-            raise ConfigError(f"resume must be one of {', '.join(_RESUME_MODES)}, not {self.resume!r}")
+        if self.resume not in RESUME_MODES:
+            raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)}, not {self.resume!r}")
         if self.precision not in _PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(_PRECISIONS)}, not {self.precision!r}")
         augment_preset(self.augment)
@@ -251,25 +239,15 @@ def train_encoder(
 
     # ---- resume ------------------------------------------------------------------------------
     fingerprint = _fingerprint(cfg, model_cfg, data, text_checksum)
-    run = _Run()
-    state = None if cfg.resume == "never" else load_state(state_path)
-    if state is not None and state.get("fingerprint") != fingerprint:
-        if cfg.resume == "require":
-            raise ConfigError(f"{state_path} was saved by a different configuration or data; cannot resume it")
-        state = None
-    if state is None and cfg.resume == "require":
-        raise ConfigError(f"no saved training state at {state_path} to resume")
+    run = LoopState()
+    state = resume_state(state_path, fingerprint, cfg.resume)
     if state is not None:
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        run = _Run(**state["run"])
+        run = LoopState.from_json(state["run"])
     resumed_from = run.step
-    if run.total_steps is None:
-        run.total_steps = _planned_steps(cfg, sampler)
-    if run.total_steps is not None and run.warmup_steps is None:
-        run.warmup_steps = _warmup(cfg, run.total_steps)
 
     def snapshot() -> None:
         save_state(
@@ -286,87 +264,50 @@ def train_encoder(
         )
 
     # ---- loop --------------------------------------------------------------------------------
-    from tqdm.auto import tqdm
+    def step(n: int, factor: float) -> tuple[float, int]:
+        units, rows, caption_ids = sampler.batch(n)
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + n)
+        pixels = torch.from_numpy(data.pixels[rows]).to(device, non_blocking=True)
+        units_t = torch.from_numpy(units)
+        images = augment_batch(pixels, augment, generator, gray_ok[units_t], mirror_ok[units_t])
+        images = (images - mean) / std
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        for group in optimizer.param_groups:
+            group["lr"] = (cfg.text_lr if group["name"] == "text" else cfg.lr) * factor
+        ids = torch.from_numpy(caption_ids).to(device)
+        with torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=amp_dtype is not None):
+            image_features = model.encode_image(images, normalize=True)
+            loss = loss_fn(image_features.float(), text_batch(ids).float(), model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        return float(loss.detach()), len(rows)
+
+    def report(state: LoopState, factor: float) -> None:
+        if on_step is not None:
+            rate = state.samples_seen / max(state.elapsed_s, 1e-9)
+            on_step(StepInfo(state.step, state.total_steps, float(state.last_loss or 0.0), cfg.lr * factor,
+                             state.elapsed_s, rate))
 
     model.train()
     if text_locked:
         model.text.eval()
-    bar = tqdm(
-        total=run.total_steps, initial=run.step, desc=f"train {cfg.name}", unit="step",
-        disable=not cfg.progress, dynamic_ncols=True,
-    )  # fmt: skip
-    last_save = time.monotonic()
-    time_budget = cfg.steps is None and cfg.epochs is None
-    deadline = cfg.max_minutes * 60 * DEADLINE_FACTOR if time_budget and cfg.max_minutes else None
-    calibration_start: float | None = None
-    status = "completed"
-    stop = StopOnInterrupt()
-    try:
-        while (run.total_steps is None or run.step < run.total_steps) and not stop.requested:
-            t0 = time.perf_counter()
-            units, rows, caption_ids = sampler.batch(run.step)
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step)
-            pixels = torch.from_numpy(data.pixels[rows]).to(device, non_blocking=True)
-            units_t = torch.from_numpy(units)
-            images = augment_batch(pixels, augment, generator, gray_ok[units_t], mirror_ok[units_t])
-            images = (images - mean) / std
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            warmup = run.warmup_steps or PROVISIONAL_WARMUP
-            lr = _lr(cfg.lr, run.step, warmup, run.total_steps)
-            for group in optimizer.param_groups:
-                base = cfg.text_lr if group["name"] == "text" else cfg.lr
-                group["lr"] = _lr(base, run.step, warmup, run.total_steps)
-            ids = torch.from_numpy(caption_ids).to(device)
-            with torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=amp_dtype is not None):
-                image_features = model.encode_image(images, normalize=True)
-                loss = loss_fn(image_features.float(), text_batch(ids).float(), model.logit_scale.exp())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise ConfigError(f"training diverged at step {run.step} (loss {value}); lower lr")
-            dt = time.perf_counter() - t0
-            run.step += 1
-            run.samples_seen += len(rows)
-            run.elapsed_s += dt
-            run.last_loss = value
-            run.loss_ema = value if run.loss_ema is None else 0.95 * run.loss_ema + 0.05 * value
-            run.record(value)
-            rate = run.samples_seen / max(run.elapsed_s, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{run.loss_ema:.3f}", samples_s=f"{rate:.0f}", refresh=False)
-
-            if run.total_steps is None:  # time budget: time a few steps, then fix the cosine schedule
-                if calibration_start is None:
-                    calibration_start = run.elapsed_s
-                    calibration_step = run.step
-                elif run.step - calibration_step >= CALIBRATION_STEPS:
-                    per_step = (run.elapsed_s - calibration_start) / (run.step - calibration_step)
-                    run.total_steps = max(run.step + 1, int((cfg.max_minutes or 0) * 60 / per_step))
-                    run.warmup_steps = _warmup(cfg, run.total_steps)
-                    bar.reset(total=run.total_steps)
-                    bar.update(run.step)
-            if on_step is not None:
-                on_step(StepInfo(run.step, run.total_steps, value, lr, run.elapsed_s, rate))
-            if deadline is not None and run.elapsed_s > deadline:
-                run.stopped_early = True
-                break
-            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
-                snapshot()
-                last_save = time.monotonic()
-    except KeyboardInterrupt:
-        status = "interrupted"
-    finally:
-        stop.restore()
-        bar.close()
-    if stop.requested:
-        status = "interrupted"
-    snapshot()
+    settings = LoopSettings(
+        label=f"train {cfg.name}",
+        budget=Budget(cfg.steps, cfg.epochs, cfg.minutes, sampler.steps_per_epoch, default_minutes=DEFAULT_MINUTES),
+        warmup=lambda total: _warmup(cfg, total),
+        progress=cfg.progress,
+        checkpoint_minutes=cfg.checkpoint_minutes,
+        snapshot=snapshot,
+        on_step=report,
+    )
+    status = run_loop(step, run, settings)
+    if status == "time-capped":
+        status = "completed"  # the model is saved as for a completed run; the manifest says stopped_early
 
     result = TrainResult(
         name=cfg.name,
@@ -386,30 +327,6 @@ def train_encoder(
     return _finish(result, model, model_cfg, preprocess_cfg, minilm, text_checksum, sources, cfg, run, ws)
 
 
-@dataclass
-class _Run:
-    """The progress counters a training state carries."""
-
-    step: int = 0
-    total_steps: int | None = None
-    warmup_steps: int | None = None
-    samples_seen: int = 0
-    elapsed_s: float = 0.0
-    last_loss: float | None = None
-    loss_ema: float | None = None
-    stopped_early: bool = False
-    curve: list[list[float]] = field(default_factory=list)  # [step, mean loss] per 1% of the run
-    _window: list[float] = field(default_factory=list)
-
-    def record(self, loss: float) -> None:
-        """Accumulate the loss curve (one point per ~1% of the planned steps, or per 10 steps)."""
-        self._window.append(loss)
-        every = max(1, (self.total_steps or 1000) // 100)
-        if len(self._window) >= every:
-            self.curve.append([self.step, round(float(np.mean(self._window)), 4)])
-            self._window.clear()
-
-
 def _finish(
     result: TrainResult,
     model: Any,
@@ -419,7 +336,7 @@ def _finish(
     text_checksum: str,
     sources: list[str],
     cfg: TrainConfig,
-    run: _Run,
+    run: LoopState,
     ws: Workspace,
 ) -> TrainResult:
     from mmgen.encoders import clear_encoder_cache
@@ -590,29 +507,10 @@ def _optimizer(model: Any, cfg: TrainConfig) -> Any:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
-def _lr(base: float, step: int, warmup: int, total: int | None) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to zero at `total`."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    if total is None:
-        return base
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * base * (1 + math.cos(math.pi * progress))
-
-
 def _warmup(cfg: TrainConfig, total: int) -> int:
     if cfg.warmup_steps is not None:
         return max(0, min(cfg.warmup_steps, total))
     return max(1, round(cfg.warmup_fraction * total))
-
-
-def _planned_steps(cfg: TrainConfig, sampler: BatchSampler) -> int | None:
-    """Steps fixed by the configuration (None: a time budget, planned after calibration)."""
-    if cfg.steps is not None:
-        return int(cfg.steps)
-    if cfg.epochs is not None:
-        return max(1, math.ceil(cfg.epochs * sampler.steps_per_epoch))
-    return None
 
 
 def _amp_dtype(device: str, precision: str) -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 
 import mmgen
 from mmgen.artifacts import register_model
+from mmgen.train.loop import Budget, LoopSettings, LoopState, Schedule, resume_state, run_loop
 from mmgen.errors import ConfigError, DataError, UnknownNameError
 from mmgen.generate.image_model import DEFAULT_BASELINE, DEFAULT_GENERATOR
 
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 PRESETS_FILE = Path(__file__).resolve().parents[1] / "generate" / "unet_presets.json"
 STATE_NAME = "train-state.pt"
-LOSS_CURVE_POINTS = 100
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 
 
@@ -70,7 +69,7 @@ class GeneratorConfig:
     workers: int = 0
     device: str = "auto"
     checkpoint_minutes: float = 2.0
-    resume: bool = False
+    resume: str | bool = "auto"  # auto | require | never (mmgen.train.loop.resume_state); True: require
     progress: bool = True
 
     @property
@@ -129,17 +128,6 @@ class GeneratorResult:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class _Run:
-    step: int = 0
-    elapsed_s: float = 0.0
-    samples_seen: int = 0
-    loss_ema: float | None = None
-    warmup: int | None = None
-    curve: list[list[float]] = field(default_factory=list)
-    window: list[float] = field(default_factory=list)
-
-
 def train_generator(
     ws: Workspace, cfg: GeneratorConfig, on_step: Callable[[GeneratorStep], None] | None = None
 ) -> GeneratorResult:
@@ -157,19 +145,12 @@ def train_generator(
     from mmgen.generate.unet import ConditionalUNet, Conditions
     from mmgen.store.db import open_store
     from mmgen.train.data import decode_pixels
-    from mmgen.train.state import (
-        StopOnInterrupt,
-        load_state,
-        rng_state,
-        save_state,
-        seed_everything,
-        set_rng_state,
-    )
+    from mmgen.train.state import rng_state, save_state, seed_everything, set_rng_state
 
     device = torch_device(cfg.device)
     configure_torch_threads()
     preset_name, preset = _preset(cfg, device)
-    total_steps = int(cfg.steps or preset["steps"])
+    budget = Budget(steps=cfg.steps, minutes=cfg.minutes, default_steps=int(preset["steps"]))
     batch_size = int(cfg.batch_size or preset["batch_size"])
     lr = float(cfg.lr or preset["lr"])
     prediction = cfg.prediction or str(preset.get("prediction", "v"))
@@ -206,24 +187,18 @@ def train_generator(
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    run = _Run()
-    if cfg.resume:
-        state = load_state(state_path)
-        if state is None:
-            raise ConfigError(f"no saved training state at {state_path} to resume; run without --resume")
-        if state.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{state_path} was saved by another configuration or other data; run without --resume to start over"
-            )
+    run = LoopState()
+    state = resume_state(state_path, fingerprint, _resume_mode(cfg.resume))
+    if state is not None:
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        run = _Run(**state["run"])
+        run = LoopState.from_json(state["run"])
+        planned = budget.planned_steps()
+        if planned is not None:  # resuming with another --steps: the warm-up stays, the length follows --steps
+            run.total_steps = planned
     resumed_from = run.step
-    if run.warmup is None:  # fixed by the first run: resuming with another --steps keeps the schedule
-        run.warmup = max(1, cfg.warmup_steps if cfg.warmup_steps is not None else min(200, total_steps // 10))
-    warmup = run.warmup
 
     def snapshot() -> None:
         save_state(
@@ -248,70 +223,53 @@ def train_generator(
     amp = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
 
     # ---- loop --------------------------------------------------------------------------------
-    from tqdm.auto import tqdm
-
-    net.train()
-    bar = tqdm(
-        total=total_steps, initial=run.step, desc=f"train {cfg.model_name}", unit="step",
-        disable=not cfg.progress, dynamic_ncols=True,
-    )  # fmt: skip
     n = len(usable)
     steps_per_epoch = max(1, n // min(batch_size, n))
-    started = time.monotonic()
-    last_save = started
-    status = "completed"
-    stop = StopOnInterrupt()
-    try:
-        while run.step < total_steps and not stop.requested:
-            t0 = time.perf_counter()
-            epoch, position = divmod(run.step, steps_per_epoch)
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
-            batch = torch.from_numpy(order[position * min(batch_size, n) : (position + 1) * min(batch_size, n)])
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step)
-            x0 = from_uint8(pixel_store[batch.to(pixel_store.device)].to(device))
-            keep = (torch.rand(len(batch), generator=gen) >= cfg.cond_drop).to(device)
-            cond = Conditions(
-                text=text_store[batch.to(text_store.device)].to(device),
-                neighbours=image_store[rows_store[batch.to(device)]].to(device) if rows_store is not None else None,
-                keep_text=keep,
-                keep_neighbours=keep,
-            )
-            step_lr = lr * min(1.0, (run.step + 1) / warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = step_lr
-            with torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
-                loss = diffusion_loss(lambda z, t, c=cond: net(z, t, c), x0, gen, prediction)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
-            _ema_update(ema, net, min(cfg.ema_decay, (1 + run.step) / (10 + run.step)))
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise ConfigError(f"training diverged at step {run.step} (loss {value}); lower --lr")
-            run.step += 1
-            run.samples_seen += len(batch)
-            run.elapsed_s += time.perf_counter() - t0
-            run.loss_ema = value if run.loss_ema is None else 0.98 * run.loss_ema + 0.02 * value
-            _record_curve(run, value, total_steps)
-            bar.update(1)
-            bar.set_postfix(loss=f"{run.loss_ema:.4f}", refresh=False)
-            if on_step is not None:
-                on_step(GeneratorStep(run.step, total_steps, value, run.elapsed_s))
-            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
-                snapshot()
-                last_save = time.monotonic()
-            if cfg.minutes is not None and time.monotonic() - started >= cfg.minutes * 60 and run.step < total_steps:
-                status = "time-capped"
-                break
-    except KeyboardInterrupt:
-        status = "interrupted"
-    finally:
-        stop.restore()
-        bar.close()
-    if stop.requested:
-        status = "interrupted"
-    snapshot()
+
+    def step(i: int, factor: float) -> tuple[float, int]:
+        epoch, position = divmod(i, steps_per_epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        batch = torch.from_numpy(order[position * min(batch_size, n) : (position + 1) * min(batch_size, n)])
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
+        x0 = from_uint8(pixel_store[batch.to(pixel_store.device)].to(device))
+        keep = (torch.rand(len(batch), generator=gen) >= cfg.cond_drop).to(device)
+        cond = Conditions(
+            text=text_store[batch.to(text_store.device)].to(device),
+            neighbours=image_store[rows_store[batch.to(device)]].to(device) if rows_store is not None else None,
+            keep_text=keep,
+            keep_neighbours=keep,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor
+        with torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
+            loss = diffusion_loss(lambda z, t, c=cond: net(z, t, c), x0, gen, prediction)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        _ema_update(ema, net, min(cfg.ema_decay, (1 + i) / (10 + i)))
+        return float(loss.detach()), len(batch)
+
+    def report(state: LoopState, factor: float) -> None:
+        if on_step is not None:
+            on_step(GeneratorStep(state.step, int(state.total_steps or 0), float(state.last_loss or 0.0), state.elapsed_s))
+
+    net.train()
+    settings = LoopSettings(
+        label=f"train {cfg.model_name}",
+        budget=budget,
+        # fixed by the first run: resuming with another --steps keeps the warm-up
+        warmup=lambda total: max(1, cfg.warmup_steps if cfg.warmup_steps is not None else min(200, total // 10)),
+        schedule=Schedule("constant"),
+        ema_decay=0.98,
+        progress=cfg.progress,
+        checkpoint_minutes=cfg.checkpoint_minutes,
+        snapshot=snapshot,
+        on_step=report,
+        postfix_digits=4,
+    )
+    status = run_loop(step, run, settings)
+    total_steps = int(run.total_steps or run.step)
     result = GeneratorResult(
         name=cfg.model_name,
         status=status,
@@ -404,11 +362,11 @@ def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> Non
             e.copy_(b)
 
 
-def _record_curve(run: _Run, loss: float, total: int) -> None:
-    run.window.append(loss)
-    if len(run.window) >= max(1, total // LOSS_CURVE_POINTS):
-        run.curve.append([run.step, round(float(np.mean(run.window)), 5)])
-        run.window.clear()
+def _resume_mode(resume: str | bool) -> str:
+    """`GeneratorConfig.resume` as a mode of `resume_state` (True: require, False: never)."""
+    if isinstance(resume, bool):
+        return "require" if resume else "never"
+    return resume
 
 
 def _fingerprint(

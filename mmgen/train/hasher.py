@@ -27,6 +27,7 @@ import numpy as np
 
 import mmgen
 from mmgen.artifacts import register_model
+from mmgen.train.loop import Budget, LoopSettings, LoopState, run_loop
 from mmgen.errors import ConfigError
 from mmgen.index.codes import check_bits
 from mmgen.hashing.data import IndexVectors, heldout_groups, load_index_vectors
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from mmgen.workspace import Workspace
 
 MODEL_KIND = "hasher"
+DEFAULT_STEPS = 1500
 
 
 @dataclass
@@ -55,8 +57,8 @@ class HasherConfig:
     index: str | None = None  # None: the workspace's default (or only) index
     name: str | None = None  # None: "{index}-{bits}b"
     hidden: int = 512  # hidden width of encoder and decoder MLPs (0: linear)
-    steps: int = 1500
-    minutes: float | None = None  # optional wall-clock cap; the schedule stays step-based
+    steps: int | None = None  # None: DEFAULT_STEPS, or what `minutes` plans (mmgen.train.loop)
+    minutes: float | None = None  # the loop's wall-clock budget (mmgen.train.loop)
     anchors: int = 256  # random vectors per modality per batch (their neighbours join the batch)
     neighbours: int = 16  # exact neighbours per vector a batch samples from
     lr: float = 1e-3
@@ -77,11 +79,10 @@ class HasherConfig:
         check_bits(self.bits)
         if self.name is not None:
             check_name(self.name)
-        for key in ("steps", "anchors", "neighbours", "lr", "temperature"):
+        for key in ("anchors", "neighbours", "lr", "temperature"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, not {getattr(self, key)!r}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise ConfigError(f"minutes must be positive, not {self.minutes!r}")
+        Budget(steps=self.steps, minutes=self.minutes).check()
         if self.hidden < 0:
             raise ConfigError(f"hidden must be >= 0, not {self.hidden}")
         for key in ("same_modality_weight", "reconstruction_weight", "balance_weight", "decorrelation_weight", "weight_decay"):
@@ -152,7 +153,6 @@ def train_hasher(ws: Workspace, cfg: HasherConfig) -> HasherResult:
 def fit(train: IndexVectors, cfg: HasherConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The training loop on in-memory vectors; returns the network (on CPU) and run statistics."""
     import torch
-    from tqdm.auto import tqdm
 
     from mmgen.devices import torch_device
     from mmgen.encoders.base import configure_torch_threads
@@ -181,47 +181,38 @@ def fit(train: IndexVectors, cfg: HasherConfig) -> tuple[torch.nn.Module, dict[s
         [{"params": net.parameters(), "weight_decay": cfg.weight_decay}, {"params": [log_scale], "weight_decay": 0.0}],
         lr=cfg.lr,
     )
-    bar = tqdm(total=cfg.steps, desc=f"train hasher {cfg.bits}b", unit="step", disable=not cfg.progress, dynamic_ncols=True)
-    started = time.perf_counter()
-    deadline = started + cfg.minutes * 60 if cfg.minutes else None
-    curve: list[list[float]] = []
-    window: list[float] = []
-    ema: float | None = None
-    step = 0
-    stopped = False
+    sizes = {m: len(train.modalities[m]) for m in mods}
+
+    def step(n: int, factor: float) -> tuple[float, int]:
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * factor
+        pools = _batch(rng, sizes, neighbours, cfg.anchors)
+        batch = {m: vectors[m][torch.from_numpy(pools[m]).to(device)] for m in mods}
+        loss = hashing_loss(net, batch, directions, log_scale, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach()), sum(len(p) for p in pools.values())
+
+    state = LoopState()
+    settings = LoopSettings(
+        label=f"train hasher {cfg.bits}b",
+        budget=Budget(steps=cfg.steps, minutes=cfg.minutes, default_steps=DEFAULT_STEPS),
+        warmup=lambda total: 0,  # cosine from the first step
+        progress=cfg.progress,
+        postfix_digits=4,
+    )
     net.train()
-    try:
-        for step in range(cfg.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-            pools = _batch(rng, {m: len(train.modalities[m]) for m in mods}, neighbours, cfg.anchors)
-            batch = {m: vectors[m][torch.from_numpy(pools[m]).to(device)] for m in mods}
-            loss = hashing_loss(net, batch, directions, log_scale, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise ConfigError(f"hasher training diverged at step {step} (loss {value}); lower --lr")
-            ema = value if ema is None else 0.95 * ema + 0.05 * value
-            window.append(value)
-            if len(window) >= max(1, cfg.steps // 100):
-                curve.append([step + 1, round(float(np.mean(window)), 4)])
-                window.clear()
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
-            if deadline is not None and time.perf_counter() > deadline:
-                stopped = True
-                break
-    finally:
-        bar.close()
+    status = run_loop(step, state, settings)
+    if status == "interrupted":
+        raise KeyboardInterrupt
     net.eval()
     run = {
-        "steps": step + 1,
-        "seconds": time.perf_counter() - started,
-        "final_loss": round(float(ema or 0.0), 5),
-        "stopped_by_time": stopped,
-        "curve": curve,
+        "steps": state.step,
+        "seconds": state.elapsed_s,
+        "final_loss": round(float(state.loss_ema or 0.0), 5),
+        "stopped_by_time": status == "time-capped",
+        "curve": state.curve,
     }
     return net.cpu(), run
 

@@ -7,7 +7,8 @@ and how many samples it saw. The loop owns everything else:
 - the schedule: linear warm-up, then cosine decay (to a floor) or a constant rate (`Schedule`);
 - the budget (`Budget`), with one meaning for each word in every `mmgen train` command:
   - `steps` or `epochs` fix the number of optimiser steps;
-  - `minutes` is the wall-clock budget of the loop. Without steps or epochs the loop times a few
+  - `minutes` is the time budget of the loop (its steps' wall-clock time, summed over resumed
+    runs; data preparation and snapshots excluded). Without steps or epochs the loop times a few
     steps, then plans the schedule to end at that time. With them, it stops the loop at that time
     if the steps are not done. Either way the model is saved, with status "time-capped" when
     the clock, not the schedule, ended the run;
@@ -74,7 +75,8 @@ class Budget:
     epochs: float | None = None
     minutes: float | None = None
     steps_per_epoch: int = 1
-    default_steps: int | None = None  # when nothing is given
+    default_steps: int | None = None  # when nothing is given: this many steps ...
+    default_minutes: float | None = None  # ... or a schedule planned to fill this many minutes
 
     def check(self) -> None:
         """ConfigError for contradictory or non-positive budgets."""
@@ -85,13 +87,22 @@ class Budget:
             if value is not None and value <= 0:
                 raise ConfigError(f"{key} must be positive, not {value!r}")
 
+    @property
+    def effective_minutes(self) -> float | None:
+        """The wall-clock budget that applies: `minutes`, else `default_minutes` when nothing else is given."""
+        if self.minutes is not None:
+            return self.minutes
+        if self.steps is None and self.epochs is None and self.default_steps is None:
+            return self.default_minutes
+        return None
+
     def planned_steps(self) -> int | None:
-        """Steps fixed before the run; None when `minutes` alone decides (planned after calibration)."""
+        """Steps fixed before the run; None when the minutes alone decide (planned after calibration)."""
         if self.steps is not None:
             return int(self.steps)
         if self.epochs is not None:
             return max(1, math.ceil(self.epochs * self.steps_per_epoch))
-        if self.minutes is not None:
+        if self.effective_minutes is not None:
             return None
         if self.default_steps is None:
             raise ConfigError("give steps, epochs or minutes")
@@ -169,16 +180,13 @@ def run_loop(step_fn: StepFn, state: LoopState, settings: LoopSettings) -> str:
     if state.total_steps is not None and state.warmup_steps is None:
         state.warmup_steps = settings.warmup(state.total_steps)
     planning = state.total_steps is None
-    if budget.minutes is None:
-        deadline = None
-    else:
-        deadline = budget.minutes * 60 * (DEADLINE_FACTOR if planning else 1.0)
+    minutes = budget.effective_minutes
+    deadline = None if minutes is None else minutes * 60 * (DEADLINE_FACTOR if planning else 1.0)
     bar = tqdm(
         total=state.total_steps, initial=state.step, desc=settings.label, unit="step",
         disable=not settings.progress, dynamic_ncols=True,
     )  # fmt: skip
-    started = time.monotonic()
-    last_save = started
+    last_save = time.monotonic()
     calibration: tuple[float, int] | None = None
     status = "completed"
     stop = StopOnInterrupt()
@@ -203,13 +211,13 @@ def run_loop(step_fn: StepFn, state: LoopState, settings: LoopSettings) -> str:
                     calibration = (state.elapsed_s, state.step)
                 elif state.step - calibration[1] >= CALIBRATION_STEPS:
                     per_step = (state.elapsed_s - calibration[0]) / (state.step - calibration[1])
-                    state.total_steps = max(state.step + 1, int((budget.minutes or 0) * 60 / max(per_step, 1e-9)))
+                    state.total_steps = max(state.step + 1, int((minutes or 0) * 60 / max(per_step, 1e-9)))
                     state.warmup_steps = settings.warmup(state.total_steps)
                     bar.reset(total=state.total_steps)
                     bar.update(state.step)
             if settings.on_step is not None:
                 settings.on_step(state, factor)
-            if deadline is not None and time.monotonic() - started > deadline and (
+            if deadline is not None and state.elapsed_s > deadline and (
                 state.total_steps is None or state.step < state.total_steps
             ):
                 state.stopped_early = True

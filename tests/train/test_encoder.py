@@ -23,7 +23,7 @@ def tiny_config(name: str, tower: Path, **overrides: Any) -> TrainConfig:
         image_size=32,
         batch_size=8,
         steps=30,
-        max_minutes=None,
+        minutes=None,
         lr=3e-3,
         sampling="concept",
         seed=0,
