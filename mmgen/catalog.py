@@ -1,7 +1,7 @@
 """The index catalog: the lifecycle of an index by name, between the SQL store and its folder.
 
 - `pick_index_name` / `open_or_create_index`: find (or create) an index's SQL row and folder;
-- `live_row_ids` / `sql_fingerprint`: what SQL says the index holds (the truth; FAISS files are caches);
+- `live_row_ids` / `sql_row_state`: what SQL says the index holds (the truth; FAISS files are caches);
 - `catch_up` / `catch_up_codes` / `sync_index`: bring a FAISS file (or a binary-codes file) in line
   with SQL after a run that was killed before its save, and save it when the folder's lock is free;
 - `open_index_hasher`: attach a hasher to an index, or load the one it records.
@@ -135,7 +135,7 @@ def live_row_ids(store: Store, index_id: int, modality: str) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def sql_fingerprint(store: Store, index_id: int, modality: str) -> tuple[int, int]:
+def sql_row_state(store: Store, index_id: int, modality: str) -> tuple[int, int]:
     """(count, max row id) of the live rows, compared with the FAISS file's to detect staleness."""
     with store.session() as s:
         count, top = s.execute(
@@ -214,7 +214,7 @@ def open_index_hasher(
 
 def catch_up(store: Store, index_id: int, folder: IndexFolder, modality: str) -> None:
     """Make the float FAISS file of one modality match SQL (a run killed before its save); saved if unlocked."""
-    if sql_fingerprint(store, index_id, modality) == folder.fingerprint(modality):
+    if sql_row_state(store, index_id, modality) == folder.row_state(modality):
         return
     folder.sync(modality, live_row_ids(store, index_id, modality))
     with folder.lock(wait=False) as got:
@@ -224,8 +224,8 @@ def catch_up(store: Store, index_id: int, folder: IndexFolder, modality: str) ->
 
 def catch_up_codes(store: Store, index_id: int, folder: IndexFolder, modality: str, hasher: Hasher) -> None:
     """Make the binary codes of one modality match SQL and the hasher (killed run, lost file); saved if unlocked."""
-    live_fp = sql_fingerprint(store, index_id, modality)
-    if live_fp == folder.codes_fingerprint(modality) and folder.codes(modality).count == live_fp[0]:
+    live_fp = sql_row_state(store, index_id, modality)
+    if live_fp == folder.codes_row_state(modality) and folder.codes(modality).count == live_fp[0]:
         return
     live = live_row_ids(store, index_id, modality)
     folder.sync_codes(modality, live, hasher.encode, hasher.checksum)

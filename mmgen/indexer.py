@@ -183,7 +183,7 @@ class Indexer:
 
     # ---- planning ----------------------------------------------------------------------
     def _plan(self, source: Source, corpus_id: int) -> tuple[list[_Todo], set[str]]:
-        from mmgen.data.hashing import file_sha256
+        from mmgen.data.checksums import file_sha256
 
         with self.store.session() as s:
             items = {key: (iid, sha) for iid, key, sha in s.execute(

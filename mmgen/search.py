@@ -22,7 +22,7 @@ from sqlalchemy import select
 from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
 from mmgen.index import IndexFolder
 from mmgen.index.vectors import VectorFile
-from mmgen.catalog import catch_up, catch_up_codes, pick_index_name, sql_fingerprint
+from mmgen.catalog import catch_up, catch_up_codes, pick_index_name, sql_row_state
 from mmgen.store.filters import Filters, as_filters
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.workspace import Workspace
@@ -117,7 +117,7 @@ class Searcher:
 
     def modalities(self) -> list[str]:
         """Modalities that have vectors in this index."""
-        return [m for m in ("image", "text") if sql_fingerprint(self.store, self.index_id, m)[0] > 0]
+        return [m for m in ("image", "text") if sql_row_state(self.store, self.index_id, m)[0] > 0]
 
     def _faiss(self, modality: str) -> Any:
         if modality not in self._ready:

@@ -1,4 +1,4 @@
-"""The package's shape: no import cycle between mmgen's subpackages.
+"""The package's shape: no import cycle between mmgen's subpackages, and no module over 500 lines.
 
 Every `import` and `from ... import` in mmgen/ counts, at module level or inside a function
 (a lazy import is still a dependency); only imports under `if TYPE_CHECKING:` are left out.
@@ -122,3 +122,12 @@ def test_the_cycle_finder_finds_cycles(tmp_path: Path) -> None:
     edges, where = import_graph(pkg)
     assert find_cycle(edges) == ["mmgen.a", "mmgen.b", "mmgen.a"]
     assert where[("mmgen.b", "mmgen.a")] == ["mmgen.b.y:1"]
+
+
+def test_no_module_over_500_lines() -> None:
+    long = {
+        str(p.relative_to(ROOT.parent)): n
+        for p in ROOT.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500
+    }
+    assert long == {}, f"split these modules: {long}"

@@ -64,7 +64,7 @@ def data_manifest(
 ) -> None:
     """Write the records of a source as a JSONL (or CSV) manifest."""
     with _errors():
-        from mmgen.data.records import write_manifest
+        from mmgen.data.records import write_records
         from mmgen.data.sources import open_sources
 
         sources = open_sources(source, data_dir)
@@ -78,7 +78,7 @@ def data_manifest(
                         continue
                     yield rec
 
-        n = write_manifest(good(), output)
+        n = write_records(good(), output)
         typer.echo(f"wrote {n} records to {output}" + (f"; {len(errors)} unreadable rows skipped" if errors else ""))
         for line in errors[:20]:
             typer.echo(f"  {line}", err=True)

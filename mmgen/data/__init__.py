@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mmgen._lazy import lazy_getattr
-from mmgen.data.records import Record, read_manifest, record_to_json, write_manifest
+from mmgen.data.records import Record, read_records, record_to_json, write_records
 
 if TYPE_CHECKING:
     from mmgen.data.folder import folder_records as folder_records
-    from mmgen.data.hashing import file_sha256 as file_sha256
-    from mmgen.data.hashing import record_sha256 as record_sha256
+    from mmgen.data.checksums import file_sha256 as file_sha256
+    from mmgen.data.checksums import record_sha256 as record_sha256
     from mmgen.data.images import MAX_SIDE_DEFAULT as MAX_SIDE_DEFAULT
     from mmgen.data.images import image_size as image_size
     from mmgen.data.images import load_image as load_image
@@ -27,8 +27,8 @@ _LAZY = {
     "load_image": "mmgen.data.images",
     "image_size": "mmgen.data.images",
     "MAX_SIDE_DEFAULT": "mmgen.data.images",
-    "file_sha256": "mmgen.data.hashing",
-    "record_sha256": "mmgen.data.hashing",
+    "file_sha256": "mmgen.data.checksums",
+    "record_sha256": "mmgen.data.checksums",
     "Source": "mmgen.data.sources",
     "open_sources": "mmgen.data.sources",
     "data_dir_default": "mmgen.data.sources",
@@ -37,7 +37,7 @@ _LAZY = {
     "clean_caption": "mmgen.data.openclipart",
 }
 
-__all__ = ["Record", "read_manifest", "record_to_json", "write_manifest", *_LAZY]
+__all__ = ["Record", "read_records", "record_to_json", "write_records", *_LAZY]
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -58,7 +58,7 @@ def record_to_json(r: Record) -> dict[str, Any]:
     return out
 
 
-def read_manifest(path: str | Path) -> Iterator[Record]:
+def read_records(path: str | Path) -> Iterator[Record]:
     """Yield the records of a .jsonl/.json or .csv manifest; a malformed line becomes an error record."""
     p = Path(path).expanduser()
     suffix = p.suffix.lower()
@@ -75,7 +75,7 @@ def read_manifest(path: str | Path) -> Iterator[Record]:
         yield from _read_jsonl(p, base)
 
 
-def write_manifest(records: Iterable[Record], path: str | Path) -> int:
+def write_records(records: Iterable[Record], path: str | Path) -> int:
     """Write records as JSON Lines (or CSV for a .csv path), image paths as given; return the count written.
 
     Records carrying an `error` are not data and are skipped.

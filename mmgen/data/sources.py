@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mmgen.data import emoji, iconify, openclipart
 from mmgen.data.folder import folder_records
-from mmgen.data.records import MANIFEST_SUFFIXES, Record, read_manifest
+from mmgen.data.records import MANIFEST_SUFFIXES, Record, read_records
 from mmgen.errors import DataError, UnknownNameError
 
 EMOJI_STYLE_SETS: tuple[str, ...] = tuple(iconify.EMOJI_SETS)
@@ -73,7 +73,7 @@ def open_sources(spec: str, data_dir: Path | None = None) -> list[Source]:
         if not path.is_file():
             raise DataError(f"manifest not found: {path}")
         manifest = path.resolve()
-        return [Source(str(manifest), spec, "manifest", manifest, None, lambda: read_manifest(manifest))]
+        return [Source(str(manifest), spec, "manifest", manifest, None, lambda: read_records(manifest))]
     if name.endswith(("/", os.sep)) or (name.startswith((".", "/", "~")) and not path.suffix):
         raise DataError(f"folder not found: {path}")
     raise UnknownNameError("source", spec, source_choices())

@@ -157,10 +157,10 @@ class _Query:
 
 def evaluate_captions(manifest: str | Path, ws: Workspace, settings: CaptionEvalSettings) -> CaptionEvalReport:
     """Caption every image of a manifest three ways and score each against the record's text, per style."""
-    from mmgen.data.records import read_manifest
+    from mmgen.data.records import read_records
     from mmgen.generate.caption import indexed_items, load_captioner, retrieve
     from mmgen.generate.caption_retrieval import EXCLUDE_ITEM, check_exclude_mode, consensus_order
-    from mmgen.generate.decoder import DecodeOptions
+    from mmgen.generate.decoding import DecodeOptions
     from mmgen.search import Searcher
     from mmgen.store.db import open_store
 
@@ -169,7 +169,7 @@ def evaluate_captions(manifest: str | Path, ws: Workspace, settings: CaptionEval
     check_exclude_mode(settings.exclude)
     _scorers()  # a missing pycocoevalcap fails before any model loads
     skipped: list[tuple[str, str]] = []
-    queries = _spread(_queries(read_manifest(manifest), skipped), settings.limit)
+    queries = _spread(_queries(read_records(manifest), skipped), settings.limit)
     timings: dict[str, float] = {}
     store = open_store(ws.db_url)
     try:

@@ -235,13 +235,13 @@ def load_prompt_set(
     and `group`), e.g. `parse_where(["base=true"])` or {"base": ["true"]}.
     Records with `meta.role` "candidate" (pool-only records of retrieval manifests) are not prompts.
     """
-    from mmgen.data.records import read_manifest
+    from mmgen.data.records import read_records
 
     texts: dict[str, str] = {}
     refs: dict[str, list[str]] = {}
     skipped = 0
     filters = as_filters(where)
-    for rec in read_manifest(path):
+    for rec in read_records(path):
         meta = rec.meta if isinstance(rec.meta, dict) else {}
         if filters and not filters.matches(rec):
             continue

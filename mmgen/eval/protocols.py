@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mmgen.data.hashing import file_sha256
+from mmgen.data.checksums import file_sha256
 from mmgen.data.iconify import EMOJI_SETS, ICON_SETS
 from mmgen.data.concepts import concept_of
-from mmgen.data.records import Record, write_manifest
+from mmgen.data.records import Record, write_records
 from mmgen.errors import DataError, UnknownNameError
 
 PROTOCOLS: tuple[str, ...] = ("loso", "product")
@@ -116,7 +116,7 @@ def save_protocol(protocol: Protocol, out_dir: Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     for filename, records in protocol.manifests.items():
         paths[filename] = out / filename
-        write_manifest(records, paths[filename])
+        write_records(records, paths[filename])
     paths[SUMMARY] = out / SUMMARY
     paths[SUMMARY].write_text(json.dumps(protocol.summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return paths

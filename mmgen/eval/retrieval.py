@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmgen.data.records import Record, read_manifest
+from mmgen.data.records import Record, read_records
 from mmgen.errors import ConfigError, DataError, ImageLoadError
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ def evaluate_manifest(
     """Load an encoder by name and evaluate retrieval over a JSONL/CSV manifest."""
     from mmgen.encoders import load_encoder
 
-    records = read_manifest(path)  # raises DataError for a missing or unsupported file before any model loads
+    records = read_records(path)  # raises DataError for a missing or unsupported file before any model loads
     first = next(records, None)
     encoder = load_encoder(encoder_name, device=device, models_dir=models_dir)
     chained = records if first is None else _prepend(first, records)

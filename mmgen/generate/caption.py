@@ -25,7 +25,8 @@ from mmgen.generate.caption_retrieval import Retrieved, distinct_captions, fetch
 if TYPE_CHECKING:
     from mmgen.encoders.base import Encoder
     from mmgen.generate.caption_words import Lexicon
-    from mmgen.generate.decoder import CaptionDecoder, DecodeOptions
+    from mmgen.generate.decoder import CaptionDecoder
+    from mmgen.generate.decoding import DecodeOptions
     from mmgen.generate.tokenizer import CaptionTokenizer, OutputVocab
     from mmgen.search import Searcher
     from mmgen.store.db import Store
@@ -79,7 +80,8 @@ class Captioner:
         """
         import torch
 
-        from mmgen.generate.decoder import generate_candidates, make_batch
+        from mmgen.generate.decoder import make_batch
+        from mmgen.generate.decoding import generate_candidates
 
         cfg = self.model.cfg
         device = next(self.model.parameters()).device
@@ -236,7 +238,7 @@ def indexed_items(store: Store, index_id: int, images: Sequence[Path]) -> list[s
 
     What retrieval leaves out for an image that may already be indexed: its own item and every copy of it.
     """
-    from mmgen.data.hashing import file_sha256
+    from mmgen.data.checksums import file_sha256
     from mmgen.store.models import IndexRow, Item
 
     if not images:
@@ -314,7 +316,7 @@ class CaptionService:
     """An opened workspace, searcher and captioner, reused across images."""
 
     def __init__(self, ws: Workspace, store: Store, settings: CaptionSettings) -> None:
-        from mmgen.generate.decoder import DecodeOptions
+        from mmgen.generate.decoding import DecodeOptions
         from mmgen.search import Searcher
 
         self.settings = settings

@@ -156,10 +156,10 @@ def exclude_concepts(corpus: IndexedCaptions, manifests: Sequence[str | Path]) -
     Returns the reduced corpus and the number of items left out. Concepts are compared as
     `concept_key` makes them (emoji skin-tone variants count as their base concept).
     """
-    from mmgen.data.records import read_manifest
+    from mmgen.data.records import read_records
     from mmgen.data.concepts import concept_of
 
-    concepts = {concept_of(r) for path in manifests for r in read_manifest(path) if r.group is not None}
+    concepts = {concept_of(r) for path in manifests for r in read_records(path) if r.group is not None}
     keep = np.array([g not in concepts for g in corpus.groups], dtype=bool)
     if not keep.any():
         raise DataError("every captioned item of the index belongs to an excluded concept; nothing left to train on")

@@ -94,7 +94,7 @@ def save_generator(net: ConditionalUNet, out_dir: Path, manifest: dict[str, Any]
     """Write the weights and the manifest (with the weights' checksum); returns the manifest written."""
     from safetensors.torch import save_file
 
-    from mmgen.data.hashing import file_sha256
+    from mmgen.data.checksums import file_sha256
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (WEIGHTS + ".tmp")
@@ -115,7 +115,7 @@ def load_generator(models_dir: Path, name: str, device: str = "cpu") -> Generato
     """Load a trained generator by name; ModelLoadError names the generators that exist."""
     from safetensors.torch import load_file
 
-    from mmgen.data.hashing import file_sha256
+    from mmgen.data.checksums import file_sha256
     from mmgen.generate.unet import ConditionalUNet, UNetConfig
 
     folder = generator_dir(models_dir, name)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmgen.artifacts import read_model_manifest, write_json_atomic
-from mmgen.data.hashing import file_sha256
+from mmgen.data.checksums import file_sha256
 from mmgen.errors import ConfigError, ManifestMismatchError, ModelLoadError
 from mmgen.index.codes import check_bits, pack_codes
 
@@ -171,7 +171,7 @@ def hasher_folder(name_or_path: str, models_dir: Path) -> Path:
     return models_dir / check_name(name_or_path)
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
+def read_hasher_manifest(folder: Path) -> dict[str, Any]:
     """A hasher's manifest; ModelLoadError when missing, unreadable or not a hasher's."""
     return read_model_manifest(
         folder / "manifest.json",
@@ -187,7 +187,7 @@ def load_hasher(name_or_path: str, models_dir: Path) -> Hasher:
     import torch
 
     folder = hasher_folder(name_or_path, models_dir)
-    manifest = read_manifest(folder)
+    manifest = read_hasher_manifest(folder)
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise ModelLoadError(f"hasher {folder} has a manifest but no {WEIGHTS}")

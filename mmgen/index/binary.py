@@ -76,7 +76,7 @@ class BinaryIndex:
         """Write atomically: a killed save leaves the previous files intact.
 
         The flat preset's dead-slot list is written first; should a crash fall between the two
-        renames, the index folder's fingerprint no longer matches and the next search re-syncs.
+        renames, the index folder's row state no longer matches and the next search re-syncs.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ class FaissIndex:
             try:
                 index = faiss.index_factory(self.dim, f"IDMap2,{preset.factory}", faiss.METRIC_INNER_PRODUCT)
             except RuntimeError as exc:
-                raise VectorIndexError(f"invalid FAISS factory string {preset.factory!r}: {_first_line(exc)}") from exc
+                raise VectorIndexError(f"invalid FAISS factory string {preset.factory!r}: {_last_line(exc)}") from exc
             self._apply_build_params(index)
         if index.d != self.dim:
             raise VectorIndexError(f"FAISS index has dimension {index.d}, expected {self.dim}")
@@ -44,7 +44,7 @@ class FaissIndex:
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
-            raise VectorIndexError(f"cannot read FAISS index {path}: {_first_line(exc)}") from exc
+            raise VectorIndexError(f"cannot read FAISS index {path}: {_last_line(exc)}") from exc
         if not isinstance(index, faiss.IndexIDMap2):
             index = faiss.downcast_index(index)
         if not isinstance(index, faiss.IndexIDMap2):
@@ -95,7 +95,7 @@ class FaissIndex:
             self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
         except RuntimeError as exc:
             raise VectorIndexError(
-                f"training {self.preset.factory} on {n} vectors failed: {_first_line(exc)}; "
+                f"training {self.preset.factory} on {n} vectors failed: {_last_line(exc)}; "
                 "use --preset flat for small collections"
             ) from exc
 
@@ -183,6 +183,6 @@ class FaissIndex:
             inner.hnsw.efConstruction = int(ef)
 
 
-def _first_line(exc: BaseException) -> str:
+def _last_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__

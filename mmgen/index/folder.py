@@ -160,7 +160,7 @@ class IndexFolder:
         """Modalities this index holds vectors for."""
         return [m for m in MODALITIES if m in self.manifest["modalities"] or (self.root / f"{m}.f32").exists()]
 
-    def fingerprint(self, modality: str) -> tuple[int, int]:
+    def row_state(self, modality: str) -> tuple[int, int]:
         """(count, max row id) recorded at the last save; with ever-growing row ids this identifies the live set."""
         entry = self.manifest["modalities"].get(modality, {})
         return int(entry.get("count", 0)), int(entry.get("max_row_id", -1))
@@ -193,7 +193,7 @@ class IndexFolder:
         return report
 
     def save(self, modality: str) -> None:
-        """Write the FAISS file and record its fingerprint in the manifest (both atomically)."""
+        """Write the FAISS file and record its row state (count, max row id) in the manifest (both atomically)."""
         index = self.faiss(modality)
         path = self.root / f"{modality}.faiss"
         index.save(path)
@@ -261,8 +261,8 @@ class IndexFolder:
             self._codes[modality] = index if index is not None else BinaryIndex(int(info["bits"]), preset)
         return self._codes[modality]
 
-    def codes_fingerprint(self, modality: str) -> tuple[int, int]:
-        """(count, max row id) of the codes at their last save, like `fingerprint`."""
+    def codes_row_state(self, modality: str) -> tuple[int, int]:
+        """(count, max row id) of the codes at their last save, like `row_state`."""
         entry = (self.hash or {}).get("modalities", {}).get(modality, {})
         return int(entry.get("count", 0)), int(entry.get("max_row_id", -1))
 
@@ -317,7 +317,7 @@ class IndexFolder:
         return out
 
     def save_codes(self, modality: str) -> None:
-        """Write the binary file and record its fingerprint in the manifest (both atomically)."""
+        """Write the binary file and record its row state (count, max row id) in the manifest (both atomically)."""
         info = self.hash
         if info is None:
             raise VectorIndexError(f"index {self.manifest['name']!r} keeps no binary codes")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmgen.data import Record, read_manifest, record_to_json, write_manifest
+from mmgen.data import Record, read_records, record_to_json, write_records
 from mmgen.errors import DataError
 
 RECORDS = [
@@ -26,8 +26,8 @@ RECORDS = [
 @pytest.mark.parametrize("name", ["m.jsonl", "m.csv"])
 def test_round_trip(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
-    assert write_manifest([*RECORDS, Record(key="bad", error="boom")], path) == 3
-    assert list(read_manifest(path)) == RECORDS
+    assert write_records([*RECORDS, Record(key="bad", error="boom")], path) == 3
+    assert list(read_records(path)) == RECORDS
 
 
 def test_record_to_json_leaves_out_empty_fields() -> None:
@@ -43,7 +43,7 @@ def test_relative_paths_resolve_against_the_manifest_folder(tmp_path: Path) -> N
         {"id": "c", "image": "/abs/c.png"},
     ]
     (sub / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
-    images = [r.image for r in read_manifest(sub / "m.jsonl")]
+    images = [r.image for r in read_records(sub / "m.jsonl")]
     assert images == [str(sub / "img/a.png"), str(sub / "../b.png"), "/abs/c.png"]
 
 
@@ -53,7 +53,7 @@ def test_csv_extra_columns_and_meta_json(tmp_path: Path) -> None:
         'key,image,text,group,meta,source\nk1,a.png,"hello, world",g,"{""x"": 1}",web\n,,only text,,,\n',
         encoding="utf-8",
     )
-    first, second = read_manifest(path)
+    first, second = read_records(path)
     assert first == Record(
         key="k1", image=str(tmp_path / "a.png"), text="hello, world", group="g", meta={"x": 1, "source": "web"}
     )
@@ -73,7 +73,7 @@ def test_malformed_lines_become_error_records(tmp_path: Path) -> None:
         b'{"image": 3}\n'
         b'{"text": "no id"}\n'
     )
-    got = list(read_manifest(path))
+    got = list(read_records(path))
     assert [r.key for r in got] == ["ok", "line-2", "line-3", "nothing", "line-6", "line-7", "line-8", "line-9"]
     assert got[0].error is None and got[-1].error is None and got[-1].text == "no id"
     errors = [r.error for r in got[1:-1]]
@@ -88,7 +88,7 @@ def test_malformed_lines_become_error_records(tmp_path: Path) -> None:
 def test_malformed_csv_rows(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     path.write_bytes(b"id,image,text\na,a.png,ok\nb,b.png\nc,,\xff\n")
-    good, short, bad_utf8 = read_manifest(path)
+    good, short, bad_utf8 = read_records(path)
     assert good.error is None
     assert short.error == "line 3: expected 3 columns, got 2"
     assert bad_utf8.error == "line 4: not valid UTF-8"
@@ -97,12 +97,12 @@ def test_malformed_csv_rows(tmp_path: Path) -> None:
 def test_json_array_manifest(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     path.write_text(json.dumps([{"id": "a", "text": "x"}, "oops"]), encoding="utf-8")
-    a, oops = read_manifest(path)
+    a, oops = read_records(path)
     assert a == Record(key="a", text="x") and oops.error == "line 2: expected a JSON object, got str"
 
 
 def test_missing_or_unsupported_manifest(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="manifest not found"):
-        list(read_manifest(tmp_path / "nope.jsonl"))
+        list(read_records(tmp_path / "nope.jsonl"))
     with pytest.raises(DataError, match="unsupported manifest format"):
-        list(read_manifest(tmp_path / "m.txt"))
+        list(read_records(tmp_path / "m.txt"))

@@ -64,7 +64,7 @@ def test_data_dir_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, mmgen.data; from mmgen.data import open_sources, Record, read_manifest;"
+        "import sys, mmgen.data; from mmgen.data import open_sources, Record, read_records;"
         "print(sorted(m for m in ('PIL', 'pyvips', 'numpy', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from mmgen.data import Record, read_manifest
+from mmgen.data import Record, read_records
 from mmgen.errors import DataError, UnknownNameError
 from mmgen.eval.protocols import (
     EMOJI_SOURCES,
@@ -110,7 +110,7 @@ def test_loso(corpora: dict[str, list[Record]], tmp_path: Path) -> None:
 
     paths = save_protocol(p, tmp_path)
     for name, records in p.manifests.items():
-        read = list(read_manifest(paths[name]))
+        read = list(read_records(paths[name]))
         assert [r.error for r in read if r.error] == []
         assert [r.key for r in read] == [r.key for r in records]
     assert json.loads(paths["protocol.json"].read_text())["name"] == "loso"
@@ -272,17 +272,17 @@ def test_real_corpora(tmp_path: Path) -> None:
     assert 1550 <= counts["twemoji.jsonl"]["records"] <= 1636
     assert 240 <= counts["twemoji-flags.jsonl"]["records"] <= 270
     assert summary["data"]["openmoji"] == "17.0.0" and summary["data"]["emoji-datasource-twitter"] == "16.0.0"
-    assert not any(r.meta.get("style") == "twemoji" for r in read_manifest(loso[TRAIN]))
+    assert not any(r.meta.get("style") == "twemoji" for r in read_records(loso[TRAIN]))
 
     product = write_protocol("product", tmp_path / "product", REAL)
     summary = json.loads(product["protocol.json"].read_text())
-    train = list(read_manifest(product[TRAIN]))
+    train = list(read_records(product[TRAIN]))
     eval_groups = {
-        r.group for name in ("heldout-concepts.jsonl", "heldout-flags.jsonl") for r in read_manifest(product[name])
+        r.group for name in ("heldout-concepts.jsonl", "heldout-flags.jsonl") for r in read_records(product[name])
     }
     emoji_train = [r for r in train if r.meta["style"] != "openclipart"]
     assert not {concept_of(r) for r in emoji_train} & eval_groups
-    art = {r.group for r in read_manifest(product["openclipart-heldout.jsonl"])}
+    art = {r.group for r in read_records(product["openclipart-heldout.jsonl"])}
     assert not art & {r.group for r in train if r.meta["style"] == "openclipart"}
     assert summary["holdout"]["emoji_heldout_concepts"] == round(0.2 * summary["holdout"]["emoji_base_concepts"])
     assert summary["manifests"]["heldout-concepts.jsonl"]["groups"] > 300

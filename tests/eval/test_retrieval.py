@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmgen.data import Record, folder_records, load_image, write_manifest
+from mmgen.data import Record, folder_records, load_image, write_records
 from mmgen.encoders import Encoder
 from mmgen.errors import ConfigError, DataError
 from mmgen.eval.retrieval import (
@@ -124,7 +124,7 @@ def color_manifest(image_folder: Path, tmp_path: Path) -> Path:
     records.append(Record(key="gone", image=str(tmp_path / "nowhere.png"), text="a red circle", group="red"))
     records.append(Record(key="words", text="a purple circle", group="purple"))
     path = tmp_path / "colors.jsonl"
-    write_manifest(records, path)
+    write_records(records, path)
     return path
 
 

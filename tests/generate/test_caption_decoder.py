@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from mmgen.errors import ConfigError, ManifestMismatchError
-from mmgen.generate.decoder import (
-    IGNORE,
-    CaptionDecoder,
-    DecodeOptions,
-    DecoderConfig,
-    generate,
-    make_batch,
-)
+from mmgen.generate.decoder import IGNORE, CaptionDecoder, DecoderConfig, make_batch
+from mmgen.generate.decoding import DecodeOptions, generate
 from mmgen.generate.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -136,7 +130,7 @@ def test_decoding_methods_seeded_and_bounded(vocab, words) -> None:
     s2 = generate(model, batch, DecodeOptions("sample", temperature=2.0), torch.Generator().manual_seed(3))
     assert s1 == s2
     # beam bookkeeping (reordering the cache, finished rows) with one beam is exactly greedy search
-    from mmgen.generate.decoder import _beam, _sequential
+    from mmgen.generate.decoding import _beam, _sequential
 
     one_beam, _ = _beam(model, batch, DecodeOptions("beam", beams=1), 8)
     greedy, _ = _sequential(model, batch, DecodeOptions("greedy"), 8, None)
@@ -168,7 +162,7 @@ def test_tokenizer_round_trip() -> None:
 
 
 def test_no_repeat_ngram_bans_only_repeats() -> None:
-    from mmgen.generate.decoder import _ban_repeats
+    from mmgen.generate.decoding import _ban_repeats
 
     logp = torch.zeros(2, 10)
     history = torch.tensor([[4, 5, 6, 4, 5], [4, 5, 6, 7, 8]])
@@ -205,7 +199,7 @@ def test_lexicon_constraint_writes_whole_words_only(words) -> None:
 
 def test_length_limit_never_cuts_a_word_and_beam_gives_distinct_candidates(words) -> None:
     from mmgen.generate.caption_words import Lexicon, complete_words
-    from mmgen.generate.decoder import generate_candidates
+    from mmgen.generate.decoding import generate_candidates
 
     tok = CaptionTokenizer.default()
     captions = ["baby tux, linux", "entree interdite, symbol", "grinning face"]

@@ -46,7 +46,7 @@ def assert_codes_in_step(ws, hasher) -> None:
             order = np.argsort(ids)
             np.testing.assert_array_equal(ids[order], live)
             np.testing.assert_array_equal(codes[order], hasher.encode(folder.vectors(modality).get(live), modality))
-            assert folder.codes_fingerprint(modality) == (len(live), int(live.max()))
+            assert folder.codes_row_state(modality) == (len(live), int(live.max()))
     finally:
         store.close()
 

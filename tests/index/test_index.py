@@ -112,7 +112,7 @@ def test_folder_sync_save_load_round_trip(tmp_path, factory: str) -> None:
     assert (rep.added, rep.removed) == (10, 10)
     folder.save("text")
     again = IndexFolder.open(folder.root)
-    assert again.fingerprint("text") == (50, 59)
+    assert again.row_state("text") == (50, 59)
     assert sorted(again.faiss("text").ids().tolist()) == list(range(10, 60))
     _, got = again.faiss("text").search(base[30:31], 1)
     assert got[0, 0] == 30

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from mmgen.data import Record, file_sha256, hashing, record_sha256
+from mmgen.data import Record, checksums, file_sha256, record_sha256
 from mmgen.errors import ImageLoadError
 
 
 def test_file_sha256_streams_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = bytes(range(256)) * 1000
     (tmp_path / "f.bin").write_bytes(data)
-    monkeypatch.setattr(hashing, "CHUNK_SIZE", 1000)
+    monkeypatch.setattr(checksums, "CHUNK_SIZE", 1000)
     assert file_sha256(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()
 
 
