@@ -4,7 +4,8 @@
 - `live_row_ids` / `sql_row_state`: what SQL says the index holds (the truth; FAISS files are caches);
 - `catch_up` / `catch_up_codes` / `sync_index`: bring a FAISS file (or a binary-codes file) in line
   with SQL after a run that was killed before its save, and save it when the folder's lock is free;
-- `open_index_hasher`: attach a hasher to an index, or load the one it records.
+- `open_index_hasher`: attach a hasher to an index, or load the one it records;
+- `load_vectors`: the one reader of an index's live rows, their items and their vectors.
 
 The indexer (ingest) and the searcher (reads) both go through here; neither imports the other.
 """
@@ -14,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy import delete, func, select
 
-from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
+from mmgen.errors import ConfigError, ManifestMismatchError
 from mmgen.index import IndexFolder, Preset, SyncReport, resolve_preset
+from mmgen.index.rows import DEFAULT_INDEX, live_row_ids, pick_index_name, sql_row_state  # noqa: F401  (re-exported)
 from mmgen.store.models import IndexRecord, IndexRow
 
 if TYPE_CHECKING:
@@ -27,24 +28,6 @@ if TYPE_CHECKING:
     from mmgen.store.db import Store
     from mmgen.workspace import Workspace
 
-DEFAULT_INDEX = "default"
-
-
-def pick_index_name(store: Store, name: str | None) -> str:
-    """The given index, else `default`, else the only index; errors list what exists."""
-    with store.session() as s:
-        names = list(s.scalars(select(IndexRecord.name).order_by(IndexRecord.name)))
-    if not names:
-        raise VectorIndexError("the workspace has no index yet; build one with `mmgen index SOURCE`")
-    if name is not None:
-        if name not in names:
-            raise VectorIndexError(f"no index named {name!r}; indexes here: {', '.join(names)}")
-        return name
-    if DEFAULT_INDEX in names:
-        return DEFAULT_INDEX
-    if len(names) == 1:
-        return names[0]
-    raise ConfigError(f"several indexes here ({', '.join(names)}); choose one with --index")
 
 
 def open_or_create_index(
@@ -126,26 +109,6 @@ def _discard_folder(root: Path) -> None:
             path.unlink()
 
 
-def live_row_ids(store: Store, index_id: int, modality: str) -> np.ndarray:
-    """Row ids SQL holds for one index and modality."""
-    with store.session() as s:
-        ids = s.scalars(
-            select(IndexRow.row_id).where(IndexRow.index_id == index_id, IndexRow.modality == modality)
-        ).all()
-    return np.asarray(ids, dtype=np.int64)
-
-
-def sql_row_state(store: Store, index_id: int, modality: str) -> tuple[int, int]:
-    """(count, max row id) of the live rows, compared with the FAISS file's to detect staleness."""
-    with store.session() as s:
-        count, top = s.execute(
-            select(func.count(IndexRow.id), func.max(IndexRow.row_id)).where(
-                IndexRow.index_id == index_id, IndexRow.modality == modality
-            )
-        ).one()
-    return int(count), int(top) if top is not None else -1
-
-
 def sync_index(store: Store, index_id: int, folder: IndexFolder, hasher: Hasher | None = None) -> dict[str, str]:
     """Bring every FAISS file of the index (and its binary codes, given the hasher) in line with SQL and save it."""
     notes = {}
@@ -172,10 +135,14 @@ def open_index_hasher(
 ) -> Hasher | None:
     """The hasher whose codes the index keeps: `name` (recorded in the index from now on), else the recorded one.
 
-    Refuses a hasher trained on another encoder's embeddings, and a recorded hasher that was
-    retrained since its codes were built (its codes would not match; re-run with --hash NAME).
+    A `name` that is no saved model but reads like `lsh-64`, `itq-128` or `pca-32` (method-bits)
+    is that FAISS baseline, fitted now on the index's vectors (held-out groups excluded, as
+    `mmgen train hasher --method` does), saved under `name` and registered. Refuses a hasher
+    trained on another encoder's embeddings, and a recorded hasher that was retrained since its
+    codes were built (its codes would not match; re-run with --hash NAME).
     """
-    from mmgen.hashing.model import load_hasher
+    from mmgen.hashing.model import hasher_folder, load_hasher
+    from mmgen.hashing.saved import baseline_spec
 
     info = folder.hash
     if name is None:
@@ -191,7 +158,22 @@ def open_index_hasher(
                 f"`mmgen index SOURCE --name {folder.manifest['name']} --hash {info['name']}`"
             )
         return hasher
-    hasher = load_hasher(name, ws.models_dir)
+    spec = baseline_spec(name)
+    if spec is not None and not (hasher_folder(name, ws.models_dir) / "manifest.json").is_file():
+        from mmgen.errors import VectorIndexError
+        from mmgen.hashing.data import load_index_vectors
+        from mmgen.hashing.saved import train_baseline
+
+        index_name = folder.manifest["name"]
+        if not any(sql_row_state(store, index_id, m)[0] for m in ("image", "text")):
+            raise VectorIndexError(
+                f"index {index_name!r} has no vectors yet to fit {name} on; index first "
+                f"(`mmgen index SOURCE --name {index_name}`), then add codes "
+                f"(`mmgen index SOURCE --name {index_name} --hash {name}`)"
+            )
+        hasher, _ = train_baseline(ws, load_index_vectors(ws, store, index_name), spec[0], spec[1], name)
+    else:
+        hasher = load_hasher(name, ws.models_dir)
     hasher.check_index(
         index=folder.manifest["name"],
         encoder=folder.manifest["encoder"],

@@ -111,7 +111,10 @@ class Searcher:
             )
         self.folder.check(encoder=self.encoder.name, encoder_checksum=checksum, dim=self.encoder.dim)
         self.device = device
-        self._ready: set[str] = set()
+        # Open time is when a stale FAISS file (a run killed before its save) catches up with SQL;
+        # a search itself only reads.
+        for modality in self.modalities():
+            catch_up(self.store, self.index_id, self.folder, modality)
         self._codes_ready: set[str] = set()
         self._hasher: Hasher | None = None
 
@@ -120,9 +123,6 @@ class Searcher:
         return [m for m in ("image", "text") if sql_row_state(self.store, self.index_id, m)[0] > 0]
 
     def _faiss(self, modality: str) -> Any:
-        if modality not in self._ready:
-            catch_up(self.store, self.index_id, self.folder, modality)  # a run killed before its FAISS save
-            self._ready.add(modality)
         return self.folder.faiss(modality)
 
     def hasher(self) -> Hasher:
@@ -221,15 +221,18 @@ class Searcher:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Hamming top-k (scores: 1 - 2 * distance / bits), or a short list of C re-scored exactly.
 
-        On the flat preset the short list is the best C of a Hamming list PRELIST x C long under
-        asymmetric scoring (the query's real-valued code against the candidates' bits); on graph
-        and IVF presets it is the Hamming top C.
+        On the flat preset, with a hasher that has real-valued code units (the autoencoder), the
+        short list is the best C of a Hamming list PRELIST x C long under asymmetric scoring (the
+        query's real-valued code against the candidates' bits); on graph and IVF presets, and for
+        a FAISS baseline (LSH / ITQ / PCA: bits only), it is the Hamming top C.
         """
         from mmgen.index.codes import code_similarity, pack_codes
 
         hasher = self.hasher()
-        logits = hasher.logits(np.ascontiguousarray(queries, dtype=np.float32), query_modality)
-        codes = pack_codes(logits > 0)  # what hasher.encode returns; the logits also serve the asymmetric stage
+        queries32 = np.ascontiguousarray(queries, dtype=np.float32)
+        logits = hasher.logits(queries32, query_modality) if hasher.has_logits else None
+        # what hasher.encode returns; the logits also serve the asymmetric stage
+        codes = pack_codes(logits > 0) if logits is not None else hasher.encode(queries32, query_modality)
         index = self._codes(to)
         if mode == "codes":
             dist, ids = index.search(codes, k, allowed_ids=allowed, device=self.device)
@@ -237,7 +240,7 @@ class Searcher:
         depth = max(k, rerank if rerank is not None else DEFAULT_RERANK)
         if depth < 1:
             raise ConfigError("--rerank must be at least 1")
-        if not index.slotted:  # graph / IVF presets: the Hamming short list as it comes
+        if not index.slotted or logits is None:  # graph / IVF presets, baselines: the Hamming short list as it comes
             _, short = index.search(codes, depth, allowed_ids=allowed, device=self.device)
             return rerank_exact(queries, short, self.folder.vectors(to), k)
         from mmgen.index.codes import asymmetric_prune

@@ -66,7 +66,9 @@ def index_cmd(
         typer.Option(
             "--hash",
             help="Also keep the binary codes of this hasher (`mmgen train hasher`) in a FAISS binary index; "
-            "recorded, so later runs keep the codes in step.",
+            "recorded, so later runs keep the codes in step. A NAME that is no saved hasher but reads METHOD-BITS "
+            "(lsh-64, itq-128, pca-32) fits that FAISS baseline on the index's vectors now, saves it as NAME and "
+            "attaches it (the index must hold vectors already).",
         ),
     ] = None,
     hash_preset: Annotated[
@@ -165,7 +167,13 @@ def search_cmd(
     ] = None,
     rerank: Annotated[
         Optional[int],
-        typer.Option("--rerank", min=1, help="Vectors re-scored exactly by --mode rerank [default: 100]; implies --mode rerank. On binary-flat codes they are the best C of a 10xC Hamming list under asymmetric scoring."),
+        typer.Option(
+            "--rerank",
+            min=1,
+            help="Vectors re-scored exactly by --mode rerank [default: 100]; implies --mode rerank. On binary-flat "
+            "codes of an autoencoder they are the best C of a 10xC Hamming list under asymmetric scoring "
+            "(of a baseline: the Hamming top C).",
+        ),
     ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,

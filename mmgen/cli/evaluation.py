@@ -201,7 +201,12 @@ def eval_hashing_cmd(
     db: DbOpt = None,
     index: Annotated[Optional[str], typer.Option("--index", help="Index [default: default].")] = None,
     hasher: Annotated[
-        Optional[list[str]], typer.Option("--hasher", help="Hasher name (repeatable) [default: all trained on the index].")
+        Optional[list[str]],
+        typer.Option(
+            "--hasher",
+            help="Hasher name (repeatable): an autoencoder, or a saved baseline measured as saved "
+            "[default: the autoencoders trained on the index].",
+        ),
     ] = None,
     bits: Annotated[
         Optional[str], typer.Option("--bits", help="Comma-separated code widths to evaluate, e.g. 32,64,128,256.")

@@ -300,8 +300,17 @@ def train_hasher_cmd(
     db: DbOpt = None,
     bits: Annotated[int, typer.Option("--bits", help="Code width: 32, 64, 128 or 256.")] = 64,
     index: Annotated[Optional[str], typer.Option("--index", help="Index whose vectors it learns (default: default).")] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="autoencoder (trained), or a FAISS baseline fitted in one call: lsh, itq or pca "
+            "(ITQ, PCA: bits <= dim).",
+        ),
+    ] = "autoencoder",
     name: Annotated[
-        Optional[str], typer.Option("--name", "-n", help="Saved in WORKSPACE/models/NAME [default: INDEX-BITSb].")
+        Optional[str],
+        typer.Option("--name", "-n", help="Saved in WORKSPACE/models/NAME [default: INDEX-BITSb, INDEX-METHOD-BITSb]."),
     ] = None,
     steps: StepsOpt = None,
     minutes: MinutesOpt = None,
@@ -319,12 +328,13 @@ def train_hasher_cmd(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a semantic-hashing autoencoder on an index's image and text vectors (one code space for both)."""
+    """Train a semantic-hashing autoencoder on an index's image and text vectors (one code space for both), or fit a
+    FAISS baseline (--method lsh|itq|pca) on them; either is then attached with `mmgen index SOURCE --hash NAME`."""
     with _errors():
         from mmgen.train.hasher import HasherConfig, train_hasher
 
         cfg = HasherConfig(
-            bits=bits, index=index, name=name, steps=steps, minutes=minutes, hidden=hidden, lr=lr,
+            bits=bits, index=index, name=name, method=method, steps=steps, minutes=minutes, hidden=hidden, lr=lr,
             temperature=temperature, holdout_fraction=holdout, holdout_seed=holdout_seed, seed=seed, device=device,
             progress=not quiet and not as_json,
         )  # fmt: skip
@@ -336,11 +346,17 @@ def train_hasher_cmd(
                          "path": str(result.path), "model_id": result.model_id})  # fmt: skip
             return
         m = result.manifest
-        typer.echo(
-            f"hasher {m['name']}: {m['bits']} bits on index {m['index']!r} ({m['encoder']}), {result.steps} steps in "
-            f"{result.train_seconds / 60:.1f} min, final loss {result.final_loss:.4f}"
-            + (" (stopped by --minutes)" if result.stopped_by_time else "")
-        )
+        if result.final_loss is None:  # a baseline: one FAISS train call
+            typer.echo(
+                f"hasher {m['name']}: {m['method'].upper()} {m['bits']} bits on index {m['index']!r} ({m['encoder']}), "
+                f"fitted in {result.train_seconds:.2f} s"
+            )
+        else:
+            typer.echo(
+                f"hasher {m['name']}: {m['bits']} bits on index {m['index']!r} ({m['encoder']}), {result.steps} steps "
+                f"in {result.train_seconds / 60:.1f} min, final loss {result.final_loss:.4f}"
+                + (" (stopped by --minutes)" if result.stopped_by_time else "")
+            )
         typer.echo(
             f"  trained on {', '.join(f'{n} {mod}s' for mod, n in m['training_vectors'].items())}; "
             f"held out {len(m['holdout']['groups'])} groups for `mmgen eval hashing`"

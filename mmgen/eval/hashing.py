@@ -15,6 +15,9 @@ measurements for FAISS's unsupervised binary baselines trained on the same train
 
 Queries are the held-out items of the hasher's manifest (texts search image codes, images
 search text codes); the database is every live item of the index, held-out ones included.
+A saved baseline (`mmgen train hasher --method lsh`, `mmgen index --hash lsh-64`) named with
+--hasher is measured as saved (its name in the rows' `hasher`) instead of one fitted on the fly;
+without --hasher the registered autoencoders are evaluated (the saved baselines when there are none).
 Ties in Hamming distance are left in FAISS's order, as a search would return them.
 """
 
@@ -35,7 +38,7 @@ from mmgen.hashing.data import IndexVectors, load_index_vectors
 from mmgen.search import DEFAULT_RERANK
 
 if TYPE_CHECKING:
-    from mmgen.hashing.model import Hasher
+    from mmgen.hashing.base import BaseHasher
     from mmgen.workspace import Workspace
 
 DIRECTIONS = (("text", "image"), ("image", "text"))
@@ -214,23 +217,31 @@ def evaluate_hashing(
     )
     report.rows.append(_exact_row(split, data.dim))
     train_vectors = np.concatenate([split.train.modalities[m].vectors for m in ("image", "text")])
-    for hasher in sorted(found, key=lambda h: h.bits):
+    widths: dict[int, dict[str, BaseHasher]] = {}
+    for hasher in found:
+        widths.setdefault(hasher.bits, {})[hasher.method] = hasher
+    for width, saved in sorted(widths.items()):
         for method in methods:
-            say(f"{method} {hasher.bits} bits")
             soft: Callable[[np.ndarray, str], np.ndarray] | None = None
-            if method == "autoencoder":
-                encode, label, soft = hasher.encode, hasher.name, hasher.soft
+            if method in saved:  # the autoencoder, or a saved baseline: as saved
+                hasher = saved[method]
+                encode, label = hasher.encode, hasher.name
+                soft = getattr(hasher, "soft", None) if hasher.has_logits else None
+            elif method == "autoencoder":  # only saved baselines at this width
+                continue
             else:
-                baseline = FaissBaseline(method, data.dim, hasher.bits).train(train_vectors)
+                baseline = FaissBaseline(method, data.dim, width).train(train_vectors)
                 encode, label = (lambda x, _m, b=baseline: b.encode(x)), None
-            report.rows.extend(_method_rows(method, hasher.bits, encode, split, rerank, label, device, soft))
+            say(f"{method} {width} bits")
+            report.rows.extend(_method_rows(method, width, encode, split, rerank, label, device, soft))
     return report
 
 
 def _find_hashers(
     ws: Workspace, store: Any, index: str, names: Sequence[str] | None, bits: set[int] | None
-) -> list[Hasher]:
-    """The named hashers, or the newest registered hasher of each name trained on `index`; filtered by width."""
+) -> list[BaseHasher]:
+    """The named hashers, or the newest registered hasher of each name trained on `index` (autoencoders; saved
+    baselines when there are none); filtered by width, one per width and method."""
     from sqlalchemy import select
 
     from mmgen.hashing.model import load_hasher
@@ -247,6 +258,8 @@ def _find_hashers(
                     paths.pop(r.name, None)
                     paths[r.name] = r.path
         found = [load_hasher(str(Path(p)), ws.models_dir) for p in paths.values() if Path(p).is_dir()]
+        if any(h.method == "autoencoder" for h in found):
+            found = [h for h in found if h.method == "autoencoder"]
     if bits is not None:
         missing = sorted(bits - {h.bits for h in found})
         if missing:
@@ -257,10 +270,10 @@ def _find_hashers(
         found = [h for h in found if h.bits in bits]
     if not found:
         raise ConfigError(f"no hasher trained on index {index!r}; train one with `mmgen train hasher --index {index}`")
-    by_bits: dict[int, Hasher] = {}
-    for h in found:  # one hasher per width: the last named / newest registered wins
-        by_bits[h.bits] = h
-    return list(by_bits.values())
+    by_width: dict[tuple[int, str], BaseHasher] = {}
+    for h in found:  # one hasher per width and method: the last named / newest registered wins
+        by_width[(h.bits, h.method)] = h
+    return list(by_width.values())
 
 
 def _prepare_split(data: IndexVectors, held_groups: set[str], rerank: int) -> _Split:

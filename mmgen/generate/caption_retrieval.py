@@ -28,15 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import select
 
 from mmgen.data.concepts import concept_key
 from mmgen.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from mmgen.index import IndexFolder
+    from mmgen.index.rows import LoadedIndex
     from mmgen.search import Hit
-    from mmgen.store.db import Store
 
 # Extra candidates fetched beyond k to survive deduplication and exclusion.
 FETCH_FACTOR = 4
@@ -102,51 +100,37 @@ class IndexedCaptions:
         return [f"image:{h}" if h else f"item:{int(i)}" for h, i in zip(self.image_sha, self.item_ids)]
 
 
-def load_indexed_captions(store: Store, index_id: int, folder: IndexFolder) -> IndexedCaptions:
-    """Every item of the index that has a text vector (and, where present, its image vector)."""
-    from mmgen.store.models import IndexRow, Item
-
-    with store.session() as s:
-        rows = s.execute(
-            select(
-                IndexRow.item_id,
-                IndexRow.modality,
-                IndexRow.row_id,
-                IndexRow.sha256,
-                Item.text,
-                Item.group_key,
-                Item.meta,
-            )
-            .join(Item, Item.id == IndexRow.item_id)
-            .where(IndexRow.index_id == index_id)
-            .order_by(IndexRow.item_id)
-        ).all()
-    text_row: dict[int, int] = {}
-    image_row: dict[int, int] = {}
-    image_sha: dict[int, str] = {}
-    meta: dict[int, tuple[str, str]] = {}
-    for item_id, modality, row_id, sha, text, group, item_meta in rows:
-        if modality == "text" and text is not None and text.strip():
-            text_row[item_id] = int(row_id)
-            meta[item_id] = (text, concept_key(group, item_meta, item_id))
-        elif modality == "image":
-            image_row[item_id] = int(row_id)
-            image_sha[item_id] = sha  # the image file's content hash, as the indexer computed it
-    ids = sorted(text_row)
-    if not ids:
+def load_indexed_captions(loaded: LoadedIndex) -> IndexedCaptions:
+    """Every item of a loaded index (`mmgen.index.rows.load_vectors`) that has a text vector, with its image vector."""
+    texts = loaded.modalities.get("text")
+    images = loaded.modalities.get("image")
+    text_pos: dict[int, int] = {}
+    if texts is not None:
+        for pos, item_id in enumerate(texts.item_ids.tolist()):
+            text = loaded.items[item_id].text
+            if text is not None and text.strip():
+                text_pos[item_id] = pos
+    ids = sorted(text_pos)
+    if not ids or texts is None or texts.vectors is None:
         raise DataError("the index holds no captions (text vectors); index a captioned corpus first")
-    has_image = np.array([i in image_row for i in ids], dtype=bool)
-    image = np.zeros((len(ids), folder.dim), dtype=np.float32)
-    if has_image.any():
-        image[has_image] = folder.vectors("image").get(np.array([image_row[i] for i in ids if i in image_row]))
+    image_pos: dict[int, int] = {}
+    image_sha: dict[int, str | None] = {}
+    if images is not None:
+        for pos, (item_id, sha) in enumerate(zip(images.item_ids.tolist(), images.sha256)):
+            image_pos[item_id] = pos
+            image_sha[item_id] = sha  # the image file's content hash, as the indexer computed it
+    has_image = np.array([i in image_pos for i in ids], dtype=bool)
+    image = np.zeros((len(ids), loaded.dim), dtype=np.float32)
+    if has_image.any() and images is not None and images.vectors is not None:
+        image[has_image] = images.vectors[[image_pos[i] for i in ids if i in image_pos]]
     return IndexedCaptions(
         item_ids=np.array(ids, dtype=np.int64),
-        texts=[meta[i][0] for i in ids],
-        groups=[meta[i][1] for i in ids],
+        texts=[str(loaded.items[i].text) for i in ids],
+        groups=[concept_key(loaded.items[i].group, loaded.items[i].meta, i) for i in ids],
         image_sha=[image_sha.get(i) for i in ids],
         image=image,
         has_image=has_image,
-        text=folder.vectors("text").get(np.array([text_row[i] for i in ids])),
+        text=np.ascontiguousarray(texts.vectors[[text_pos[i] for i in ids]]),
     )
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mmgen.data.concepts import concept_key
-from mmgen.errors import DataError, ManifestMismatchError, VectorIndexError
+from mmgen.errors import DataError, VectorIndexError
 
 if TYPE_CHECKING:
     from mmgen.store.db import Store
@@ -71,59 +71,33 @@ def require_index(store: Store) -> None:
 
 def load_indexed_images(ws: Workspace, store: Store, index: str | None = None, with_text: bool = False) -> IndexedImages:
     """Image vectors (and caption vectors with `with_text`) of an index, joined to their items through SQL."""
-    from sqlalchemy import select
+    from mmgen.index.rows import load_vectors
 
-    from mmgen.index import IndexFolder
-    from mmgen.catalog import pick_index_name
-    from mmgen.store.models import IndexRecord, IndexRow, Item
-
-    name = pick_index_name(store, index)
-    with store.session() as s:
-        rec = s.scalars(select(IndexRecord).where(IndexRecord.name == name)).one()
-        index_id, encoder, checksum = rec.id, rec.encoder, rec.encoder_checksum
-        rows = s.execute(
-            select(IndexRow.row_id, Item.id, Item.uri, Item.text, Item.group_key, Item.meta)
-            .join(Item, Item.id == IndexRow.item_id)
-            .where(IndexRow.index_id == index_id, IndexRow.modality == "image")
-            .order_by(Item.id)
-        ).all()
-        text_rows = (
-            dict(
-                s.execute(
-                    select(IndexRow.item_id, IndexRow.row_id).where(
-                        IndexRow.index_id == index_id, IndexRow.modality == "text"
-                    )
-                ).all()
-            )
-            if with_text
-            else {}
-        )
-    if not rows:
+    loaded = load_vectors(ws, store, index, ("image", "text") if with_text else ("image",))
+    images = loaded.modalities.get("image")
+    if images is None or not len(images):
         raise DataError(
-            f"index {name!r} holds no images; index an image corpus first (mmgen index SOURCE --name {name})"
+            f"index {loaded.name!r} holds no images; index an image corpus first (mmgen index SOURCE --name {loaded.name})"
         )
-    folder = IndexFolder.open(ws.index_dir(name))
-    if folder.manifest.get("encoder_checksum") != checksum:
-        raise ManifestMismatchError(f"index {name!r}: its folder and the SQL store name different encoders")
-    image_vectors = folder.vectors("image").get(np.asarray([r[0] for r in rows], dtype=np.int64))
-    item_ids = np.asarray([r[1] for r in rows], dtype=np.int64)
-    has_text = np.asarray([int(i) in text_rows for i in item_ids], dtype=bool)
+    item_ids = images.item_ids
+    text_part = loaded.modalities.get("text")
+    text_of = dict(zip(text_part.item_ids.tolist(), range(len(text_part)))) if text_part is not None else {}
+    has_text = np.asarray([int(i) in text_of for i in item_ids], dtype=bool)
     text_vectors = None
-    if with_text and has_text.any():
-        text_vectors = np.zeros_like(image_vectors)
-        text_vectors[has_text] = folder.vectors("text").get(
-            np.asarray([text_rows[int(i)] for i in item_ids[has_text]], dtype=np.int64)
-        )
+    if with_text and has_text.any() and text_part is not None and text_part.vectors is not None:
+        text_vectors = np.zeros_like(images.vectors)
+        text_vectors[has_text] = text_part.vectors[[text_of[int(i)] for i in item_ids[has_text]]]
+    infos = [loaded.items[int(i)] for i in item_ids]
     return IndexedImages(
-        index=name,
-        encoder=encoder,
-        encoder_checksum=checksum,
+        index=loaded.name,
+        encoder=loaded.encoder,
+        encoder_checksum=loaded.encoder_checksum,
         item_ids=item_ids,
-        uris=[r[2] or "" for r in rows],
-        texts=[r[3] for r in rows],
-        groups=[r[4] for r in rows],
-        image_vectors=np.ascontiguousarray(image_vectors, dtype=np.float32),
+        uris=[info.uri or "" for info in infos],
+        texts=[info.text for info in infos],
+        groups=[info.group for info in infos],
+        image_vectors=np.ascontiguousarray(images.vectors, dtype=np.float32),
         text_vectors=text_vectors,
         has_text=has_text,
-        concepts=[concept_key(r[4], r[5], int(r[1])) for r in rows],
+        concepts=[concept_key(info.group, info.meta, int(i)) for info, i in zip(infos, item_ids)],
     )

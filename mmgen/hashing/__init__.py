@@ -1,5 +1,6 @@
-"""Semantic hashing: the autoencoder (`Hasher`) and the FAISS baselines; packed codes and binary indexes
-(`mmgen.index.codes`, `mmgen.index.binary`) are re-exported here.
+"""Semantic hashing: the autoencoder (`Hasher`) and the FAISS baselines, both saved, loaded (`load_hasher`) and
+attached to an index as hashers (`BaseHasher`; a saved baseline is a `BaselineHasher`); packed codes and binary
+indexes (`mmgen.index.codes`, `mmgen.index.binary`) are re-exported here.
 
 Importing this package is cheap: torch and faiss load on first use of a name.
 """
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 from mmgen._lazy import lazy_getattr
 
 if TYPE_CHECKING:
+    from mmgen.hashing.base import BaseHasher as BaseHasher
     from mmgen.hashing.baselines import BASELINES as BASELINES
     from mmgen.hashing.baselines import FaissBaseline as FaissBaseline
     from mmgen.index.binary import BinaryIndex as BinaryIndex
@@ -20,8 +22,10 @@ if TYPE_CHECKING:
     from mmgen.index.codes import unpack_codes as unpack_codes
     from mmgen.hashing.model import Hasher as Hasher
     from mmgen.hashing.model import load_hasher as load_hasher
+    from mmgen.hashing.saved import BaselineHasher as BaselineHasher
 
 _LAZY = {
+    "BaseHasher": "mmgen.hashing.base",
     "BASELINES": "mmgen.hashing.baselines",
     "FaissBaseline": "mmgen.hashing.baselines",
     "BinaryIndex": "mmgen.index.binary",
@@ -31,6 +35,7 @@ _LAZY = {
     "unpack_codes": "mmgen.index.codes",
     "Hasher": "mmgen.hashing.model",
     "load_hasher": "mmgen.hashing.model",
+    "BaselineHasher": "mmgen.hashing.saved",
 }
 
 __all__ = list(_LAZY)

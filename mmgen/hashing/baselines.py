@@ -37,6 +37,17 @@ class FaissBaseline:
                 raise ConfigError(f"{kind.upper()} cannot make {bits} bits from {dim}-d vectors")
             self.index = faiss.index_factory(self.dim, f"{kind.upper()}{self.bits},LSH")
 
+    @classmethod
+    def from_index(cls, kind: str, bits: int, index: Any) -> FaissBaseline:
+        """A baseline around a trained FAISS codec (as `faiss.read_index` gives it back)."""
+        if kind not in BASELINES:
+            raise UnknownNameError("binary baseline", kind, BASELINES)
+        out = cls.__new__(cls)
+        out.kind, out.dim, out.bits, out.index = kind, int(index.d), check_bits(bits), index
+        if index.sa_code_size() * 8 < out.bits:
+            raise VectorIndexError(f"a {kind} codec of {index.sa_code_size()} bytes cannot hold {bits} bits")
+        return out
+
     @property
     def name(self) -> str:
         """Display name, e.g. `ITQ-64`."""

@@ -7,12 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import select
 
 from mmgen.data.concepts import concept_key
 from mmgen.errors import ConfigError, VectorIndexError
-from mmgen.index import MODALITIES, IndexFolder
-from mmgen.store.models import IndexRecord, IndexRow, Item
 
 if TYPE_CHECKING:
     from mmgen.store.db import Store
@@ -64,28 +61,17 @@ class IndexVectors:
 
 
 def load_index_vectors(ws: Workspace, store: Store, index: str) -> IndexVectors:
-    """Read the live rows of an index from SQL and their vectors from the vector files (in RAM)."""
-    with store.session() as s:
-        rec = s.scalar(select(IndexRecord).where(IndexRecord.name == index))
-        if rec is None:
-            names = ", ".join(s.scalars(select(IndexRecord.name).order_by(IndexRecord.name))) or "none"
-            raise VectorIndexError(f"no index named {index!r} (indexes here: {names})")
-        out = IndexVectors(rec.name, rec.encoder, rec.encoder_checksum, int(rec.dim))
-        rows = s.execute(
-            select(IndexRow.modality, IndexRow.row_id, IndexRow.item_id, Item.group_key, Item.meta)
-            .join(Item, Item.id == IndexRow.item_id)
-            .where(IndexRow.index_id == rec.id)
-            .order_by(IndexRow.modality, IndexRow.item_id)
-        ).all()
-    folder = IndexFolder.open(ws.index_dir(index))
-    for modality in MODALITIES:
-        mine = [r for r in rows if r[0] == modality]
-        if not mine:
-            continue
-        row_ids = np.fromiter((r[1] for r in mine), dtype=np.int64, count=len(mine))
-        item_ids = np.fromiter((r[2] for r in mine), dtype=np.int64, count=len(mine))
-        groups = np.array([concept_key(r[3], r[4], int(r[2])) for r in mine], dtype=object)
-        out.modalities[modality] = ModalityVectors(row_ids, item_ids, groups, folder.vectors(modality).get(row_ids))
+    """The live rows of an index and their vectors (in RAM), grouped by concept (`mmgen.index.rows.load_vectors`)."""
+    from mmgen.index.rows import load_vectors
+
+    loaded = load_vectors(ws, store, index)
+    out = IndexVectors(loaded.name, loaded.encoder, loaded.encoder_checksum, loaded.dim)
+    for modality, part in loaded.modalities.items():
+        groups = np.array(
+            [concept_key(loaded.items[int(i)].group, loaded.items[int(i)].meta, int(i)) for i in part.item_ids],
+            dtype=object,
+        )
+        out.modalities[modality] = ModalityVectors(part.row_ids, part.item_ids, groups, part.vectors)
     if not out.modalities:
         raise VectorIndexError(f"index {index!r} is empty; fill it with `mmgen index SOURCE --name {index}`")
     return out

@@ -1,4 +1,5 @@
-"""The semantic-hashing autoencoder: network, saved form (weights + manifest) and the loaded `Hasher`.
+"""The semantic-hashing autoencoder: network, saved form (weights + manifest) and the loaded `Hasher`;
+`load_hasher` loads any saved hasher (the autoencoder, or a FAISS baseline: `mmgen.hashing.saved`).
 
 Network: per-modality centring (image and text embeddings of a joint encoder sit in two
 different cones; centring each is what lets one code space rank across them), an MLP to B
@@ -18,16 +19,14 @@ import numpy as np
 
 from mmgen.artifacts import read_model_manifest, write_json_atomic
 from mmgen.data.checksums import file_sha256
-from mmgen.errors import ConfigError, ManifestMismatchError, ModelLoadError
+from mmgen.errors import ConfigError, ModelLoadError
+from mmgen.hashing.base import AUTOENCODER, MANIFEST_FORMAT, MANIFEST_TYPE, MODALITY_IDS, BaseHasher, modality_id
 from mmgen.index.codes import check_bits, pack_codes
 
 if TYPE_CHECKING:
     import torch
 
-MANIFEST_TYPE = "mmgen.hasher"
-MANIFEST_FORMAT = 1
 WEIGHTS = "hasher.pt"
-MODALITY_IDS = {"image": 0, "text": 1}
 ENCODE_BATCH = 8192
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -79,32 +78,21 @@ def check_name(name: str) -> str:
     return name
 
 
-class Hasher:
+class Hasher(BaseHasher):
     """A trained hashing network with its manifest: float embeddings in, packed codes out."""
 
+    has_logits = True
+
     def __init__(self, net: torch.nn.Module, manifest: dict[str, Any], path: Path | None = None) -> None:
+        super().__init__(manifest, path)
         self.net = net.eval()
-        self.manifest = manifest
-        self.path = path
-        self.bits = check_bits(int(manifest["bits"]))
-        self.dim = int(manifest["dim"])
-
-    @property
-    def name(self) -> str:
-        """The hasher's name (its folder under the workspace's `models/`)."""
-        return str(self.manifest["name"])
-
-    @property
-    def checksum(self) -> str:
-        """sha256 of the weights file: changes whenever the hasher is retrained."""
-        return str(self.manifest.get("checksum", ""))
 
     def logits(self, vectors: np.ndarray, modality: str) -> np.ndarray:
         """Real-valued code units before the sign (float32, (n, bits))."""
         import torch
 
         vectors = self._check(vectors)
-        mod = _modality_id(modality)
+        mod = modality_id(modality)
         out = np.empty((len(vectors), self.bits), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(vectors), ENCODE_BATCH):
@@ -121,33 +109,6 @@ class Hasher:
         """Packed uint8 codes (n, bits // 8) of float embeddings of one modality."""
         return pack_codes(self.logits(vectors, modality) > 0)
 
-    def check_index(self, *, index: str, encoder: str, encoder_checksum: str, dim: int) -> None:
-        """Refuse an index whose vectors come from another encoder than the one this hasher learned."""
-        trained = self.manifest.get("encoder_checksum")
-        if trained != encoder_checksum:
-            raise ManifestMismatchError(
-                f"hasher {self.name!r} was trained on embeddings of {self.manifest.get('encoder')} "
-                f"(checksum {str(trained)[:12]}), but index {index!r} holds embeddings of {encoder} "
-                f"(checksum {encoder_checksum[:12]}); train a hasher on this index: "
-                f"`mmgen train hasher --index {index} --bits {self.bits}`"
-            )
-        if dim != self.dim:
-            raise ManifestMismatchError(f"hasher {self.name!r} takes {self.dim}-d vectors; index {index!r} holds {dim}-d")
-
-    def _check(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ManifestMismatchError(
-                f"hasher {self.name!r} takes vectors of shape (n, {self.dim}), got {vectors.shape}"
-            )
-        return vectors
-
-
-def _modality_id(modality: str) -> int:
-    if modality not in MODALITY_IDS:
-        raise ConfigError(f"modality must be one of {', '.join(MODALITY_IDS)}, not {modality!r}")
-    return MODALITY_IDS[modality]
-
 
 # ---- saving and loading --------------------------------------------------------------------
 def save_hasher(net: torch.nn.Module, manifest: dict[str, Any], folder: Path) -> Hasher:
@@ -158,7 +119,8 @@ def save_hasher(net: torch.nn.Module, manifest: dict[str, Any], folder: Path) ->
     tmp = folder / (WEIGHTS + ".tmp")
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
     os.replace(tmp, folder / WEIGHTS)
-    manifest = {**manifest, "type": MANIFEST_TYPE, "format": MANIFEST_FORMAT, "checksum": file_sha256(folder / WEIGHTS)}
+    manifest = {"method": AUTOENCODER, **manifest, "type": MANIFEST_TYPE, "format": MANIFEST_FORMAT,
+                "checksum": file_sha256(folder / WEIGHTS)}  # fmt: skip
     write_json_atomic(folder / "manifest.json", manifest)
     return Hasher(net, manifest, folder)
 
@@ -182,12 +144,25 @@ def read_hasher_manifest(folder: Path) -> dict[str, Any]:
     )
 
 
-def load_hasher(name_or_path: str, models_dir: Path) -> Hasher:
-    """Load a saved hasher; its weights must match the checksum its manifest recorded."""
-    import torch
+def load_hasher(name_or_path: str, models_dir: Path) -> BaseHasher:
+    """Load a saved hasher of any method; its weights (or codec) must match the checksum its manifest recorded.
 
+    A manifest without `method` (written before baselines could be saved) is an autoencoder's.
+    """
     folder = hasher_folder(name_or_path, models_dir)
     manifest = read_hasher_manifest(folder)
+    method = manifest.get("method", AUTOENCODER)
+    if method == AUTOENCODER:
+        return load_autoencoder(folder, manifest)
+    from mmgen.hashing.saved import load_baseline
+
+    return load_baseline(folder, manifest)
+
+
+def load_autoencoder(folder: Path, manifest: dict[str, Any]) -> Hasher:
+    """The autoencoder saved in `folder` (its manifest already read); the weights must match its checksum."""
+    import torch
+
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise ModelLoadError(f"hasher {folder} has a manifest but no {WEIGHTS}")

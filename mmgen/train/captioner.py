@@ -143,6 +143,7 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
     from mmgen.generate.decoder import CaptionDecoder, make_batch
     from mmgen.generate.tokenizer import CaptionTokenizer, OutputVocab
     from mmgen.catalog import pick_index_name
+    from mmgen.index.rows import load_vectors
     from mmgen.store.db import open_store
     from mmgen.train.state import seed_everything
 
@@ -152,8 +153,9 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
     store = open_store(ws.db_url)
     try:
         index_name = pick_index_name(store, cfg.index)
-        index_id, encoder, encoder_checksum, folder = _open_index(ws, store, index_name)
-        corpus = load_indexed_captions(store, index_id, folder)
+        loaded = load_vectors(ws, store, index_name)
+        encoder, encoder_checksum, folder = loaded.encoder, loaded.encoder_checksum, loaded.folder
+        corpus = load_indexed_captions(loaded)
     finally:
         store.close()
     excluded = 0
@@ -257,23 +259,6 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
         examples=n,
         manifest=manifest,
     )
-
-
-def _open_index(ws: Workspace, store: Any, name: str) -> tuple[int, str, str, Any]:
-    from sqlalchemy import select
-
-    from mmgen.errors import VectorIndexError
-    from mmgen.index import IndexFolder
-    from mmgen.store.models import IndexRecord
-
-    with store.session() as s:
-        rec = s.scalar(select(IndexRecord).where(IndexRecord.name == name))
-        if rec is None:
-            raise VectorIndexError(f"index {name!r} disappeared from the store")
-        index_id, encoder, checksum = rec.id, rec.encoder, rec.encoder_checksum
-    folder = IndexFolder.open(ws.index_dir(name))
-    folder.check(encoder_checksum=checksum)
-    return int(index_id), encoder, checksum, folder
 
 
 def own_concept_choice(item_ids: np.ndarray, p: float, seed: int) -> np.ndarray:

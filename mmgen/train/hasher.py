@@ -1,4 +1,5 @@
-"""`train_hasher`: the semantic-hashing autoencoder, trained on the float vectors an index already holds.
+"""`train_hasher`: the semantic-hashing autoencoder, trained on the float vectors an index already holds
+(or, with `method` lsh / itq / pca, a FAISS baseline fitted on them in one call: `mmgen.hashing.saved`).
 
 Data flow: SQL live rows + vector files -> seeded split by group (held-out groups are the
 evaluation queries of `mmgen eval hashing`, recorded in the manifest) -> exact neighbours of every
@@ -30,6 +31,8 @@ from mmgen.artifacts import register_model
 from mmgen.train.loop import Budget, LoopSettings, LoopState, run_loop
 from mmgen.errors import ConfigError
 from mmgen.index.codes import check_bits
+from mmgen.hashing.base import AUTOENCODER
+from mmgen.hashing.baselines import BASELINES
 from mmgen.hashing.data import IndexVectors, heldout_groups, load_index_vectors
 from mmgen.hashing.model import (
     MODALITY_IDS,
@@ -38,15 +41,17 @@ from mmgen.hashing.model import (
     check_name,
     save_hasher,
 )
+from mmgen.hashing.saved import DEFAULT_HOLDOUT, DEFAULT_HOLDOUT_SEED, train_baseline
 
 if TYPE_CHECKING:
     import torch
 
-    from mmgen.hashing.model import Hasher
+    from mmgen.hashing.base import BaseHasher
     from mmgen.workspace import Workspace
 
 MODEL_KIND = "hasher"
 DEFAULT_STEPS = 1500
+METHODS = (AUTOENCODER, *BASELINES)
 
 
 @dataclass
@@ -55,7 +60,8 @@ class HasherConfig:
 
     bits: int = 64
     index: str | None = None  # None: the workspace's default (or only) index
-    name: str | None = None  # None: "{index}-{bits}b"
+    name: str | None = None  # None: "{index}-{bits}b" (autoencoder), "{index}-{method}-{bits}b" (baselines)
+    method: str = AUTOENCODER  # or a FAISS baseline fitted in one call: lsh, itq, pca (the settings below: unused)
     hidden: int = 512  # hidden width of encoder and decoder MLPs (0: linear)
     steps: int | None = None  # None: DEFAULT_STEPS, or what `minutes` plans (mmgen.train.loop)
     minutes: float | None = None  # the loop's wall-clock budget (mmgen.train.loop)
@@ -68,8 +74,8 @@ class HasherConfig:
     reconstruction_weight: float = 0.1
     balance_weight: float = 0.1
     decorrelation_weight: float = 0.1
-    holdout_fraction: float = 0.1  # of the groups, kept out as evaluation queries
-    holdout_seed: int = 0
+    holdout_fraction: float = DEFAULT_HOLDOUT  # of the groups, kept out as evaluation queries
+    holdout_seed: int = DEFAULT_HOLDOUT_SEED
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -77,6 +83,11 @@ class HasherConfig:
     def check(self) -> None:
         """Raise ConfigError for invalid settings."""
         check_bits(self.bits)
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.method != AUTOENCODER and (self.steps is not None or self.minutes is not None):
+            raise ConfigError(f"{self.method} is fitted in one call, with no training loop: --steps and --minutes "
+                              "apply to --method autoencoder")  # fmt: skip
         if self.name is not None:
             check_name(self.name)
         for key in ("anchors", "neighbours", "lr", "temperature"):
@@ -96,18 +107,22 @@ class HasherConfig:
 class HasherResult:
     """Outcome of `train_hasher`."""
 
-    hasher: Hasher
+    hasher: BaseHasher
     path: Path
     model_id: int
-    steps: int
+    steps: int  # 0 for a baseline (one FAISS train call)
     train_seconds: float
-    final_loss: float
+    final_loss: float | None  # None for a baseline
     stopped_by_time: bool = False
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
 def train_hasher(ws: Workspace, cfg: HasherConfig) -> HasherResult:
-    """Train a hasher on an index's vectors (held-out groups excluded), save it, register it in SQL."""
+    """Train a hasher on an index's vectors (held-out groups excluded), save it, register it in SQL.
+
+    `cfg.method` lsh / itq / pca fits that FAISS baseline instead (both modalities' training vectors
+    concatenated, as `mmgen eval hashing` does), saved and registered the same way.
+    """
     cfg.check()
     from mmgen.catalog import pick_index_name
     from mmgen.store.db import open_store
@@ -118,6 +133,13 @@ def train_hasher(ws: Workspace, cfg: HasherConfig) -> HasherResult:
         data = load_index_vectors(ws, store, index)
     finally:
         store.close()
+    if cfg.method != AUTOENCODER:
+        baseline, baseline_id = train_baseline(
+            ws, data, cfg.method, cfg.bits, cfg.name, holdout_fraction=cfg.holdout_fraction,
+            holdout_seed=cfg.holdout_seed, seed=cfg.seed, config=dataclasses.asdict(cfg),
+        )  # fmt: skip
+        m = baseline.manifest
+        return HasherResult(baseline, ws.models_dir / baseline.name, baseline_id, 0, m["train_seconds"], None, False, m)
     name = cfg.name or f"{index}-{cfg.bits}b"
     check_name(name)
     held = heldout_groups(data.groups(), cfg.holdout_fraction, cfg.holdout_seed)
@@ -126,6 +148,7 @@ def train_hasher(ws: Workspace, cfg: HasherConfig) -> HasherResult:
     manifest: dict[str, Any] = {
         "name": name,
         "kind": MODEL_KIND,
+        "method": AUTOENCODER,
         "code_version": mmgen.__version__,
         "index": index,
         "encoder": data.encoder,

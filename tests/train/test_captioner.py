@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sqlalchemy import select
 from typer.testing import CliRunner
 
 from mmgen.cli import app
 from mmgen.errors import ConfigError, DataError, VectorIndexError
 from mmgen.generate.caption_retrieval import IndexedCaptions, load_indexed_captions
+from mmgen.index.rows import load_vectors
 from mmgen.generate.tokenizer import CaptionTokenizer
 from mmgen.store.db import open_store
-from mmgen.store.models import IndexRecord, ModelRecord
+from mmgen.store.models import ModelRecord
 from mmgen.generate.caption_retrieval import leave_out
 from mmgen.train.captioner import CaptionerConfig, _TrainingData, own_concept_choice, train_captioner
 from mmgen.workspace import Workspace
@@ -65,13 +65,9 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, shapes_manifest: Path, tin
 
 
 def _corpus(ws: Workspace) -> IndexedCaptions:
-    from mmgen.index import IndexFolder
-
     store = open_store(ws.db_url)
     try:
-        with store.session() as s:
-            index_id = s.scalar(select(IndexRecord.id))
-        return load_indexed_captions(store, index_id, IndexFolder.open(ws.index_dir("default")))
+        return load_indexed_captions(load_vectors(ws, store, "default"))
     finally:
         store.close()
 

@@ -83,7 +83,9 @@ def test_heldout_groups_are_seeded_and_bounded() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [({"bits": 48}, "32, 64"), ({"steps": 0}, "steps"), ({"holdout_fraction": 1.5}, "holdout"),
-     ({"name": "no/slash"}, "folder name"), ({"temperature": -1.0}, "temperature")],
+     ({"name": "no/slash"}, "folder name"), ({"temperature": -1.0}, "temperature"),
+     ({"method": "sh"}, "method must be one of autoencoder, lsh, itq, pca"),
+     ({"method": "itq", "steps": 5}, "no training loop")],
 )  # fmt: skip
 def test_bad_settings_are_refused(change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -108,6 +110,7 @@ def test_train_hasher_saves_registers_and_records_the_holdout(tmp_path, tiny_enc
     m = result.manifest
     assert result.path == ws.models_dir / "default-64b" and m["name"] == "default-64b"
     assert (m["type"], m["bits"], m["dim"], m["index"]) == ("mmgen.hasher", 64, 16, "default")
+    assert m["method"] == "autoencoder"
     assert m["encoder_checksum"] == tiny_encoder.checksum() and m["encoder"] == tiny_encoder.name
     assert m["holdout"]["groups"] == heldout_groups(np.array(sorted({f"{c}-{s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square")}), dtype=object), 0.25, 0)
     assert m["training_vectors"] == {"image": 30, "text": 30}  # 2 of 8 groups (10 items) held out
@@ -120,3 +123,44 @@ def test_train_hasher_saves_registers_and_records_the_holdout(tmp_path, tiny_enc
     np.testing.assert_array_equal(loaded.encode(x, "image"), result.hasher.encode(x, "image"))
     with pytest.raises(ConfigError, match="leaves nothing"):
         train_hasher(ws, HasherConfig(bits=32, holdout_fraction=0.99, progress=False))
+
+
+def test_train_hasher_fits_a_baseline_in_one_call(tmp_path, tiny_encoder) -> None:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from mmgen.cli import app
+    from mmgen.data.checksums import file_sha256
+
+    name = "mmgen_tests_tiny_workspace"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "hashing" / "tiny_workspace.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    ws, _ = sys.modules[name].build(tmp_path, tiny_encoder)
+
+    result = train_hasher(ws, HasherConfig(method="lsh", bits=32, seed=3, holdout_fraction=0.25, progress=False))
+    m = result.manifest
+    assert result.path == ws.models_dir / "default-lsh-32b" and (result.steps, result.final_loss) == (0, None)
+    assert (m["type"], m["method"], m["bits"], m["dim"], m["seed"]) == ("mmgen.hasher", "lsh", 32, 16, 3)
+    groups = np.array(sorted(f"{c}-{s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square")))
+    autoencoder_holdout = heldout_groups(groups.astype(object), 0.25, 0)
+    assert m["holdout"]["groups"] == autoencoder_holdout and m["training_vectors"] == {"image": 30, "text": 30}
+    assert m["checksum"] == file_sha256(result.path / "codec.faiss") and not (result.path / "hasher.pt").exists()
+    with open_store(ws.db_url) as store, store.session() as s:
+        row = s.scalars(select(ModelRecord).where(ModelRecord.kind == "hasher")).one()
+        assert (row.name, row.checksum, row.params["method"]) == ("default-lsh-32b", result.hasher.checksum, "lsh")
+    loaded = load_hasher("default-lsh-32b", ws.models_dir)
+    x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.encode(x, "text"), FaissBaseline("lsh", 16, 32, seed=3).encode(x))
+
+    # PCA / ITQ cannot make more bits than the 16-d vectors have dimensions: the same clear error as eval gives
+    with pytest.raises(ConfigError, match="PCA cannot make 32 bits from 16-d"):
+        train_hasher(ws, HasherConfig(method="pca", bits=32, progress=False))
+    res = CliRunner().invoke(app, ["train", "hasher", "--method", "lsh", "--workspace", str(ws.root)])
+    assert res.exit_code == 0, res.output
+    assert "hasher default-lsh-64b: LSH 64 bits on index 'default'" in res.stdout and "fitted in" in res.stdout
