@@ -1,7 +1,7 @@
 """`mmgen search`: encode a query, search FAISS, join the hits to SQL, record the search.
 
-Modes: `float` (exact inner product on the float index), `codes` (Hamming ranking of the
-hasher's packed codes in the binary index) and `rerank` (a Hamming short list of C candidates,
+Modes (one small strategy each, `MODES`): `float` (exact inner product on the float index),
+`codes` (Hamming ranking of the hasher's packed codes in the binary index) and `rerank` (a Hamming short list of C candidates,
 re-scored exactly against the float vectors memory-mapped from the vector file, so RAM holds
 only the codes). The hasher maps text queries and image queries into one code space, so a text
 query ranks image codes and the reverse.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import getpass
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,51 +203,8 @@ class Searcher:
         allowed = self._allowed_rows(to, where) if where else None
         if allowed is not None and len(allowed) == 0:
             return to, [[] for _ in range(len(queries))]
-        if mode == "float":
-            scores, ids = self._faiss(to).search(queries, k, allowed_ids=allowed)
-        else:
-            scores, ids = self._search_codes(queries, str(query_modality), to, k, allowed, mode, rerank)
+        scores, ids = MODES[mode](self, queries, str(query_modality), to, k, allowed, rerank)
         return to, self._join(to, scores, ids)
-
-    def _search_codes(
-        self,
-        queries: np.ndarray,
-        query_modality: str,
-        to: str,
-        k: int,
-        allowed: np.ndarray | None,
-        mode: str,
-        rerank: int | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Hamming top-k (scores: 1 - 2 * distance / bits), or a short list of C re-scored exactly.
-
-        On the flat preset, with a hasher that has real-valued code units (the autoencoder), the
-        short list is the best C of a Hamming list PRELIST x C long under asymmetric scoring (the
-        query's real-valued code against the candidates' bits); on graph and IVF presets, and for
-        a FAISS baseline (LSH / ITQ / PCA: bits only), it is the Hamming top C.
-        """
-        from mmgen.index.codes import code_similarity, pack_codes
-
-        hasher = self.hasher()
-        queries32 = np.ascontiguousarray(queries, dtype=np.float32)
-        logits = hasher.logits(queries32, query_modality) if hasher.has_logits else None
-        # what hasher.encode returns; the logits also serve the asymmetric stage
-        codes = pack_codes(logits > 0) if logits is not None else hasher.encode(queries32, query_modality)
-        index = self._codes(to)
-        if mode == "codes":
-            dist, ids = index.search(codes, k, allowed_ids=allowed, device=self.device)
-            return np.where(ids >= 0, code_similarity(dist, hasher.bits), 0.0).astype(np.float32), ids
-        depth = max(k, rerank if rerank is not None else DEFAULT_RERANK)
-        if depth < 1:
-            raise ConfigError("--rerank must be at least 1")
-        if not index.slotted or logits is None:  # graph / IVF presets, baselines: the Hamming short list as it comes
-            _, short = index.search(codes, depth, allowed_ids=allowed, device=self.device)
-            return rerank_exact(queries, short, self.folder.vectors(to), k)
-        from mmgen.index.codes import asymmetric_prune
-
-        _, long = index.search(codes, PRELIST * depth, allowed_ids=allowed, device=self.device)
-        short = asymmetric_prune(np.tanh(logits), long, index.slot_codes(), depth)
-        return rerank_exact(queries, short, self.folder.vectors(to), k)
 
     def _allowed_rows(self, modality: str, where: Filters) -> np.ndarray:
         from mmgen.store.filters import filter_items_by_meta
@@ -348,6 +305,70 @@ class Searcher:
             )
             s.commit()
             return int(prompt.id)
+
+
+# ---- search modes: one small strategy each over the float and binary indexes ------------------
+def _float_mode(
+    searcher: Searcher, queries: np.ndarray, query_modality: str, to: str, k: int,
+    allowed: np.ndarray | None, rerank: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (or the preset's approximate) inner-product top k on the float index."""
+    return searcher._faiss(to).search(queries, k, allowed_ids=allowed)  # fmt: skip
+
+
+def _query_codes(searcher: Searcher, queries: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The queries' packed codes, and the hasher's real-valued outputs where it has them (the autoencoder)."""
+    from mmgen.index.codes import pack_codes
+
+    hasher = searcher.hasher()
+    queries32 = np.ascontiguousarray(queries, dtype=np.float32)
+    logits = hasher.logits(queries32, modality) if hasher.has_logits else None
+    codes = pack_codes(logits > 0) if logits is not None else hasher.encode(queries32, modality)
+    return codes, logits
+
+
+def _codes_mode(
+    searcher: Searcher, queries: np.ndarray, query_modality: str, to: str, k: int,
+    allowed: np.ndarray | None, rerank: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hamming top k on the binary index; scores are 1 - 2 * distance / bits."""
+    from mmgen.index.codes import code_similarity
+
+    codes, _ = _query_codes(searcher, queries, query_modality)
+    dist, ids = searcher._codes(to).search(codes, k, allowed_ids=allowed, device=searcher.device)
+    return np.where(ids >= 0, code_similarity(dist, searcher.hasher().bits), 0.0).astype(np.float32), ids  # fmt: skip
+
+
+def _rerank_mode(
+    searcher: Searcher, queries: np.ndarray, query_modality: str, to: str, k: int,
+    allowed: np.ndarray | None, rerank: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A short list of C codes re-scored exactly against the memory-mapped float vectors.
+
+    On the flat preset, with a hasher that has real-valued code units (the autoencoder), the
+    short list is the best C of a Hamming list PRELIST x C long under asymmetric scoring (the
+    query's real-valued code against the candidates' bits); on graph and IVF presets, and for
+    a FAISS baseline (LSH / ITQ / PCA: bits only), it is the Hamming top C.
+    """
+    depth = max(k, rerank if rerank is not None else DEFAULT_RERANK)
+    if depth < 1:
+        raise ConfigError("--rerank must be at least 1")
+    codes, logits = _query_codes(searcher, queries, query_modality)
+    index = searcher._codes(to)
+    if not index.slotted or logits is None:  # graph / IVF presets, baselines: the Hamming short list as it comes
+        _, short = index.search(codes, depth, allowed_ids=allowed, device=searcher.device)
+        return rerank_exact(queries, short, searcher.folder.vectors(to), k)
+    from mmgen.index.codes import asymmetric_prune
+
+    _, long = index.search(codes, PRELIST * depth, allowed_ids=allowed, device=searcher.device)
+    short = asymmetric_prune(np.tanh(logits), long, index.slot_codes(), depth)
+    return rerank_exact(queries, short, searcher.folder.vectors(to), k)
+
+
+ModeFn = Callable[
+    [Searcher, np.ndarray, str, str, int, "np.ndarray | None", "int | None"], tuple[np.ndarray, np.ndarray]
+]
+MODES: dict[str, ModeFn] = {"float": _float_mode, "codes": _codes_mode, "rerank": _rerank_mode}
 
 
 def rerank_exact(queries: np.ndarray, short: np.ndarray, vectors: VectorFile, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mmgen.errors import ManifestMismatchError, VectorIndexError
+from mmgen.index.base import IndexVerbs
 from mmgen.index.codes import check_bits, check_codes, choose_backend, hamming_knn
 from mmgen.index.presets import Preset
 
@@ -30,7 +31,7 @@ def _faiss() -> Any:
     return faiss
 
 
-class BinaryIndex:
+class BinaryIndex(IndexVerbs):
     """Packed codes under ids: add, remove, Hamming k-NN (optionally restricted to some ids), save, load."""
 
     def __init__(self, bits: int, preset: Preset, index: Any | None = None) -> None:
@@ -97,7 +98,7 @@ class BinaryIndex:
         os.replace(tmp, path)
 
     @staticmethod
-    def delete(path: str | os.PathLike[str]) -> None:
+    def delete_files(path: str | os.PathLike[str]) -> None:
         """Remove a saved index and its sidecar (missing files are fine)."""
         Path(path).unlink(missing_ok=True)
         dead_path(path).unlink(missing_ok=True)

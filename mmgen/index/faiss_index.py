@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from mmgen.errors import VectorIndexError
+from mmgen.index.base import IndexVerbs
 from mmgen.index.presets import Preset
 
 
@@ -18,7 +19,7 @@ def _faiss() -> Any:
     return faiss
 
 
-class FaissIndex:
+class FaissIndex(IndexVerbs):
     """`IDMap2` around a factory-built index: add, remove, search by id, save and load."""
 
     def __init__(self, dim: int, preset: Preset, index: Any | None = None) -> None:

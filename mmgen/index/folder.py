@@ -231,7 +231,7 @@ class IndexFolder:
         from mmgen.index.binary import BinaryIndex
 
         for modality in MODALITIES:
-            BinaryIndex.delete(self.root / f"{modality}{CODES_SUFFIX}")
+            BinaryIndex.delete_files(self.root / f"{modality}{CODES_SUFFIX}")
         self._codes.clear()
         self.manifest["hash"] = {
             "name": name, "checksum": checksum, "bits": int(bits), "preset": preset.to_json(), "modalities": {},

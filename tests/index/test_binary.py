@@ -100,7 +100,7 @@ def test_flat_codes_are_addressed_by_row_id_without_storing_ids(tmp_path) -> Non
     assert again.remove(np.array([0, 2, 7, 9])) == 4 and again.index.ntotal == 0  # empty: zero codes dropped
     again.save(path)
     assert not dead.exists()
-    BinaryIndex.delete(path)
+    BinaryIndex.delete_files(path)
     assert not path.exists()
 
 

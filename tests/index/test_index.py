@@ -153,3 +153,28 @@ def test_switching_preset_rebuilds_from_stored_vectors(tmp_path) -> None:
     rep = folder.sync("text", slots)
     assert rep.rebuilt and folder.faiss("text").count == 200
     assert "IVF" in IndexFolder.open(folder.root).manifest["factory"]
+
+
+def test_both_index_kinds_share_one_interface_and_the_txtai_verbs() -> None:
+    from mmgen.index.base import VectorIndex
+    from mmgen.index.binary import BinaryIndex
+    from mmgen.index.codes import pack_codes
+    from mmgen.index.faiss_index import FaissIndex
+    from mmgen.index.presets import resolve_preset
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(20, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    codes = pack_codes(rng.normal(size=(20, 32)) > 0)
+    float_index = FaissIndex(8, resolve_preset("flat"))
+    binary_index = BinaryIndex(32, resolve_preset("binary-flat", binary=True))
+    for index, data in ((float_index, vectors), (binary_index, codes)):
+        assert isinstance(index, VectorIndex)
+        index.build(np.arange(10), data[:10])
+        index.append(np.arange(10, 20), data[10:])
+        assert index.count == 20
+        index.upsert(np.array([3, 25]), data[[0, 1]])  # 3 replaced, 25 added
+        assert index.count == 21 and set(index.ids().tolist()) == set(range(20)) | {25}
+        _, found = index.search(data[[0]], 2)
+        assert set(found[0].tolist()) == {0, 3}  # row 3 now holds row 0's data
+        assert index.delete(np.array([25, 99])) == 1 and index.count == 20
