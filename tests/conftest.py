@@ -194,3 +194,21 @@ def image_folder(tmp_path: Path) -> Path:
     for bad in ("corrupt", "truncated", "empty", "notanimage"):
         (folder / f"{bad}.txt").write_text(f"the {bad} file", encoding="utf-8")
     return folder
+
+
+def load_tiny_workspace() -> ModuleType:
+    """tests/hashing/tiny_workspace.py, loaded by path under one name (tests import it from several folders)."""
+    name = "mmgen_tests_tiny_workspace"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "hashing" / "tiny_workspace.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture()
+def build_tiny_workspace():
+    """build(root, encoder, per_group=5) -> (workspace, manifest): index `default` over captioned drawings."""
+    return load_tiny_workspace().build

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,16 +15,6 @@ from mmgen.train.hasher import HasherConfig, train_hasher
 
 TINY = {"steps": 10, "anchors": 16, "neighbours": 4, "hidden": 16, "progress": False, "device": "cpu",
         "holdout_fraction": 0.25}
-
-
-def tiny_workspace(root: Path, encoder):
-    name = "mmgen_tests_tiny_workspace"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "hashing" / "tiny_workspace.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].build(root, encoder)
 
 
 def test_recall_against_exact_top_k() -> None:
@@ -46,8 +33,8 @@ def test_average_precision_by_hand() -> None:
         average_precision(rel[2:], np.array([0]))
 
 
-def test_evaluate_hashing_on_a_tiny_index(tmp_path, tiny_encoder) -> None:
-    ws, _ = tiny_workspace(tmp_path, tiny_encoder)
+def test_evaluate_hashing_on_a_tiny_index(tmp_path, tiny_encoder, build_tiny_workspace) -> None:
+    ws, _ = build_tiny_workspace(tmp_path, tiny_encoder)
     with pytest.raises(ConfigError, match="no hasher trained on index 'default'"):
         evaluate_hashing(ws)
     train_hasher(ws, HasherConfig(bits=32, **TINY))
@@ -75,8 +62,8 @@ def test_evaluate_hashing_on_a_tiny_index(tmp_path, tiny_encoder) -> None:
         evaluate_hashing(ws, methods=["itq"], bits=[32])
 
 
-def test_cli_train_index_search_eval(tmp_path, tiny_encoder) -> None:
-    ws, manifest = tiny_workspace(tmp_path, tiny_encoder)
+def test_cli_train_index_search_eval(tmp_path, tiny_encoder, build_tiny_workspace) -> None:
+    ws, manifest = build_tiny_workspace(tmp_path, tiny_encoder)
     runner = CliRunner()
 
     def invoke(*args: str):

@@ -92,18 +92,9 @@ def test_bad_settings_are_refused(change: dict, message: str) -> None:
         HasherConfig(**change).check()
 
 
-def test_train_hasher_saves_registers_and_records_the_holdout(tmp_path, tiny_encoder) -> None:
-    import importlib.util
-    import sys
-    from pathlib import Path
+def test_train_hasher_saves_registers_and_records_the_holdout(tmp_path, tiny_encoder, build_tiny_workspace) -> None:
 
-    name = "mmgen_tests_tiny_workspace"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "hashing" / "tiny_workspace.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    ws, _ = sys.modules[name].build(tmp_path, tiny_encoder)
+    ws, _ = build_tiny_workspace(tmp_path, tiny_encoder)
 
     cfg = HasherConfig(bits=64, steps=10, anchors=16, neighbours=4, hidden=16, holdout_fraction=0.25, progress=False)
     result = train_hasher(ws, cfg)
@@ -125,23 +116,14 @@ def test_train_hasher_saves_registers_and_records_the_holdout(tmp_path, tiny_enc
         train_hasher(ws, HasherConfig(bits=32, holdout_fraction=0.99, progress=False))
 
 
-def test_train_hasher_fits_a_baseline_in_one_call(tmp_path, tiny_encoder) -> None:
-    import importlib.util
-    import sys
-    from pathlib import Path
+def test_train_hasher_fits_a_baseline_in_one_call(tmp_path, tiny_encoder, build_tiny_workspace) -> None:
 
     from typer.testing import CliRunner
 
     from mmgen.cli import app
     from mmgen.data.checksums import file_sha256
 
-    name = "mmgen_tests_tiny_workspace"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "hashing" / "tiny_workspace.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    ws, _ = sys.modules[name].build(tmp_path, tiny_encoder)
+    ws, _ = build_tiny_workspace(tmp_path, tiny_encoder)
 
     result = train_hasher(ws, HasherConfig(method="lsh", bits=32, seed=3, holdout_fraction=0.25, progress=False))
     m = result.manifest
