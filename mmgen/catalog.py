@@ -12,6 +12,7 @@ The indexer (ingest) and the searcher (reads) both go through here; neither impo
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from mmgen.store.db import Store
     from mmgen.workspace import Workspace
 
+log = logging.getLogger(__name__)
 
 
 def open_or_create_index(
@@ -198,7 +200,8 @@ def catch_up(store: Store, index_id: int, folder: IndexFolder, modality: str) ->
     """Make the float FAISS file of one modality match SQL (a run killed before its save); saved if unlocked."""
     if sql_row_state(store, index_id, modality) == folder.row_state(modality):
         return
-    folder.sync(modality, live_row_ids(store, index_id, modality))
+    report = folder.sync(modality, live_row_ids(store, index_id, modality))
+    log.info("index %s %s: FAISS caught up with SQL (%s)", folder.manifest.get("name"), modality, _sync_note(report))
     with folder.lock(wait=False) as got:
         if got:
             folder.save(modality)
@@ -210,7 +213,9 @@ def catch_up_codes(store: Store, index_id: int, folder: IndexFolder, modality: s
     if live_fp == folder.codes_row_state(modality) and folder.codes(modality).count == live_fp[0]:
         return
     live = live_row_ids(store, index_id, modality)
-    folder.sync_codes(modality, live, hasher.encode, hasher.checksum)
+    report = folder.sync_codes(modality, live, hasher.encode, hasher.checksum)
+    name = folder.manifest.get("name")
+    log.info("index %s %s: codes caught up with SQL (%s)", name, modality, _sync_note(report))
     with folder.lock(wait=False) as got:
         if got:
             folder.save_codes(modality)

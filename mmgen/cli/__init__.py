@@ -12,5 +12,10 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Entry point of the `mmgen` console script."""
+    """Entry point of the `mmgen` console script; `MMGEN_LOG=info` shows the library's log (default: warnings)."""
+    import logging
+    import os
+
+    level = os.environ.get("MMGEN_LOG", "WARNING").upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     app()
