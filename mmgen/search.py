@@ -113,8 +113,10 @@ class Searcher:
         self.device = device
         # Open time is when a stale FAISS file (a run killed before its save) catches up with SQL;
         # a search itself only reads.
-        for modality in self.modalities():
+        self._available = self.modalities()
+        for modality in self._available:
             catch_up(self.store, self.index_id, self.folder, modality)
+        self._corpora: dict[int, str] = {}
         self._codes_ready: set[str] = set()
         self._hasher: Hasher | None = None
 
@@ -192,7 +194,7 @@ class Searcher:
             raise ConfigError(f"--rerank C re-ranks a short list of codes; it does not apply to --mode {mode}")
         if mode != "float" and query_modality not in ("image", "text"):
             raise ConfigError("searching codes needs the modality of the query vectors (image or text)")
-        available = self.modalities()
+        available = self._available  # as at open time, when the FAISS files were caught up
         if not available:
             raise VectorIndexError(f"index {self.name!r} is empty; run `mmgen index SOURCE --name {self.name}`")
         to = to or ("image" if "image" in available else "text")
@@ -223,8 +225,9 @@ class Searcher:
 
         with self.store.session() as s:
             items = items_for_rows(s, self.index_id, modality, ids.ravel().tolist())
-            corpora = {int(i): n for i, n in s.execute(select(Corpus.id, Corpus.name))}
-        rows = {rid: (item, corpora.get(item.corpus_id, "")) for rid, item in items.items()}
+            if any(item.corpus_id not in self._corpora for item in items.values()):
+                self._corpora = {int(i): n for i, n in s.execute(select(Corpus.id, Corpus.name))}
+        rows = {rid: (item, self._corpora.get(item.corpus_id, "")) for rid, item in items.items()}
         out: list[list[Hit]] = []
         for qs, qi in zip(scores, ids):
             hits = []

