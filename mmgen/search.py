@@ -1,10 +1,13 @@
 """`mmgen search`: encode a query, search FAISS, join the hits to SQL, record the search.
 
 Modes (one small strategy each, `MODES`): `float` (exact inner product on the float index),
-`codes` (Hamming ranking of the hasher's packed codes in the binary index) and `rerank` (a Hamming short list of C candidates,
-re-scored exactly against the float vectors memory-mapped from the vector file, so RAM holds
-only the codes). The hasher maps text queries and image queries into one code space, so a text
-query ranks image codes and the reverse.
+`codes` (Hamming ranking of the hasher's packed codes in the binary index) and `rerank` (a
+Hamming short list of C candidates, re-scored exactly against the float vectors memory-mapped
+from the vector file, so RAM holds only the codes). The hasher maps text queries and image
+queries into one code space, so a text query ranks image codes and the reverse.
+
+A `Searcher` only reads: stale FAISS files are caught up with SQL when it opens (codes when
+they are first used), and the index's modalities and corpus names are cached from then on.
 """
 
 from __future__ import annotations
