@@ -10,8 +10,8 @@ BIN=${VENV:-.venv}/bin
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
-"$BIN/pip" wheel --quiet --no-deps --no-build-isolation -w "$TMP/dist" .
-python3 -m venv "$TMP/venv"
+"$BIN/pip" wheel --quiet --no-deps -w "$TMP/dist" .
+"$(readlink -f "$BIN/python")" -m venv "$TMP/venv"   # the interpreter of the project venv
 SITE=$("$BIN/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 NEW_SITE=$("$TMP/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$SITE" > "$NEW_SITE/project-deps.pth"
