@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,postgres]'
+	# clip-retrieval's own ClipClient for the server tests: its file alone is loaded, so none of its (heavy, numpy<2) deps
+	$(BIN)/pip install --quiet --no-deps clip-retrieval==2.45.0
 	touch $(STAMP)
 
 setup: sysdeps $(STAMP)

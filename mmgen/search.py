@@ -211,6 +211,23 @@ class Searcher:
         scores, ids = MODES[mode](self, queries, str(query_modality), to, k, allowed, rerank)
         return to, self._join(to, scores, ids)
 
+    def item_vectors(self, modality: str, item_ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of these items in one modality, in the order given (zeros for an item without one)."""
+        with self.store.session() as s:
+            rows = dict(
+                s.execute(
+                    select(IndexRow.item_id, IndexRow.row_id).where(
+                        IndexRow.index_id == self.index_id, IndexRow.modality == modality,
+                        IndexRow.item_id.in_([int(i) for i in item_ids]),
+                    )
+                ).all()
+            )  # fmt: skip
+        out = np.zeros((len(item_ids), self.folder.dim), dtype=np.float32)
+        have = [n for n, i in enumerate(item_ids) if int(i) in rows]
+        if have:
+            out[have] = self.folder.vectors(modality).get(np.array([rows[int(item_ids[n])] for n in have], dtype=np.int64))
+        return out
+
     def _allowed_rows(self, modality: str, where: Filters) -> np.ndarray:
         from mmgen.store.filters import filter_items_by_meta
 

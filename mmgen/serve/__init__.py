@@ -1,0 +1,1 @@
+"""`mmgen serve`: the HTTP API (clip-retrieval-compatible routes and mmgen's own) and the search page."""

@@ -1,0 +1,115 @@
+"""The FastAPI application of `mmgen serve` (routes over `mmgen.serve.app.Service`)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from mmgen.errors import MmgenError
+from mmgen.serve.app import STATIC, HTTPError, ServerConfig, Service, parse_body
+
+if TYPE_CHECKING:
+    from mmgen.store.db import Store
+    from mmgen.workspace import Workspace
+
+
+def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
+    """The ASGI app: routes, the token check, and errors as `{"error": ...}` with a 4xx status."""
+    service = Service(ws, store, config)
+    app = FastAPI(title="mmgen", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Any:
+        where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return JSONResponse({"error": f"bad request ({where})"}, status_code=400)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        if config.token and request.url.path != "/healthz":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
+                return JSONResponse({"error": "missing or wrong token (Authorization: Bearer T)"}, status_code=401)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > 2 * config.max_upload_bytes:
+            return JSONResponse({"error": "request body too large"}, status_code=413)
+        try:
+            return await call_next(request)
+        except HTTPError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        except MmgenError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+
+    def answer(fn: Any, *args: Any) -> Any:
+        try:
+            return JSONResponse(fn(*args))
+        except HTTPError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        except MmgenError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        return parse_body(await request.body(), config.max_upload_bytes)
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return {"ok": True}
+
+    @app.get("/indices-list")
+    def indices_list() -> Any:
+        return answer(service.index_names)
+
+    @app.get("/api/indexes")
+    def indexes() -> Any:
+        return answer(service.index_names)
+
+    @app.post("/knn-service")
+    async def knn(request: Request) -> Any:
+        try:
+            body = await body_of(request)
+        except HTTPError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return await _threaded(answer, service.knn, body)
+
+    @app.post("/metadata")
+    async def metadata(request: Request) -> Any:
+        try:
+            body = await body_of(request)
+        except HTTPError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return await _threaded(answer, service.metadata, body)
+
+    @app.post("/api/search")
+    async def search(request: Request) -> Any:
+        try:
+            body = await body_of(request)
+        except HTTPError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return await _threaded(answer, service.search, body)
+
+    @app.get("/api/items/{item_id}")
+    def item(item_id: int) -> Any:
+        return answer(service.item, item_id)
+
+    @app.get("/image/{item_id}")
+    def image(item_id: int, size: int = 256) -> Any:
+        try:
+            return Response(service.thumbnail(item_id, size), media_type="image/png")
+        except HTTPError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.get("/")
+    def page() -> Any:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    return app
+
+
+async def _threaded(fn: Any, *args: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
