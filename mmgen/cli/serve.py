@@ -14,14 +14,19 @@ from mmgen.cli.common import DbOpt, DeviceOpt, WorkspaceOpt, _errors, _workspace
 def serve_cmd(
     workspace: WorkspaceOpt = None,
     db: DbOpt = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (beyond loopback needs a token).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (beyond loopback needs a token).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 1234,
     token: Annotated[
         Optional[str],
-        typer.Option("--token", envvar="MMGEN_TOKEN", help="Require `Authorization: Bearer T` on every route but /healthz."),
+        typer.Option(
+            "--token", envvar="MMGEN_TOKEN", help="Require `Authorization: Bearer T` on every route but /healthz."
+        ),
     ] = None,
     allow_remote_urls: Annotated[
-        bool, typer.Option("--allow-remote-urls", help="Let /knn-service fetch `image_url` (off: no server-side requests).")
+        bool,
+        typer.Option("--allow-remote-urls", help="Let /knn-service fetch `image_url` (off: no server-side requests)."),
     ] = False,
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest image upload.")] = 20,
     device: DeviceOpt = "auto",
@@ -40,7 +45,8 @@ def serve_cmd(
         config = ServerConfig(token=token, allow_remote_urls=allow_remote_urls,
                               max_upload_bytes=max_upload_mb * 1024 * 1024, device=device)  # fmt: skip
         shown = "localhost" if host in ("127.0.0.1", "::1") else host
-        typer.echo(f"mmgen serve: http://{shown}:{port}/  (workspace {ws.root}; clip-retrieval: /knn-service)", err=True)
+        typer.echo(f"mmgen serve: http://{shown}:{port}/  (workspace {ws.root}; clip-retrieval: /knn-service)",
+                   err=True)  # fmt: skip
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
             uvicorn.run(create_app(ws, store, config), host=host, port=port, log_level="warning")

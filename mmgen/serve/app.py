@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import tempfile
 import threading
@@ -115,7 +116,8 @@ class Service:
         """(vector (1, d), query modality, what to record) from text, a base64 image, an image URL or an embedding."""
         searcher = opened.searcher
         text, image, url, embedding = (body.get(k) for k in ("text", "image", "image_url", "embedding_input"))
-        given = [k for k, v in (("text", text), ("image", image), ("image_url", url), ("embedding_input", embedding)) if v]
+        fields = (("text", text), ("image", image), ("image_url", url), ("embedding_input", embedding))
+        given = [k for k, v in fields if v]
         if len(given) != 1:
             raise HTTPError(400, "give exactly one of text, image (base64), image_url or embedding_input")
         if text:
@@ -313,10 +315,12 @@ def encode_image_bytes(searcher: Searcher, data: bytes) -> np.ndarray:
     from mmgen.data.images import load_image
 
     try:
-        with Image.open(__import__("io").BytesIO(data)) as probe:
+        with Image.open(io.BytesIO(data)) as probe:
             probe.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise HTTPError(400, "the uploaded image is corrupt or not a raster image (PNG, JPEG, WebP, GIF, BMP, TIFF)") from None
+        raise HTTPError(
+            400, "the uploaded image is corrupt or not a raster image (PNG, JPEG, WebP, GIF, BMP, TIFF)"
+        ) from None
     with tempfile.NamedTemporaryFile(suffix=".upload") as tmp:
         tmp.write(data)
         tmp.flush()
@@ -360,4 +364,6 @@ def parse_body(raw: bytes, limit: int) -> dict[str, Any]:
 def check_config(host: str, token: str | None) -> None:
     """Refuse to listen beyond loopback without a token."""
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        raise ConfigError(f"listening on {host} needs a token (--token T or MMGEN_TOKEN): anyone who can reach it could query")
+        raise ConfigError(
+            f"listening on {host} needs a token (--token T or MMGEN_TOKEN): anyone who can reach it could query"
+        )
