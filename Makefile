@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 # Debian packages: rsvg-convert renders SVG, npm fetches the emoji corpora, PostgreSQL backs the store tests.
 SYSTEM_TOOLS := rsvg-convert:librsvg2-bin npm:npm
 
-.PHONY: setup sysdeps data demo test bench bench-encoder clean
+.PHONY: setup sysdeps data demo test bench bench-peers bench-encoder clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -73,12 +73,17 @@ demo: data
 	@echo "    (concepts the captioner never trained on; their other styles are in the index it retrieves from)"
 	$(BIN)/mmgen caption $(TWEMOJI_PNG)/1f480.png $(TWEMOJI_PNG)/1f916.png $(TWEMOJI_PNG)/1f634.png \
 	  $(TWEMOJI_PNG)/1f9e1.png --workspace $(WS)
+	@echo "--- browse and query it over HTTP (clip-retrieval's ClipClient works too, at /knn-service):"
+	@echo "    $(BIN)/mmgen serve --workspace $(WS)   then open http://localhost:1234/"
 
 test: setup
 	$(BIN)/python -m pytest
 
 bench: data
 	$(BIN)/python benchmarks/bench_index_search.py --workspace build/bench
+
+bench-peers: setup
+	$(BIN)/python benchmarks/compare_peers.py --json build/peers/compare-peers.json
 
 bench-encoder: data
 	$(BIN)/python benchmarks/bench_encoder.py --workspace build/bench-encoder --minutes 30
