@@ -67,29 +67,25 @@ def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
     def indexes() -> Any:
         return answer(service.index_names)
 
-    @app.post("/knn-service")
-    async def knn(request: Request) -> Any:
+    async def post(request: Request, fn: Any) -> Any:
+        """Read the JSON body (any Content-Type), run `fn` on it in a worker thread, answer JSON."""
         try:
             body = await body_of(request)
         except HTTPError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        return await _threaded(answer, service.knn, body)
+        return await _threaded(answer, fn, body)
+
+    @app.post("/knn-service")
+    async def knn(request: Request) -> Any:
+        return await post(request, service.knn)
 
     @app.post("/metadata")
     async def metadata(request: Request) -> Any:
-        try:
-            body = await body_of(request)
-        except HTTPError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        return await _threaded(answer, service.metadata, body)
+        return await post(request, service.metadata)
 
     @app.post("/api/search")
     async def search(request: Request) -> Any:
-        try:
-            body = await body_of(request)
-        except HTTPError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        return await _threaded(answer, service.search, body)
+        return await post(request, service.search)
 
     @app.get("/api/items/{item_id}")
     def item(item_id: int) -> Any:
