@@ -310,10 +310,13 @@ class Searcher:
             query["hasher"] = self.hasher().name
         result = SearchResult(query=query, hits=hits[0], latency_ms=latency)
         if record:
-            result.prompt_id = self._record(result)
+            result.prompt_id = self.record(result)
         return result
 
-    def _record(self, result: SearchResult) -> int:
+    def record(self, result: SearchResult, user: str | None = None) -> int:
+        """Record a search in the store (prompt, one retrieval per hit, latency); returns the prompt id.
+
+        `user` defaults to the login name of the process."""
         from mmgen.store.repo import record_search
 
         with self.store.session() as s:
@@ -324,7 +327,7 @@ class Searcher:
                 params={k: v for k, v in result.query.items() if k not in ("text", "image")},
                 hits=[(h.id, h.score, h.modality) for h in result.hits],
                 latency_ms=result.latency_ms,
-                user=_user(),
+                user=user if user is not None else _user(),
             )
             s.commit()
             return int(prompt.id)

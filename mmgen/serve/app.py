@@ -199,23 +199,19 @@ class Service:
             result.prompt_id = self.record(searcher, recorded, to, k, hits, latency, "api", query)
         return result.to_json()
 
+    @staticmethod
     def record(
-        self, searcher: Searcher, recorded: dict[str, Any], to: str, k: int, hits: list[Any], latency: float,
+        searcher: Searcher, recorded: dict[str, Any], to: str, k: int, hits: list[Any], latency: float,
         route: str, query: dict[str, Any] | None = None,
     ) -> int:  # fmt: skip
-        """Record the request as the CLI records a search: prompt, retrievals, latency."""
-        from mmgen.store.repo import record_search
+        """Record the request as the CLI records a search (`Searcher.record`), with user "http"."""
+        from mmgen.search import SearchResult
 
-        params = {"to": to, "k": k, "index": searcher.name, "encoder": searcher.encoder.name, "route": route}
-        if query:
-            params.update({key: v for key, v in query.items() if key not in ("text", "image")})
-        with self.store.session() as s:
-            prompt = record_search(
-                s, text=recorded.get("text"), image_uri=recorded.get("image"), params=params,
-                hits=[(h.id, h.score, h.modality) for h in hits], latency_ms=latency, user="http",
-            )  # fmt: skip
-            s.commit()
-            return int(prompt.id)
+        params: dict[str, Any] = {"to": to, "k": k, "index": searcher.name, "encoder": searcher.encoder.name}
+        params.update({key: v for key, v in (query or {}).items() if key not in ("text", "image")})
+        params["route"] = route
+        full = {"text": recorded.get("text"), "image": recorded.get("image"), **params}
+        return searcher.record(SearchResult(query=full, hits=hits, latency_ms=latency), user="http")
 
     # ---- items -------------------------------------------------------------------------
     def metadata(self, body: dict[str, Any]) -> list[dict[str, Any]]:
