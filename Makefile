@@ -12,8 +12,10 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 # Debian packages: rsvg-convert renders SVG, npm fetches the emoji corpora, PostgreSQL backs the store tests.
 SYSTEM_TOOLS := rsvg-convert:librsvg2-bin npm:npm
+# The page's browser test drives Debian's chromium through its chromedriver.
+TEST_TOOLS := chromium:chromium chromedriver:chromium-driver
 
-.PHONY: setup sysdeps data demo test bench bench-peers bench-encoder clean
+.PHONY: setup sysdeps testdeps data demo test bench bench-peers bench-encoder clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +27,21 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: sysdeps $(STAMP)
 
-sysdeps:
-	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+# $(call install_missing,TOOL:PACKAGE ...): apt-get install the packages of the tools not on PATH.
+define install_missing
+	@missing=""; for pair in $(1); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "please install:$$missing (Debian/Ubuntu package names)"; exit 1; fi; fi
+endef
+
+sysdeps:
+	$(call install_missing,$(SYSTEM_TOOLS))
+
+testdeps:
+	$(call install_missing,$(TEST_TOOLS))
 
 data: setup
 	$(BIN)/mmgen data fetch all --data-dir $(DATA)
@@ -76,7 +86,7 @@ demo: data
 	@echo "--- browse and query it over HTTP (clip-retrieval's ClipClient works too, at /knn-service):"
 	@echo "    $(BIN)/mmgen serve --workspace $(WS)   then open http://localhost:1234/"
 
-test: setup
+test: setup testdeps
 	$(BIN)/python -m pytest
 
 bench: data

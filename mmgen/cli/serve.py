@@ -19,9 +19,13 @@ def serve_cmd(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 1234,
     token: Annotated[
-        Optional[str],
+        Optional[list[str]],
         typer.Option(
-            "--token", envvar="MMGEN_TOKEN", help="Require `Authorization: Bearer T` on every route but /healthz."
+            "--token",
+            envvar="MMGEN_TOKEN",
+            help="Require `Authorization: Bearer T` on every route but /healthz and the page (open it as /#token=T). "
+            "NAME:T records NAME as the caller; "
+            "repeat for several callers (MMGEN_TOKEN: space-separated).",
         ),
     ] = None,
     allow_remote_urls: Annotated[

@@ -334,12 +334,30 @@ class CaptionService:
         self.captioner = load_captioner(ws, store, settings.model, self.searcher.encoder.checksum(), settings.device)
         self.k = settings.k if settings.k is not None else max(1, self.captioner.k)
 
-    def caption(self, image: str | Path) -> CaptionResult:
-        """Caption one image file; an unreadable image gives a result with `error` set (nothing recorded)."""
+    def configure(self, decode: str, beams: int, k: int | None, seed: int | None) -> None:
+        """Change the decoding settings of the loaded service (the server's per-request options)."""
+        from dataclasses import replace
+
+        from mmgen.generate.decoding import DecodeOptions
+
+        opts = DecodeOptions(decode, beams, self.settings.temperature)
+        opts.check()
+        if k is not None and k < 1:
+            raise ConfigError("k must be at least 1")
+        self.settings = replace(self.settings, decode=decode, beams=beams, k=k, seed=seed)
+        self.opts = opts
+        self.k = k if k is not None else max(1, self.captioner.k)
+
+    def caption(self, image: str | Path, user: str | None = None, shown: str | None = None) -> CaptionResult:
+        """Caption one image file; an unreadable image gives a result with `error` set (nothing recorded).
+
+        `user` is recorded with the prompt (default: the OS user); `shown` names the image in the result and
+        the record instead of its path (the server's uploads)."""
         from mmgen.data.images import load_image
 
         path = Path(image)
-        shown = str(path.resolve()) if path.exists() else str(path)
+        if shown is None:
+            shown = str(path.resolve()) if path.exists() else str(path)
         started = time.perf_counter()
         try:
             picture = load_image(path)
@@ -362,10 +380,10 @@ class CaptionService:
             latency_ms=(time.perf_counter() - started) * 1000,
         )
         if self.settings.record:
-            result.prompt_id = self._record(result, own)
+            result.prompt_id = self._record(result, own, user)
         return result
 
-    def _record(self, result: CaptionResult, own: set[int]) -> int:
+    def _record(self, result: CaptionResult, own: set[int], user: str | None = None) -> int:
         from mmgen.store.models import Output, Prompt, Retrieval
 
         params = {
@@ -381,7 +399,7 @@ class CaptionService:
             "excluded_items": sorted(own),
         }
         with self.store.session() as s:
-            prompt = Prompt(kind="caption", image_uri=result.image, params=params, user=_user())
+            prompt = Prompt(kind="caption", image_uri=result.image, params=params, user=user or _user())
             prompt.retrievals = [
                 Retrieval(rank=rank, item_id=r.id, score=float(r.score), modality="text")
                 for rank, r in enumerate(result.retrieved, start=1)

@@ -326,13 +326,15 @@ class ImageGenerator:
         guidance: float = DEFAULT_GUIDANCE,
         out_dir: Path | None = None,
         init_strength: float = 1.0,
+        user: str | None = None,
     ) -> Generation:
-        """Generate, write PNGs (workspace `outputs/` or `out_dir`), record prompt, retrievals and outputs in SQL."""
+        """Generate, write PNGs (workspace `outputs/` or `out_dir`), record prompt, retrievals and outputs in SQL
+        (`user`: who asked, default the OS user)."""
         result = self.generate(prompt, n, seed, k, steps, guidance, init_strength)
-        self.record(result, out_dir)
+        self.record(result, out_dir, user)
         return result
 
-    def record(self, result: Generation, out_dir: Path | None = None) -> None:
+    def record(self, result: Generation, out_dir: Path | None = None, user: str | None = None) -> None:
         """Write a generation's PNGs and its SQL rows in one transaction (files are removed if SQL fails)."""
         from PIL import Image
 
@@ -346,7 +348,7 @@ class ImageGenerator:
         model_id = self.model_id()
         written: list[Path] = []
         with self.store.session() as s:
-            prompt = Prompt(kind="generate", text=result.prompt, params=dict(result.params), user=_user())
+            prompt = Prompt(kind="generate", text=result.prompt, params=dict(result.params), user=user or _user())
             prompt.retrievals = [
                 Retrieval(rank=nb.rank, item_id=nb.item_id, score=nb.score, modality="image")
                 for nb in result.neighbours

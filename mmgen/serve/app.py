@@ -4,8 +4,8 @@ many queries over HTTP.
 Routes (JSON in, JSON out; a bad request gets a 4xx with `{"error": "..."}`):
 - clip-retrieval's back-end interface, so its unmodified `ClipClient` works:
   `POST /knn-service`, `POST /metadata`, `GET /indices-list`, `GET /image/{id}?size=N`;
-- mmgen's own: `POST /api/search` (the CLI's `--json` shape), `GET /api/items/{id}`,
-  `GET /api/indexes`, `GET /healthz`;
+- mmgen's own: `POST /api/search` (the CLI's `--json` shape), `POST /api/caption`, `POST /api/generate`
+  (`mmgen.serve.makers`), `GET /api/outputs/{id}`, `GET /api/items/{id}`, `GET /api/indexes`, `GET /healthz`;
 - `/`: the search page (static HTML and JS, no build step).
 
 Each index's `Searcher` is opened once. Before a query the server compares SQL's row state of the
@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import io
 import json
+import re
 import tempfile
 import threading
 import time
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from mmgen.store.db import Store
     from mmgen.workspace import Workspace
 
+DEFAULT_CALLER = "http"
+CALLER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 DEDUP_COSINE = 0.94  # clip-retrieval's `deduplicate`: a hit this close to a higher-ranked one is dropped
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_K = 1000
@@ -57,10 +61,30 @@ class HTTPError(Exception):
 class ServerConfig:
     """How `mmgen serve` was started."""
 
-    token: str | None = None
+    token: str | list[str] | None = None  # "SECRET" or "NAME:SECRET" (the caller recorded with its requests)
     allow_remote_urls: bool = False
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     device: str = "auto"
+
+    def callers(self) -> dict[str, str]:
+        """Secret -> the caller recorded as `user` ("http" for an unnamed token)."""
+        given = [self.token] if isinstance(self.token, str) else list(self.token or [])
+        out: dict[str, str] = {}
+        for value in given:
+            name, sep, secret = value.partition(":")
+            if sep and CALLER.fullmatch(name) and secret:
+                out[secret] = name
+            else:
+                out[value] = DEFAULT_CALLER
+        return out
+
+    def caller_of(self, authorization: str) -> str | None:
+        """The caller of an `Authorization` header; None when it matches no token (every token is compared)."""
+        found = None
+        for secret, name in self.callers().items():
+            if hmac.compare_digest(authorization.encode(), f"Bearer {secret}".encode()):
+                found = name
+        return found
 
 
 @dataclass
@@ -140,7 +164,7 @@ class Service:
             data = decode_base64_image(str(image), self.config.max_upload_bytes)
         return encode_image_bytes(searcher, data), "image", {"image": url or "upload"}
 
-    def knn(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+    def knn(self, body: dict[str, Any], user: str = DEFAULT_CALLER) -> list[dict[str, Any]]:
         """clip-retrieval's `/knn-service`: hits in rank order, metadata only for the first num_images."""
         opened = self.searcher(body.get("indice_name"))
         searcher = opened.searcher
@@ -161,7 +185,7 @@ class Service:
                 hits = _deduplicate(searcher, modality, hits)
             hits = hits[:num_ids]
             latency = (time.perf_counter() - started) * 1000
-            self.record(searcher, recorded, modality, num_ids, hits, latency, "knn-service")
+            self.record(searcher, recorded, modality, num_ids, hits, latency, "knn-service", user=user)
         out = []
         for rank, hit in enumerate(hits):
             row: dict[str, Any] = {"id": hit.id, "similarity": round(float(hit.score), 6)}
@@ -170,7 +194,7 @@ class Service:
             out.append(row)
         return out
 
-    def search(self, body: dict[str, Any]) -> dict[str, Any]:
+    def search(self, body: dict[str, Any], user: str = DEFAULT_CALLER) -> dict[str, Any]:
         """`/api/search`: the CLI's `--json` shape, with `offset` for paging."""
         from mmgen.search import SearchResult
         from mmgen.store.filters import as_filters, parse_where
@@ -196,26 +220,26 @@ class Service:
             query = {**recorded, "to": to, "k": k, "offset": offset, "where": filters.to_json(), "index": searcher.name,
                      "encoder": searcher.encoder.name, "mode": mode}  # fmt: skip
             result = SearchResult(query=query, hits=hits, latency_ms=latency)
-            result.prompt_id = self.record(searcher, recorded, to, k, hits, latency, "api", query)
+            result.prompt_id = self.record(searcher, recorded, to, k, hits, latency, "api", query, user)
         return result.to_json()
 
     @staticmethod
     def record(
         searcher: Searcher, recorded: dict[str, Any], to: str, k: int, hits: list[Any], latency: float,
-        route: str, query: dict[str, Any] | None = None,
+        route: str, query: dict[str, Any] | None = None, user: str = DEFAULT_CALLER,
     ) -> int:  # fmt: skip
-        """Record the request as the CLI records a search (`Searcher.record`), with user "http"."""
+        """Record the request as the CLI records a search (`Searcher.record`), with the caller as user."""
         from mmgen.search import SearchResult
 
         params: dict[str, Any] = {"to": to, "k": k, "index": searcher.name, "encoder": searcher.encoder.name}
         params.update({key: v for key, v in (query or {}).items() if key not in ("text", "image")})
         params["route"] = route
         full = {"text": recorded.get("text"), "image": recorded.get("image"), **params}
-        return searcher.record(SearchResult(query=full, hits=hits, latency_ms=latency), user="http")
+        return searcher.record(SearchResult(query=full, hits=hits, latency_ms=latency), user=user)
 
     # ---- items -------------------------------------------------------------------------
-    def metadata(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        """clip-retrieval's `/metadata`: `[{"id", "metadata"}]` for the ids the store knows."""
+    def metadata(self, body: dict[str, Any], user: str = DEFAULT_CALLER) -> list[dict[str, Any]]:
+        """clip-retrieval's `/metadata`: `[{"id", "metadata"}]` for the ids the store knows (a lookup: not recorded)."""
         ids = body.get("ids")
         if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids) or len(ids) > MAX_K:
             raise HTTPError(400, f"ids must be a list of at most {MAX_K} integers")
@@ -304,11 +328,9 @@ def decode_base64_image(data: str, limit: int) -> bytes:
         raise HTTPError(400, "image is not valid base64") from None
 
 
-def encode_image_bytes(searcher: Searcher, data: bytes) -> np.ndarray:
-    """Encode uploaded image bytes; raster formats only (an SVG upload is refused: it could reference files)."""
+def verify_raster(data: bytes) -> None:
+    """400 unless the bytes are a raster image (an SVG upload is refused: it could reference files)."""
     from PIL import Image, UnidentifiedImageError
-
-    from mmgen.data.images import load_image
 
     try:
         with Image.open(io.BytesIO(data)) as probe:
@@ -317,6 +339,13 @@ def encode_image_bytes(searcher: Searcher, data: bytes) -> np.ndarray:
         raise HTTPError(
             400, "the uploaded image is corrupt or not a raster image (PNG, JPEG, WebP, GIF, BMP, TIFF)"
         ) from None
+
+
+def encode_image_bytes(searcher: Searcher, data: bytes) -> np.ndarray:
+    """Encode uploaded image bytes; raster formats only."""
+    from mmgen.data.images import load_image
+
+    verify_raster(data)
     with tempfile.NamedTemporaryFile(suffix=".upload") as tmp:
         tmp.write(data)
         tmp.flush()
@@ -357,7 +386,7 @@ def parse_body(raw: bytes, limit: int) -> dict[str, Any]:
     return body
 
 
-def check_config(host: str, token: str | None) -> None:
+def check_config(host: str, token: str | list[str] | None) -> None:
     """Refuse to listen beyond loopback without a token."""
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         raise ConfigError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -10,16 +9,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from mmgen.errors import MmgenError
-from mmgen.serve.app import STATIC, HTTPError, ServerConfig, Service, parse_body
+from mmgen.serve.app import DEFAULT_CALLER, STATIC, HTTPError, ServerConfig, Service, parse_body
+from mmgen.serve.makers import Makers
 
 if TYPE_CHECKING:
     from mmgen.store.db import Store
     from mmgen.workspace import Workspace
 
 
+OPEN_PATHS = ("/healthz", "/")  # the page is static HTML with no data: it sends the token (URL #token=T) itself
+
+
 def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
     """The ASGI app: routes, the token check, and errors as `{"error": ...}` with a 4xx status."""
     service = Service(ws, store, config)
+    makers = Makers(ws, store, config.device, config.max_upload_bytes)
     app = FastAPI(title="mmgen", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
 
@@ -30,10 +34,12 @@ def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        if config.token and request.url.path != "/healthz":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
+        request.state.user = DEFAULT_CALLER
+        if config.token and request.url.path not in OPEN_PATHS:
+            caller = config.caller_of(request.headers.get("authorization", ""))
+            if caller is None:
                 return JSONResponse({"error": "missing or wrong token (Authorization: Bearer T)"}, status_code=401)
+            request.state.user = caller
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > 2 * config.max_upload_bytes:
             return JSONResponse({"error": "request body too large"}, status_code=413)
@@ -73,7 +79,7 @@ def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
             body = await body_of(request)
         except HTTPError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        return await _threaded(answer, fn, body)
+        return await _threaded(answer, fn, body, request.state.user)
 
     @app.post("/knn-service")
     async def knn(request: Request) -> Any:
@@ -86,6 +92,21 @@ def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
     @app.post("/api/search")
     async def search(request: Request) -> Any:
         return await post(request, service.search)
+
+    @app.post("/api/caption")
+    async def caption(request: Request) -> Any:
+        return await post(request, makers.caption)
+
+    @app.post("/api/generate")
+    async def generate(request: Request) -> Any:
+        return await post(request, makers.generate)
+
+    @app.get("/api/outputs/{output_id}")
+    def output(output_id: int) -> Any:
+        try:
+            return Response(makers.output_png(output_id), media_type="image/png")
+        except HTTPError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     @app.get("/api/items/{item_id}")
     def item(item_id: int) -> Any:

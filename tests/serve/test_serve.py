@@ -6,12 +6,6 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import socket
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,54 +16,10 @@ from mmgen.errors import ConfigError
 from mmgen.serve.app import ServerConfig, check_config
 
 
-class Live:
-    """A uvicorn server in a thread, on a free loopback port."""
-
-    def __init__(self, ws: Any, config: ServerConfig) -> None:
-        import uvicorn
-
-        from mmgen.serve.routes import create_app
-        from mmgen.store.db import open_store
-
-        self.store = open_store(ws.db_url)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(ws, self.store, config), log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-
-    def request(self, path: str, body: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None,
-                method: str | None = None) -> tuple[int, Any]:  # fmt: skip
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.url + path, data=data, headers=headers or {}, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                payload = resp.read()
-                kind = resp.headers.get("content-type", "")
-                return resp.status, (json.loads(payload) if "json" in kind else payload)
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.store.close()
-
-
 @pytest.fixture()
-def served(tmp_path: Path, tiny_encoder, build_tiny_workspace) -> Iterator[tuple[Live, Any, Path]]:
+def served(tmp_path: Path, tiny_encoder, build_tiny_workspace, live_server) -> tuple[Any, Any, Path]:
     ws, manifest = build_tiny_workspace(tmp_path, tiny_encoder)
-    live = Live(ws, ServerConfig())
-    try:
-        yield live, ws, manifest
-    finally:
-        live.close()
+    return live_server(ws, ServerConfig()), ws, manifest
 
 
 def _clip_client() -> Any:
@@ -104,7 +54,7 @@ def test_an_unmodified_clip_client_queries_text_image_and_embedding(served) -> N
     assert by_vector[0]["id"] == by_image[0]["id"]
 
 
-def _vector_of(live: Live, item_id: int) -> list[float]:
+def _vector_of(live: Any, item_id: int) -> list[float]:
     searcher = live.server.config.app.state.service.searcher(None).searcher
     return searcher.item_vectors("image", [item_id])[0].tolist()
 
@@ -143,17 +93,26 @@ def test_api_search_pages_and_is_recorded(served) -> None:
         assert s.scalar(select(func.count(Prompt.id))) >= 4
 
 
-def test_tokens_guard_every_route_but_healthz(tmp_path: Path, tiny_encoder, build_tiny_workspace) -> None:
+def test_tokens_guard_every_route_but_healthz(tmp_path: Path, tiny_encoder, build_tiny_workspace,
+                                              live_server) -> None:  # fmt: skip
     ws, _ = build_tiny_workspace(tmp_path, tiny_encoder)
-    live = Live(ws, ServerConfig(token="s3cret"))
-    try:
-        assert live.request("/healthz")[0] == 200
-        assert live.request("/indices-list")[0] == 401
-        assert live.request("/indices-list", headers={"Authorization": "Bearer wrong"})[0] == 401
-        assert live.request("/indices-list", headers={"Authorization": "Bearer s3cret"}) == (200, ["default"])
-        assert live.request("/knn-service", {"text": "a red circle"})[0] == 401
-    finally:
-        live.close()
+    live = live_server(ws, ServerConfig(token=["s3cret", "alice:4lice-token"]))
+    assert live.request("/healthz")[0] == 200
+    assert live.request("/")[0] == 200  # the static page holds no data; its own requests carry the token
+    assert live.request("/indices-list")[0] == 401
+    assert live.request("/indices-list", headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert live.request("/indices-list", headers={"Authorization": "Bearer alice"})[0] == 401  # a name is no token
+    assert live.request("/indices-list", headers={"Authorization": "Bearer s3cret"}) == (200, ["default"])
+    assert live.request("/knn-service", {"text": "a red circle"})[0] == 401
+    for secret, caller in (("s3cret", "http"), ("4lice-token", "alice")):  # a named token is recorded as its caller
+        status, found = live.request("/api/search", {"text": "a red circle", "k": 2},
+                                     headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+        assert status == 200
+        from mmgen.store.db import open_store
+        from mmgen.store.models import Prompt
+
+        with open_store(ws.db_url) as store, store.session() as s:
+            assert s.get(Prompt, found["prompt_id"]).user == caller
     with pytest.raises(ConfigError, match="needs a token"):
         check_config("0.0.0.0", None)
     check_config("0.0.0.0", "t")
@@ -197,11 +156,11 @@ def test_uploads_are_bounded_checked_and_remote_urls_are_off(served, tmp_path: P
     assert status == 413 and "larger than" in err["error"]
 
 
-def test_deduplicate_drops_near_copies(tmp_path: Path, tiny_encoder, build_tiny_workspace) -> None:
+def test_deduplicate_drops_near_copies(tmp_path: Path, tiny_encoder, build_tiny_workspace, live_server) -> None:
     import shutil
 
-    from mmgen.indexer import Indexer, IndexOptions
     from mmgen.data.sources import open_sources
+    from mmgen.indexer import Indexer, IndexOptions
     from mmgen.store.db import open_store
 
     ws, manifest = build_tiny_workspace(tmp_path, tiny_encoder)
@@ -212,20 +171,17 @@ def test_deduplicate_drops_near_copies(tmp_path: Path, tiny_encoder, build_tiny_
         (extra / f"copy{i}.txt").write_text(f"copy {i} of a green circle", encoding="utf-8")
     with open_store(ws.db_url) as store:
         Indexer(ws, store, tiny_encoder, IndexOptions(progress=False)).run(open_sources(str(extra)))
-    live = Live(ws, ServerConfig())
-    try:
-        query = {"image": base64.b64encode((extra / "copy0.png").read_bytes()).decode(), "num_images": 6}
-        _, plain = live.request("/knn-service", {**query, "deduplicate": False})
-        _, dedup = live.request("/knn-service", {**query, "deduplicate": True})
-        copies = [h for h in plain if h["similarity"] > 0.999]
-        assert len(copies) >= 4  # the original and its three copies
-        assert sum(h["similarity"] > 0.999 for h in dedup) == 1 and dedup[0]["id"] == plain[0]["id"]
-        searcher = live.server.config.app.state.service.searcher(None).searcher
-        vectors = searcher.item_vectors("image", [h["id"] for h in dedup])
-        cosines = vectors @ vectors.T
-        assert (cosines[~np.eye(len(dedup), dtype=bool)] < 0.94).all()  # no kept pair is a near-copy
-    finally:
-        live.close()
+    live = live_server(ws, ServerConfig())
+    query = {"image": base64.b64encode((extra / "copy0.png").read_bytes()).decode(), "num_images": 6}
+    _, plain = live.request("/knn-service", {**query, "deduplicate": False})
+    _, dedup = live.request("/knn-service", {**query, "deduplicate": True})
+    copies = [h for h in plain if h["similarity"] > 0.999]
+    assert len(copies) >= 4  # the original and its three copies
+    assert sum(h["similarity"] > 0.999 for h in dedup) == 1 and dedup[0]["id"] == plain[0]["id"]
+    searcher = live.server.config.app.state.service.searcher(None).searcher
+    vectors = searcher.item_vectors("image", [h["id"] for h in dedup])
+    cosines = vectors @ vectors.T
+    assert (cosines[~np.eye(len(dedup), dtype=bool)] < 0.94).all()  # no kept pair is a near-copy
 
 
 def test_a_search_sees_what_mmgen_index_adds_while_it_serves(served, tmp_path: Path, tiny_encoder) -> None:
