@@ -14,6 +14,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from mmgen.store.db import create_store_engine, migration_connection, normalize_url
+from mmgen.store.keywords import include_object
 from mmgen.store.models import Base
 from mmgen.workspace import Workspace
 
@@ -34,6 +35,7 @@ def _configure(**kwargs: object) -> None:
     context.configure(
         target_metadata=target_metadata,
         compare_type=True,
+        include_object=include_object,
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import getpass
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +23,8 @@ import numpy as np
 from sqlalchemy import select
 
 from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
+from mmgen.hybrid import Retrieval
 from mmgen.index import IndexFolder
-from mmgen.index.vectors import VectorFile
 from mmgen.catalog import catch_up, catch_up_codes, pick_index_name, sql_row_state
 from mmgen.store.filters import Filters, as_filters
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
@@ -35,10 +35,7 @@ if TYPE_CHECKING:
     from mmgen.hashing.model import Hasher
     from mmgen.store.db import Store
 
-SEARCH_MODES = ("float", "codes", "rerank")
-DEFAULT_RERANK = 100
-# rerank mode on flat codes: a Hamming list PRELIST x C long is cut to C by asymmetric scoring first
-PRELIST = 10
+from mmgen.search_modes import DEFAULT_RERANK, MODES, PRELIST, SEARCH_MODES, rerank_exact  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -54,9 +51,12 @@ class Hit:
     key: str = ""
     corpus: str = ""
     group: str | None = None
+    parts: dict[str, Any] | None = None  # keyword / hybrid: fused score, vector and keyword rank + score
+    members: list[dict[str, Any]] | None = None  # --group: every hit of this hit's group, best first
 
     def to_json(self) -> dict[str, Any]:
-        """The stable `--json` form of a hit."""
+        """The stable `--json` form of a hit (`parts` and `members` only where they apply)."""
+        extra = {k: v for k, v in (("parts", self.parts), ("members", self.members)) if v is not None}
         return {
             "id": self.id,
             "score": round(float(self.score), 6),
@@ -67,6 +67,7 @@ class Hit:
             "key": self.key,
             "corpus": self.corpus,
             "group": self.group,
+            **extra,
         }
 
 
@@ -197,6 +198,15 @@ class Searcher:
             raise ConfigError(f"--rerank C re-ranks a short list of codes; it does not apply to --mode {mode}")
         if mode != "float" and query_modality not in ("image", "text"):
             raise ConfigError("searching codes needs the modality of the query vectors (image or text)")
+        to = self.target(to)
+        allowed = self._allowed_rows(to, where) if where else None
+        if allowed is not None and len(allowed) == 0:
+            return to, [[] for _ in range(len(queries))]
+        scores, ids = MODES[mode](self, queries, str(query_modality), to, k, allowed, rerank)
+        return to, self._join(to, scores, ids)
+
+    def target(self, to: str | None) -> str:
+        """The modality searched: `to`, checked against the index, or image where it has images, else text."""
         available = self._available  # as at open time, when the FAISS files were caught up
         if not available:
             raise VectorIndexError(f"index {self.name!r} is empty; run `mmgen index SOURCE --name {self.name}`")
@@ -205,11 +215,21 @@ class Searcher:
             raise ConfigError(f"--to must be image or text, not {to!r}")
         if to not in available:
             raise ConfigError(f"index {self.name!r} has no {to} vectors (it has: {', '.join(available)})")
-        allowed = self._allowed_rows(to, where) if where else None
-        if allowed is not None and len(allowed) == 0:
-            return to, [[] for _ in range(len(queries))]
-        scores, ids = MODES[mode](self, queries, str(query_modality), to, k, allowed, rerank)
-        return to, self._join(to, scores, ids)
+        return to
+
+    def hits_for_items(self, modality: str, found: Sequence[tuple[int, float]]) -> list[Hit]:
+        """Hits for (item id, score) pairs in the order given (items deleted meanwhile are skipped)."""
+        ids = [int(i) for i, _ in found]
+        with self.store.session() as s:
+            items = {int(it.id): it for it in s.scalars(select(Item).where(Item.id.in_(ids)))}
+            if any(it.corpus_id not in self._corpora for it in items.values()):
+                self._corpora = {int(i): n for i, n in s.execute(select(Corpus.id, Corpus.name))}
+        return [self._hit(items[i], score, modality) for i, score in found if i in items]
+
+    def _hit(self, item: Item, score: float, modality: str) -> Hit:
+        return Hit(id=item.id, score=float(score), modality=modality, text=item.text, uri=item.uri,
+                   meta=dict(item.meta or {}), key=item.key, corpus=self._corpora.get(item.corpus_id, ""),
+                   group=item.group_key)  # fmt: skip
 
     def item_vectors(self, modality: str, item_ids: Sequence[int]) -> np.ndarray:
         """The stored vectors of these items in one modality, in the order given (zeros for an item without one)."""
@@ -247,29 +267,10 @@ class Searcher:
             items = items_for_rows(s, self.index_id, modality, ids.ravel().tolist())
             if any(item.corpus_id not in self._corpora for item in items.values()):
                 self._corpora = {int(i): n for i, n in s.execute(select(Corpus.id, Corpus.name))}
-        rows = {rid: (item, self._corpora.get(item.corpus_id, "")) for rid, item in items.items()}
         out: list[list[Hit]] = []
         for qs, qi in zip(scores, ids):
-            hits = []
-            for score, rid in zip(qs, qi):
-                found = rows.get(int(rid))
-                if rid < 0 or found is None:  # a row deleted since FAISS was saved is skipped, never guessed
-                    continue
-                item, corpus = found
-                hits.append(
-                    Hit(
-                        id=item.id,
-                        score=float(score),
-                        modality=modality,
-                        text=item.text,
-                        uri=item.uri,
-                        meta=dict(item.meta or {}),
-                        key=item.key,
-                        corpus=corpus,
-                        group=item.group_key,
-                    )
-                )
-            out.append(hits)
+            # a row deleted since FAISS was saved is skipped, never guessed
+            out.append([self._hit(items[int(r)], sc, modality) for sc, r in zip(qs, qi) if r >= 0 and int(r) in items])
         return out
 
     def search(
@@ -282,17 +283,26 @@ class Searcher:
         record: bool = True,
         mode: str = "float",
         rerank: int | None = None,
+        retrieval: Retrieval | None = None,
+        group: bool = False,
+        dedup: float | None = None,
     ) -> SearchResult:
-        """One query, text or image, recorded in the store (prompt, retrievals, latency)."""
+        """One query, text or image, recorded in the store (prompt, retrievals, latency).
+
+        `retrieval`: vector (default), keyword or hybrid (`mmgen.hybrid.Retrieval`); `group` folds hits of
+        one concept group into one; `dedup` drops a hit whose cosine to a better-ranked kept hit is at
+        least this threshold."""
         if (text is None) == (image is None):
             raise ConfigError("give a query text or --image PATH (one of them)")
         started = time.perf_counter()
         where = as_filters(where)
-        vec = self.encode_queries(texts=[text] if text is not None else None, images=[image] if image else None)
-        query_modality = "text" if text is not None else "image"
-        to, hits = self.search_vectors(
-            vec, to=to, k=k, where=where, mode=mode, rerank=rerank, query_modality=query_modality
-        )
+        how = (retrieval or Retrieval()).check()
+        vec = None
+        if how.kind != "keyword":
+            vec = self.encode_queries(texts=[text] if text is not None else None, images=[image] if image else None)
+        to, hits = self.find(vec, text, to=to, k=k, where=where, mode=mode, rerank=rerank,
+                             query_modality="text" if text is not None else "image", retrieval=how, group=group,
+                             dedup=dedup)  # fmt: skip
         latency = (time.perf_counter() - started) * 1000
         query = {
             "text": text,
@@ -303,15 +313,80 @@ class Searcher:
             "index": self.name,
             "encoder": self.encoder.name,
             "mode": mode,
+            **self.describe(how, mode, k, rerank, group, dedup),
         }
-        if mode == "rerank":
-            query["rerank"] = max(k, rerank if rerank is not None else DEFAULT_RERANK)
-        if mode != "float":
-            query["hasher"] = self.hasher().name
-        result = SearchResult(query=query, hits=hits[0], latency_ms=latency)
+        result = SearchResult(query=query, hits=hits, latency_ms=latency)
         if record:
             result.prompt_id = self.record(result)
         return result
+
+    def describe(
+        self, how: Retrieval, mode: str, k: int, rerank: int | None, group: bool, dedup: float | None
+    ) -> dict[str, Any]:
+        """The query fields beyond the basic ones, as recorded and shown by `--json`."""
+        out: dict[str, Any] = {}
+        if mode == "rerank":
+            out["rerank"] = max(k, rerank if rerank is not None else DEFAULT_RERANK)
+        if mode != "float":
+            out["hasher"] = self.hasher().name
+        if how.kind != "vector":
+            out.update(how.to_json())
+        if group:
+            out["group"] = True
+        if dedup is not None:
+            out["dedup"] = dedup
+        return out
+
+    def find(
+        self,
+        vec: np.ndarray | None,
+        text: str | None,
+        to: str | None = None,
+        k: int = 10,
+        where: Filters | Mapping[str, Any] | None = None,
+        mode: str = "float",
+        rerank: int | None = None,
+        query_modality: str | None = None,
+        retrieval: Retrieval | None = None,
+        group: bool = False,
+        dedup: float | None = None,
+    ) -> tuple[str, list[Hit]]:
+        """Hits of one query: its vector `vec` (1, d) and/or its `text`, by vector, keyword or hybrid retrieval."""
+        from mmgen.hybrid import fuse, group_depth, keyword_hits
+
+        how = (retrieval or Retrieval()).check()
+        where = as_filters(where)
+        if k < 1:
+            raise ConfigError("k must be at least 1")
+        if how.kind != "vector" and not (text and text.strip()):
+            raise ConfigError(f"{how.kind} search needs a query text (keywords cannot come from an image)")
+        if how.kind == "keyword" and (mode != "float" or rerank is not None):
+            raise ConfigError("--mode and --rerank choose the vector search; a --keyword search has none")
+        if dedup is not None and not 0.0 < dedup <= 1.0:
+            raise ConfigError(f"--dedup threshold must be in (0, 1], not {dedup}")
+        want = group_depth(k) if group else k
+        if dedup is not None:
+            want = min(1000, 3 * want)
+        to = self.target(to)
+        depth = how.depth_for(want) if how.kind == "hybrid" else want
+        vector: list[Hit] = []
+        if how.kind != "keyword":
+            assert vec is not None
+            _, (vector,) = self.search_vectors(vec, to=to, k=depth, where=where, mode=mode, rerank=rerank,
+                                               query_modality=query_modality)  # fmt: skip
+        hits = vector
+        if how.kind != "vector":
+            keyword = keyword_hits(self, str(text), to, depth, where, how.syntax)
+            hits = keyword if how.kind == "keyword" else fuse(vector, keyword, how, want)
+        if dedup is not None:
+            from mmgen.dedup import collapse
+
+            hits = [hits[i] for i in collapse(self.item_vectors(to, [h.id for h in hits]), dedup)]
+        if group:
+            from mmgen.hybrid import group_hits
+
+            hits = group_hits(hits, k)
+        return to, hits[:k]
 
     def record(self, result: SearchResult, user: str | None = None) -> int:
         """Record a search in the store (prompt, one retrieval per hit, latency); returns the prompt id.
@@ -331,84 +406,6 @@ class Searcher:
             )
             s.commit()
             return int(prompt.id)
-
-
-# ---- search modes: one small strategy each over the float and binary indexes ------------------
-def _float_mode(
-    searcher: Searcher, queries: np.ndarray, query_modality: str, to: str, k: int,
-    allowed: np.ndarray | None, rerank: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (or the preset's approximate) inner-product top k on the float index."""
-    return searcher._faiss(to).search(queries, k, allowed_ids=allowed)  # fmt: skip
-
-
-def _query_codes(searcher: Searcher, queries: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The queries' packed codes, and the hasher's real-valued outputs where it has them (the autoencoder)."""
-    from mmgen.index.codes import pack_codes
-
-    hasher = searcher.hasher()
-    queries32 = np.ascontiguousarray(queries, dtype=np.float32)
-    logits = hasher.logits(queries32, modality) if hasher.has_logits else None
-    codes = pack_codes(logits > 0) if logits is not None else hasher.encode(queries32, modality)
-    return codes, logits
-
-
-def _codes_mode(
-    searcher: Searcher, queries: np.ndarray, query_modality: str, to: str, k: int,
-    allowed: np.ndarray | None, rerank: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Hamming top k on the binary index; scores are 1 - 2 * distance / bits."""
-    from mmgen.index.codes import code_similarity
-
-    codes, _ = _query_codes(searcher, queries, query_modality)
-    dist, ids = searcher._codes(to).search(codes, k, allowed_ids=allowed, device=searcher.device)
-    return np.where(ids >= 0, code_similarity(dist, searcher.hasher().bits), 0.0).astype(np.float32), ids  # fmt: skip
-
-
-def _rerank_mode(
-    searcher: Searcher, queries: np.ndarray, query_modality: str, to: str, k: int,
-    allowed: np.ndarray | None, rerank: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A short list of C codes re-scored exactly against the memory-mapped float vectors.
-
-    On the flat preset, with a hasher that has real-valued code units (the autoencoder), the
-    short list is the best C of a Hamming list PRELIST x C long under asymmetric scoring (the
-    query's real-valued code against the candidates' bits); on graph and IVF presets, and for
-    a FAISS baseline (LSH / ITQ / PCA: bits only), it is the Hamming top C.
-    """
-    depth = max(k, rerank if rerank is not None else DEFAULT_RERANK)
-    if depth < 1:
-        raise ConfigError("--rerank must be at least 1")
-    codes, logits = _query_codes(searcher, queries, query_modality)
-    index = searcher._codes(to)
-    if not index.slotted or logits is None:  # graph / IVF presets, baselines: the Hamming short list as it comes
-        _, short = index.search(codes, depth, allowed_ids=allowed, device=searcher.device)
-        return rerank_exact(queries, short, searcher.folder.vectors(to), k)
-    from mmgen.index.codes import asymmetric_prune
-
-    _, long = index.search(codes, PRELIST * depth, allowed_ids=allowed, device=searcher.device)
-    short = asymmetric_prune(np.tanh(logits), long, index.slot_codes(), depth)
-    return rerank_exact(queries, short, searcher.folder.vectors(to), k)
-
-
-ModeFn = Callable[
-    [Searcher, np.ndarray, str, str, int, "np.ndarray | None", "int | None"], tuple[np.ndarray, np.ndarray]
-]
-MODES: dict[str, ModeFn] = {"float": _float_mode, "codes": _codes_mode, "rerank": _rerank_mode}
-
-
-def rerank_exact(queries: np.ndarray, short: np.ndarray, vectors: VectorFile, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Re-score short lists of row ids (-1: none) exactly against memory-mapped float vectors; top k each."""
-    scores = np.zeros((len(queries), k), dtype=np.float32)
-    ids = np.full((len(queries), k), -1, dtype=np.int64)
-    for row, (q, cand) in enumerate(zip(np.asarray(queries, dtype=np.float32), short)):
-        cand = cand[cand >= 0]
-        if len(cand) == 0:
-            continue
-        exact = vectors.get(cand) @ q
-        order = np.argsort(-exact, kind="stable")[:k]
-        scores[row, : len(order)], ids[row, : len(order)] = exact[order], cand[order]
-    return scores, ids
 
 
 def _user() -> str | None:

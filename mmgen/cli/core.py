@@ -175,15 +175,47 @@ def search_cmd(
             "(of a baseline: the Hamming top C).",
         ),
     ] = None,
+    keyword: Annotated[
+        bool, typer.Option("--keyword", help="Keyword search only (BM25 over text, key, tags and metadata).")
+    ] = False,
+    hybrid: Annotated[
+        bool, typer.Option("--hybrid", help="Fuse the vector and keyword rankings (see --fusion).")
+    ] = False,
+    fusion: Annotated[
+        str, typer.Option("--fusion", help="--hybrid: rrf (reciprocal rank, k=60) | convex (--alpha).")
+    ] = "rrf",
+    alpha: Annotated[
+        float, typer.Option("--alpha", help="--fusion convex: weight of the vector score (keyword: 1 - alpha).")
+    ] = 0.5,
+    depth: Annotated[
+        Optional[int], typer.Option("--depth", help="--hybrid: candidates per side [default: max(100, 4k)].")
+    ] = None,
+    keyword_syntax: Annotated[
+        str,
+        typer.Option("--keyword-syntax", help="plain (any of the words; default) | fts (the backend's own syntax)."),
+    ] = "plain",
+    group: Annotated[
+        bool, typer.Option("--group", help="Fold hits of one concept group into one result listing its members.")
+    ] = False,
+    dedup: Annotated[
+        Optional[float],
+        typer.Option("--dedup", help="Drop a hit whose cosine to a better-ranked one is >= this (e.g. 0.95)."),
+    ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Search an index: text->text, text->image, image->text, image->image."""
+    """Search an index: text->text, text->image, image->text, image->image; vector, keyword or hybrid."""
     with _errors():
+        from mmgen.errors import ConfigError
+        from mmgen.hybrid import Retrieval
         from mmgen.search import Searcher
         from mmgen.store.db import open_store
         from mmgen.store.filters import parse_where
 
+        if keyword and hybrid:
+            raise ConfigError("give --keyword or --hybrid, not both")
+        how = Retrieval("keyword" if keyword else "hybrid" if hybrid else "vector", fusion, alpha, depth,
+                        keyword_syntax).check()  # fmt: skip
         ws = _workspace(workspace, db)
         filters = parse_where(where or [])
         store = open_store(ws.db_url)
@@ -192,6 +224,7 @@ def search_cmd(
             result = searcher.search(
                 text=query, image=image, to=to, k=k, where=filters,
                 mode=mode or ("rerank" if rerank is not None else "float"), rerank=rerank,
+                retrieval=how, group=group, dedup=dedup,
             )  # fmt: skip
         finally:
             store.close()
@@ -205,7 +238,14 @@ def search_cmd(
         for rank, hit in enumerate(result.hits, 1):
             where_from = f"{hit.corpus}:{hit.key}"
             shown = hit.text if hit.text is not None else ""
-            typer.echo(f"{rank:3d}  {hit.score:.3f}  {hit.modality:5s}  {shown[:60]:60s}  {where_from}")
+            line = f"{rank:3d}  {hit.score:.3f}  {hit.modality:5s}  {shown[:60]:60s}  {where_from}"
+            if hit.parts is not None:
+                ranks = [f"{side} #{p['rank']}" if (p := hit.parts[side]) else f"{side} -" for side in ("vector", "keyword")]
+                line += f"  ({', '.join(ranks)})"
+            typer.echo(line)
+            if hit.members is not None and len(hit.members) > 1:
+                kinds = [str(m.get("style") or m["corpus"]) for m in hit.members]
+                typer.echo(f"       {len(kinds)} in group {hit.group}: {', '.join(kinds[:8])}{' ...' if len(kinds) > 8 else ''}")
 
 
 # ---- caption -------------------------------------------------------------------------------
