@@ -37,7 +37,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MMGEN = [sys.executable, "-m", "mmgen.cli"]
+MMGEN = [sys.executable, "-m", "mmgen"]
 
 
 def percentile(values: list[float], q: float) -> float:
