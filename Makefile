@@ -75,6 +75,10 @@ demo: data
 	$(SEARCH) --image $(TWEMOJI_PNG)/1f480.png --to text -k 5
 	@echo "--- text -> text (the joint encoder's text side is MiniLM)"
 	$(SEARCH) "a house with a garden" --to text -k 5 --where corpus=openclipart
+	@echo "--- hybrid: vectors fused with keywords (BM25 over captions, file names, tags); ranks of both sides shown"
+	$(SEARCH) "robot" -k 5 --hybrid
+	@echo "--- grouped: one result per concept, its styles folded under it"
+	$(SEARCH) "face vomiting" --to text -k 3 --group
 	@echo "--- held-out recall of the demo model (concepts unseen in training, against the full pool)"
 	$(BIN)/mmgen eval retrieval $(PROTO)/heldout-vs-pool.jsonl --encoder mmgen:$(MODEL) --workspace $(WS)
 	test -f $(WS)/models/captioner/manifest.json || \

@@ -109,25 +109,10 @@ def txtai_index(texts_file: str, out: str) -> None:
 
 # ---- the driver ------------------------------------------------------------------------------
 def peer_env(peers: Path) -> Path:
-    """The txtai environment's python (made once)."""
-    env = peers / "txtai"
-    python = env / "bin" / "python"
-    if python.is_file() and subprocess.run([python, "-c", "import txtai"], capture_output=True).returncode == 0:
-        return python
-    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
-    site = subprocess.run(
-        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    peer_site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    Path(peer_site, "project-deps.pth").write_text(site + "\n", encoding="utf-8")
-    subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--no-deps", "-c", str(ROOT / "constraints.txt"), TXTAI, "msgpack"],
-        check=True,
-    )
-    return python
+    """The txtai environment's python (made once, `benchmarks/peer_env.py`)."""
+    from peer_env import peer_python
+
+    return peer_python(peers, "txtai", "import txtai", no_deps=[TXTAI, "msgpack"])
 
 
 def load_texts(manifest: Path, n: int, seed: int) -> list[str]:

@@ -4,7 +4,8 @@
   `mmgen.store.keywords`.
 - `hybrid`: a vector list and a keyword list, each `depth` deep (default max(100, 4k)) and each
   filtered by `--where` inside its own ranking, fused into one:
-  - `rrf` (default): reciprocal rank fusion, score = sum over lists of 1 / (60 + rank). It needs
+  - `rrf` (default): reciprocal rank fusion, score = sum over lists of w / (60 + rank), w = 1 for
+    the vector list and `keyword_weight` for the keyword list. It needs
     no score calibration between BM25 and cosine, which is why it is the default (k = 60 as in
     Cormack et al. 2009 and in Weaviate, Vespa and Milvus; fixed, not tuned here);
   - `convex`: alpha x min-max-normalised cosine + (1 - alpha) x min-max-normalised keyword score
@@ -44,6 +45,7 @@ class Retrieval:
     alpha: float = DEFAULT_ALPHA
     depth: int | None = None
     syntax: str = "plain"
+    keyword_weight: float = 1.0  # rrf: the keyword list's weight (the vector list's is 1)
 
     def check(self) -> Retrieval:
         if self.kind not in RETRIEVALS:
@@ -52,6 +54,8 @@ class Retrieval:
             raise ConfigError(f"--fusion must be one of {', '.join(FUSIONS)}, not {self.fusion!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"--alpha must be in [0, 1], not {self.alpha}")
+        if not 0.0 <= self.keyword_weight <= 100.0:
+            raise ConfigError(f"--keyword-weight must be in [0, 100], not {self.keyword_weight}")
         if self.depth is not None and not 1 <= self.depth <= MAX_DEPTH:
             raise ConfigError(f"--depth must be in 1..{MAX_DEPTH}, not {self.depth}")
         return self
@@ -59,12 +63,22 @@ class Retrieval:
     def depth_for(self, k: int) -> int:
         return min(MAX_DEPTH, max(k, self.depth if self.depth is not None else max(100, 4 * k)))
 
+    def label(self) -> str:
+        """A short name: vector, keyword, hybrid rrf, hybrid rrf kw=2, hybrid convex a=0.3."""
+        if self.kind != "hybrid":
+            return self.kind
+        if self.fusion == "convex":
+            return f"hybrid convex a={self.alpha:g}"
+        return "hybrid rrf" + (f" kw={self.keyword_weight:g}" if self.keyword_weight != 1.0 else "")
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"retrieval": self.kind}
         if self.kind == "hybrid":
             out["fusion"] = self.fusion
             if self.fusion == "convex":
                 out["alpha"] = self.alpha
+            elif self.keyword_weight != 1.0:
+                out["keyword_weight"] = self.keyword_weight
         if self.kind != "vector":
             out["keyword_syntax"] = self.syntax
         return out
@@ -79,28 +93,36 @@ def keyword_hits(searcher: Searcher, text: str, to: str, k: int, where: Filters,
     return searcher.hits_for_items(to, found)
 
 
+def fuse_ranked(
+    vector: Sequence[tuple[int, float]], keyword: Sequence[tuple[int, float]], how: Retrieval, k: int
+) -> list[tuple[int, float]]:
+    """The fused top k (id, score) of two ranked (id, score) lists, best first (ties: better rank, then id)."""
+    vec_rank = {i: r for r, (i, _) in enumerate(vector, 1)}
+    kw_rank = {i: r for r, (i, _) in enumerate(keyword, 1)}
+    ids = list(dict.fromkeys([i for i, _ in vector] + [i for i, _ in keyword]))
+    if how.fusion == "rrf":
+        weights = ((vec_rank, 1.0), (kw_rank, how.keyword_weight))
+        fused = {i: sum(w / (RRF_K + ranks[i]) for ranks, w in weights if i in ranks) for i in ids}
+    else:
+        vec_norm, kw_norm = _minmax(vector), _minmax(keyword)
+        fused = {i: how.alpha * vec_norm.get(i, 0.0) + (1 - how.alpha) * kw_norm.get(i, 0.0) for i in ids}
+    never = 10**9
+    order = sorted(ids, key=lambda i: (-fused[i], min(vec_rank.get(i, never), kw_rank.get(i, never)), i))
+    return [(i, fused[i]) for i in order[:k]]
+
+
 def fuse(vector: Sequence[Hit], keyword: Sequence[Hit], how: Retrieval, k: int) -> list[Hit]:
-    """One list from a vector and a keyword list (best first), each hit annotated with its `parts`."""
+    """One list from a vector and a keyword list of hits (best first), each annotated with its `parts`."""
     from dataclasses import replace
 
     vec_rank = {h.id: (r, h) for r, h in enumerate(vector, 1)}
     kw_rank = {h.id: (r, h) for r, h in enumerate(keyword, 1)}
-    ids = list(dict.fromkeys([h.id for h in vector] + [h.id for h in keyword]))
-    if how.fusion == "rrf":
-        fused = {i: sum(1.0 / (RRF_K + ranks[i][0]) for ranks in (vec_rank, kw_rank) if i in ranks) for i in ids}
-    else:
-        vec_norm, kw_norm = _minmax(vector), _minmax(keyword)
-        fused = {i: how.alpha * vec_norm.get(i, 0.0) + (1 - how.alpha) * kw_norm.get(i, 0.0) for i in ids}
-    order = sorted(ids, key=lambda i: (-fused[i], min(vec_rank.get(i, (10**9,))[0], kw_rank.get(i, (10**9,))[0]), i))
+    fused = fuse_ranked([(h.id, h.score) for h in vector], [(h.id, h.score) for h in keyword], how, k)
     out = []
-    for i in order[:k]:
+    for i, score in fused:
         base = (vec_rank.get(i) or kw_rank[i])[1]
-        parts = {
-            "fused": round(fused[i], 6),
-            "vector": _part(vec_rank.get(i)),
-            "keyword": _part(kw_rank.get(i)),
-        }
-        out.append(replace(base, score=fused[i], parts=parts))
+        parts = {"fused": round(score, 6), "vector": _part(vec_rank.get(i)), "keyword": _part(kw_rank.get(i))}
+        out.append(replace(base, score=score, parts=parts))
     return out
 
 
@@ -108,13 +130,13 @@ def _part(found: tuple[int, Hit] | None) -> dict[str, Any] | None:
     return None if found is None else {"rank": found[0], "score": round(float(found[1].score), 6)}
 
 
-def _minmax(hits: Sequence[Hit]) -> dict[int, float]:
-    if not hits:
+def _minmax(ranked: Sequence[tuple[int, float]]) -> dict[int, float]:
+    if not ranked:
         return {}
-    scores = [float(h.score) for h in hits]
+    scores = [float(sc) for _, sc in ranked]
     low, high = min(scores), max(scores)
     span = high - low
-    return {h.id: (float(h.score) - low) / span if span > 0 else 1.0 for h in hits}
+    return {i: (float(sc) - low) / span if span > 0 else 1.0 for i, sc in ranked}
 
 
 def group_hits(hits: Sequence[Hit], k: int) -> list[Hit]:

@@ -27,19 +27,32 @@ def eval_retrieval(
         str, typer.Option("--encoder", "-e", help="Encoder name (mmgen:NAME resolves in the workspace).")
     ],
     workspace: WorkspaceOpt = None,
+    mode: Annotated[
+        str,
+        typer.Option("--mode", help="text->image by vector (default) | keyword (BM25 over image metadata) | hybrid."),
+    ] = "vector",
+    fusion: Annotated[str, typer.Option("--fusion", help="--mode hybrid: rrf | convex.")] = "rrf",
+    alpha: Annotated[float, typer.Option("--alpha", help="--fusion convex: weight of the vector score.")] = 0.5,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Recall@1/5/10 image->text and text->image over a manifest (CLIP_benchmark's definition)."""
+    """Recall@1/5/10 image->text and text->image over a manifest (CLIP_benchmark's definition).
+
+    --mode keyword / hybrid rank text->image by BM25 over each image's metadata strings (tags, keywords,
+    categories; never its caption, title or name) alone or fused with the vectors; image->text stays vector."""
     with _errors():
         from mmgen.eval.retrieval import evaluate_manifest
+        from mmgen.hybrid import Retrieval
 
+        how = Retrieval(mode, fusion, alpha).check()
         ws = _workspace(workspace, None)
-        report = evaluate_manifest(manifest, encoder, device=device, progress=not as_json, models_dir=ws.models_dir)
+        report = evaluate_manifest(manifest, encoder, device=device, progress=not as_json, models_dir=ws.models_dir,
+                                   retrieval=how)  # fmt: skip
         if as_json:
             _print_json(report.to_json())
             return
-        typer.echo(f"{manifest} with {report.encoder}: {report.n_images} images, {report.n_texts} texts")
+        typer.echo(f"{manifest} with {report.encoder}: {report.n_images} images, {report.n_texts} texts; "
+                   f"text->image by {mode}" + (f" ({fusion})" if mode == "hybrid" else ""))  # fmt: skip
         typer.echo(f"{'direction':15s} {'R@1':>7s} {'R@5':>7s} {'R@10':>7s}")
         for label, scores in (("image->text", report.image_to_text), ("text->image", report.text_to_image)):
             typer.echo(f"{label:15s} " + " ".join(f"{100 * scores[k]:6.1f}%" for k in ("R@1", "R@5", "R@10")))

@@ -19,6 +19,8 @@ import numpy as np
 
 from mmgen.data.records import Record, read_records
 from mmgen.errors import ConfigError, DataError, ImageLoadError
+from mmgen.eval.keyword_ranks import keyword_document, ranks_by_mode
+from mmgen.hybrid import Retrieval
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -106,6 +108,8 @@ class RetrievalReport:
     n_image_queries: int = 0  # image queries scored (role "query", with a relevant text)
     n_text_queries: int = 0
     unmatched_queries: dict[str, int] = field(default_factory=dict)  # queries with nothing relevant, left out
+    retrieval: dict[str, Any] = field(default_factory=lambda: {"retrieval": "vector"})  # text->image's
+    text_to_image_also: dict[str, dict[str, float]] = field(default_factory=dict)  # by other retrievals
 
     def to_json(self) -> dict[str, Any]:
         """The stable `--json` form of `mmgen eval retrieval`."""
@@ -121,6 +125,8 @@ class RetrievalReport:
             "skipped_reasons": [f"{key}: {reason}" for key, reason in self.skipped[:MAX_REASONS]],
             "encoder": self.encoder,
             "manifest": self.manifest,
+            "text_to_image_retrieval": dict(self.retrieval),
+            **({"text_to_image_also": dict(self.text_to_image_also)} if self.text_to_image_also else {}),
         }
 
 
@@ -132,6 +138,7 @@ class _Entry:
     texts: list[str]
     is_query: bool
     ok: bool = True
+    doc: str = ""  # its keyword document (`keyword_ranks.keyword_document`), for --mode keyword / hybrid
 
 
 def evaluate_retrieval(
@@ -143,8 +150,13 @@ def evaluate_retrieval(
     batch_size: int = 64,
     all_captions: bool = False,
     manifest: str = "",
+    retrieval: Retrieval | None = None,
+    also: Sequence[Retrieval] = (),
 ) -> RetrievalReport:
     """Recall@k image->text and text->image over every image and text of the records.
+
+    `retrieval` ranks text->image (vector, keyword or hybrid); each of `also` adds a text->image
+    recall by another retrieval over the same embeddings (`text_to_image_also`, keyed by its label).
 
     Each record with an image adds one image; each record with text adds its `text` (with
     `all_captions`, every entry of `meta["captions"]` instead, where present). Items relate when
@@ -198,7 +210,19 @@ def evaluate_retrieval(
             raise DataError(f"every usable {name} belongs to a record with role 'candidate': no {name} query")
 
     i2t = _group_ranks(image_emb[image_q], image_groups[image_q], text_emb, text_groups)
-    t2i = _group_ranks(text_emb[text_q], text_groups[text_q], image_emb, image_groups)
+    how = (retrieval or Retrieval()).check()
+    asked = [t for t, q in zip(texts, text_q) if q]
+    docs = [e.doc for e in image_entries]
+
+    def t2i_ranks(how: Retrieval) -> np.ndarray:
+        if how.kind == "vector":
+            return _group_ranks(text_emb[text_q], text_groups[text_q], image_emb, image_groups)
+        # keyword / hybrid text->image; image->text stays vector (an image has no words to match)
+        return ranks_by_mode(how, asked, text_emb[text_q], text_groups[text_q], image_emb, image_groups, docs,
+                             depth=how.depth_for(100))  # fmt: skip
+
+    t2i = t2i_ranks(how)
+    also_recall = {h.check().label(): _recall_or_explain(t2i_ranks(h), ks, "text", "image") for h in also}
     return RetrievalReport(
         image_to_text=_recall_or_explain(i2t, ks, "image", "text"),
         text_to_image=_recall_or_explain(t2i, ks, "text", "image"),
@@ -209,6 +233,8 @@ def evaluate_retrieval(
         manifest=manifest,
         n_image_queries=int(np.count_nonzero(i2t >= 0)),
         n_text_queries=int(np.count_nonzero(t2i >= 0)),
+        retrieval=how.to_json(),
+        text_to_image_also=also_recall,
         unmatched_queries={
             "image_to_text": int(np.count_nonzero(i2t < 0)),
             "text_to_image": int(np.count_nonzero(t2i < 0)),
@@ -224,6 +250,7 @@ def evaluate_manifest(
     progress: bool = True,
     batch_size: int = 64,
     models_dir: Path | None = None,
+    retrieval: Retrieval | None = None,
 ) -> RetrievalReport:
     """Load an encoder by name and evaluate retrieval over a JSONL/CSV manifest."""
     from mmgen.encoders import load_encoder
@@ -232,7 +259,9 @@ def evaluate_manifest(
     first = next(records, None)
     encoder = load_encoder(encoder_name, device=device, models_dir=models_dir)
     chained = records if first is None else _prepend(first, records)
-    return evaluate_retrieval(chained, encoder, progress=progress, batch_size=batch_size, manifest=str(path))
+    return evaluate_retrieval(
+        chained, encoder, progress=progress, batch_size=batch_size, manifest=str(path), retrieval=retrieval
+    )
 
 
 def _prepend(first: Record, rest: Iterator[Record]) -> Iterator[Record]:
@@ -271,7 +300,8 @@ def _collect(records: Iterable[Record], skipped: list[tuple[str, str]], all_capt
         if r.image is None and not texts:
             skipped.append((r.key, "neither image nor text"))
             continue
-        entries.append(_Entry(r.key, r.group or r.key, r.image, texts, role == "query"))
+        doc = keyword_document(r.meta, r.image, r.text)
+        entries.append(_Entry(r.key, r.group or r.key, r.image, texts, role == "query", doc=doc))
     return entries
 
 

@@ -208,17 +208,25 @@ class Service:
         where = body.get("where") or {}
         filters = parse_where(where) if isinstance(where, list) else as_filters(where)
         mode = str(body.get("mode") or "float")
+        how, group, dedup = _retrieval(body)
         with opened.lock:
             started = time.perf_counter()
-            vec, query_modality, recorded = self.query_vector(opened, body)
-            to, (hits,) = searcher.search_vectors(
-                vec, to=body.get("to"), k=k + offset, where=filters, mode=mode,
-                rerank=body.get("rerank"), query_modality=query_modality,
+            if how.kind == "keyword":  # no vector needed: the words alone
+                if not isinstance(body.get("text"), str):
+                    raise HTTPError(400, "retrieval keyword needs text")
+                vec, recorded = None, {"text": body["text"]}
+                query_modality = "text"
+            else:
+                vec, query_modality, recorded = self.query_vector(opened, body)
+            to, hits = searcher.find(
+                vec, recorded.get("text"), to=body.get("to"), k=k + offset, where=filters, mode=mode,
+                rerank=body.get("rerank"), query_modality=query_modality, retrieval=how, group=group, dedup=dedup,
             )  # fmt: skip
             hits = hits[offset:]
             latency = (time.perf_counter() - started) * 1000
             query = {**recorded, "to": to, "k": k, "offset": offset, "where": filters.to_json(), "index": searcher.name,
-                     "encoder": searcher.encoder.name, "mode": mode}  # fmt: skip
+                     "encoder": searcher.encoder.name, "mode": mode,
+                     **searcher.describe(how, mode, k, body.get("rerank"), group, dedup)}  # fmt: skip
             result = SearchResult(query=query, hits=hits, latency_ms=latency)
             result.prompt_id = self.record(searcher, recorded, to, k, hits, latency, "api", query, user)
         return result.to_json()
@@ -296,6 +304,24 @@ def _int(value: Any, name: str, minimum: int = 1) -> int:
     return out
 
 
+def _retrieval(body: dict[str, Any]) -> tuple[Any, bool, float | None]:
+    """`retrieval` (vector | keyword | hybrid), `fusion`, `alpha`, `depth`, `keyword_syntax`, `group_by`, `dedup`."""
+    from mmgen.hybrid import Retrieval
+
+    try:
+        alpha = float(body.get("alpha", 0.5))
+        dedup = None if body.get("dedup") is None else float(body["dedup"])
+    except (TypeError, ValueError):
+        raise HTTPError(400, "alpha and dedup must be numbers") from None
+    depth = _int(body["depth"], "depth") if body.get("depth") is not None else None
+    how = Retrieval(str(body.get("retrieval") or "vector"), str(body.get("fusion") or "rrf"), alpha, depth,
+                    str(body.get("keyword_syntax") or "plain")).check()  # fmt: skip
+    group_by = body.get("group_by")
+    if group_by not in (None, "", "group"):
+        raise HTTPError(400, f"group_by can only be 'group' (the items' concept group), not {group_by!r}")
+    return how, bool(group_by), dedup
+
+
 def _metadata(item_id: int, text: str | None, uri: str | None, modality: str, meta: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"caption": text, "image_path": uri if modality == "image" else None}
     out["url"] = f"/image/{item_id}" if modality == "image" else None
@@ -306,14 +332,11 @@ def _metadata(item_id: int, text: str | None, uri: str | None, modality: str, me
 
 def _deduplicate(searcher: Searcher, modality: str, hits: list[Any]) -> list[Any]:
     """Drop a hit whose cosine to a higher-ranked kept hit is at least DEDUP_COSINE."""
+    from mmgen.dedup import collapse
+
     if len(hits) < 2:
         return hits
-    vectors = searcher.item_vectors(modality, [h.id for h in hits])
-    kept: list[int] = []
-    for i in range(len(hits)):
-        if not kept or float(np.max(vectors[kept] @ vectors[i])) < DEDUP_COSINE:
-            kept.append(i)
-    return [hits[i] for i in kept]
+    return [hits[i] for i in collapse(searcher.item_vectors(modality, [h.id for h in hits]), DEDUP_COSINE)]
 
 
 def decode_base64_image(data: str, limit: int) -> bytes:

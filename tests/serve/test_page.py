@@ -45,6 +45,17 @@ def test_type_a_query_and_see_the_grid(browser: Any, tmp_path: Path, tiny_encode
     again = browser.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .hit"))
     assert again[0].find_element(By.CLASS_NAME, "caption").text == "a red circle, drawing 2"
 
+    # hybrid retrieval with hits folded by concept group, kept in the URL
+    Select(browser.find_element(By.ID, "retrieval")).select_by_value("hybrid")
+    browser.find_element(By.ID, "group").click()
+    browser.find_element(By.CSS_SELECTOR, "#form button[type=submit]").click()
+    browser.until(lambda d: "by=hybrid" in d.current_url and "group=1" in d.current_url)
+    folded = browser.until(lambda d: [h for h in d.find_elements(By.CSS_SELECTOR, "#grid .hit .score")
+                                      if "5 styles" in h.text])  # fmt: skip
+    assert len(folded) == len(browser.find_elements(By.CSS_SELECTOR, "#grid .hit"))  # each hit is a whole group
+    browser.find_element(By.ID, "group").click()
+    Select(browser.find_element(By.ID, "retrieval")).select_by_value("vector")
+
     # query by an uploaded image: image hits with thumbnails that load, the image itself first
     Select(browser.find_element(By.ID, "to")).select_by_value("image")
     browser.find_element(By.ID, "file").send_keys(str(manifest.parent / "blue-square-3.png"))

@@ -84,6 +84,17 @@ def test_api_search_pages_and_is_recorded(served) -> None:
     assert [h["id"] for h in first["hits"] + second["hits"]] == [h["id"] for h in both["hits"]]
     _, filtered = live.request("/api/search", {"text": "a circle", "k": 5, "where": ["color=blue"]})
     assert filtered["hits"] and all(h["meta"]["color"] == "blue" for h in filtered["hits"])
+    _, words = live.request("/api/search", {"text": "square drawing 3", "retrieval": "keyword", "k": 4})
+    assert words["query"]["retrieval"] == "keyword"
+    assert {h["text"] for h in words["hits"]} == {f"a {c} square, drawing 3" for c in ("red", "green", "blue", "yellow")}
+    _, fused = live.request("/api/search", {"text": "a blue square", "retrieval": "hybrid", "k": 5})
+    assert len(fused["hits"]) == 5 and all("fused" in h["parts"] for h in fused["hits"])
+    _, grouped = live.request("/api/search", {"text": "a red circle", "group_by": "group", "k": 3})
+    assert len({h["group"] for h in grouped["hits"]}) == 3 and all(len(h["members"]) == 5 for h in grouped["hits"])
+    for bad, words_in in (({"retrieval": "psychic"}, "retrieval must be"), ({"retrieval": "hybrid", "fusion": "x"},
+                          "--fusion"), ({"group_by": "colour"}, "group_by"), ({"dedup": 3}, "(0, 1]")):  # fmt: skip
+        status, err = live.request("/api/search", {"text": "a red circle", **bad})
+        assert status == 400 and words_in in err["error"], err
     from sqlalchemy import func, select
 
     from mmgen.store.db import open_store
