@@ -155,7 +155,8 @@ def main() -> None:
     print(f"chosen on the development split (mean R@10 {100 * score[chosen.label()]:.1f}): {chosen.label()}")
 
     # 2. test: the held-out sets, vector, keyword, plain RRF and the chosen fusion
-    hows = base + [Retrieval("hybrid")] + ([chosen] if chosen.label() != "hybrid rrf" else [])
+    plain = Retrieval("hybrid", keyword_weight=1.0)
+    hows = base + [plain] + ([chosen] if chosen.label() != plain.label() else [])
     for name, manifest in (("keyword-heavy", test_set), ("heldout-vs-pool", proto / "heldout-vs-pool.jsonl"),
                            ("openclipart-heldout", proto / "openclipart-heldout.jsonl")):  # fmt: skip
         results, queries = run(manifest, encoder, hows)

@@ -197,8 +197,10 @@ def open_index_hasher(
 
 
 def catch_up(store: Store, index_id: int, folder: IndexFolder, modality: str) -> None:
-    """Make the float FAISS file of one modality match SQL (a run killed before its save); saved if unlocked."""
-    if sql_row_state(store, index_id, modality) == folder.row_state(modality):
+    """Make the float FAISS file of one modality match SQL (killed run, lost or corrupt file); saved if unlocked."""
+    live_fp = sql_row_state(store, index_id, modality)
+    # The manifest's row state alone would trust a deleted or unreadable file (it loads as an empty index).
+    if live_fp == folder.row_state(modality) and folder.faiss(modality).count == live_fp[0]:
         return
     report = folder.sync(modality, live_row_ids(store, index_id, modality))
     log.info("index %s %s: FAISS caught up with SQL (%s)", folder.manifest.get("name"), modality, _sync_note(report))

@@ -54,5 +54,9 @@ class StoreError(MmgenError):
     """The SQL store cannot be opened or migrated."""
 
 
+class RecordNotFoundError(MmgenError, LookupError):
+    """A prompt, output or other stored record asked for by id that the store does not hold."""
+
+
 class MissingDependencyError(MmgenError):
     """An optional dependency is not installed; the message names the package to install."""

@@ -5,9 +5,10 @@
 - `hybrid`: a vector list and a keyword list, each `depth` deep (default max(100, 4k)) and each
   filtered by `--where` inside its own ranking, fused into one:
   - `rrf` (default): reciprocal rank fusion, score = sum over lists of w / (60 + rank), w = 1 for
-    the vector list and `keyword_weight` for the keyword list. It needs
-    no score calibration between BM25 and cosine, which is why it is the default (k = 60 as in
-    Cormack et al. 2009 and in Weaviate, Vespa and Milvus; fixed, not tuned here);
+    the vector list and `keyword_weight` (default 4) for the keyword list. It needs no score
+    calibration between BM25 and cosine (k = 60 as in Cormack et al. 2009 and in Weaviate, Vespa
+    and Milvus, fixed). The weight 4 was chosen on the protocol's development split, where it beat
+    weights 1 and 2 and every convex alpha tried, and tied 8 (`benchmarks/keyword_heavy.py`);
   - `convex`: alpha x min-max-normalised cosine + (1 - alpha) x min-max-normalised keyword score
     over each list's candidates (0 where a list lacks the item); alpha defaults to 0.5.
 - `group`: hits of one concept `group` fold into one result that lists its members; k counts groups.
@@ -32,6 +33,9 @@ RETRIEVALS = ("vector", "keyword", "hybrid")
 FUSIONS = ("rrf", "convex")
 RRF_K = 60
 DEFAULT_ALPHA = 0.5
+# RRF's keyword weight, chosen on the protocol's development split (benchmarks/keyword_heavy.py: best mean
+# R@10 over its keyword-heavy and held-out-concept dev sets among 1, 2, 4, 8 and convex 0.1-0.7)
+DEFAULT_KEYWORD_WEIGHT = 4.0
 MAX_DEPTH = 1000
 GROUP_FACTOR = 8  # --group fetches this many hits per wanted group before folding (at most MAX_DEPTH)
 
@@ -45,7 +49,7 @@ class Retrieval:
     alpha: float = DEFAULT_ALPHA
     depth: int | None = None
     syntax: str = "plain"
-    keyword_weight: float = 1.0  # rrf: the keyword list's weight (the vector list's is 1)
+    keyword_weight: float = DEFAULT_KEYWORD_WEIGHT  # rrf: the keyword list's weight (the vector list's is 1)
 
     def check(self) -> Retrieval:
         if self.kind not in RETRIEVALS:
@@ -69,7 +73,7 @@ class Retrieval:
             return self.kind
         if self.fusion == "convex":
             return f"hybrid convex a={self.alpha:g}"
-        return "hybrid rrf" + (f" kw={self.keyword_weight:g}" if self.keyword_weight != 1.0 else "")
+        return f"hybrid rrf kw={self.keyword_weight:g}"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"retrieval": self.kind}
@@ -77,7 +81,7 @@ class Retrieval:
             out["fusion"] = self.fusion
             if self.fusion == "convex":
                 out["alpha"] = self.alpha
-            elif self.keyword_weight != 1.0:
+            else:
                 out["keyword_weight"] = self.keyword_weight
         if self.kind != "vector":
             out["keyword_syntax"] = self.syntax

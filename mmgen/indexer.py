@@ -22,7 +22,7 @@ from sqlalchemy import delete, select
 
 from mmgen.errors import DataError, ImageLoadError
 from mmgen.catalog import DEFAULT_INDEX, open_index_hasher, open_or_create_index, sync_index
-from mmgen.store.models import IndexRecord, IndexRow, Item
+from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class IndexOptions:
     reembed: bool = False
     hash: str | None = None  # a hasher (`mmgen train hasher`): keep its binary codes beside the float index
     hash_preset: str | None = None  # binary index preset (default binary-flat)
+    skip_duplicates: bool = False  # refuse a new item whose image bytes another item of the index already has
 
 
 @dataclass
@@ -76,6 +77,7 @@ class IndexReport:
     interrupted: bool = False
     codes: dict[str, int] = field(default_factory=dict)  # codes per modality, when the index has a hasher
     hasher: str | None = None
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # --skip-duplicates: (key, what it copies)
 
     def fail(self, key: str, reason: str) -> None:
         """Count one failure, keeping its reason."""
@@ -110,6 +112,7 @@ class IndexReport:
             "totals": self.totals,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "interrupted": self.interrupted,
+            "duplicates": [{"key": k, "duplicate_of": of} for k, of in self.duplicates],
             **({"hasher": self.hasher, "codes": self.codes} if self.hasher else {}),
         }
 
@@ -199,6 +202,7 @@ class Indexer:
             }
         todo: list[_Todo] = []
         seen: set[str] = set()
+        images = self._known_images() if self.opts.skip_duplicates else {}
         started = time.perf_counter()
         for record in source.records():
             if record.key in seen:
@@ -232,6 +236,11 @@ class Indexer:
             item_sha = _item_sha(record, modality_sha.get("image"))
             existing = items.get(record.key)
             item_id = existing[0] if existing else None
+            if images and item_id is None and modality_sha.get("image") in images:
+                self._refuse_duplicate(record.key, images[modality_sha["image"]])
+                continue
+            if self.opts.skip_duplicates and "image" in modality_sha:
+                images.setdefault(modality_sha["image"], f"{source.corpus}:{record.key}")
             embed = [m for m in embed_modalities if item_id is None or rows.get((item_id, m)) != modality_sha[m]]
             if existing and existing[1] == item_sha and not embed:
                 self.report.unchanged += 1
@@ -240,6 +249,21 @@ class Indexer:
         self.report.time("hash", time.perf_counter() - started)
         gone = set(items) - seen
         return todo, gone
+
+    def _known_images(self) -> dict[str, str]:
+        """Image content hash -> `corpus:key` of the item of this index that has it (--skip-duplicates)."""
+        with self.store.session() as s:
+            rows = s.execute(
+                select(IndexRow.sha256, Corpus.name, Item.key)
+                .join(Item, Item.id == IndexRow.item_id).join(Corpus, Corpus.id == Item.corpus_id)
+                .where(IndexRow.index_id == self.index_id, IndexRow.modality == "image")
+            )  # fmt: skip
+            return {sha: f"{corpus}:{key}" for sha, corpus, key in rows}
+
+    def _refuse_duplicate(self, key: str, of: str) -> None:
+        self.report.skip("exact duplicate of an indexed image (--skip-duplicates)")
+        if len(self.report.duplicates) < MAX_REASONS_KEPT:
+            self.report.duplicates.append((key, of))
 
     # ---- running -----------------------------------------------------------------------
     def run(self, sources: Sequence[Source]) -> IndexReport:

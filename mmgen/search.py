@@ -12,7 +12,6 @@ they are first used), and the index's modalities and corpus names are cached fro
 
 from __future__ import annotations
 
-import getpass
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import select
 
+from mmgen.catalog import catch_up, catch_up_codes, pick_index_name, sql_row_state
 from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
 from mmgen.hybrid import Retrieval
 from mmgen.index import IndexFolder
-from mmgen.catalog import catch_up, catch_up_codes, pick_index_name, sql_row_state
 from mmgen.store.filters import Filters, as_filters
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
+from mmgen.store.repo import login_user
 from mmgen.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -402,14 +402,8 @@ class Searcher:
                 params={k: v for k, v in result.query.items() if k not in ("text", "image")},
                 hits=[(h.id, h.score, h.modality) for h in result.hits],
                 latency_ms=result.latency_ms,
-                user=user if user is not None else _user(),
+                user=user if user is not None else login_user(),
             )
             s.commit()
             return int(prompt.id)
 
-
-def _user() -> str | None:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return None

@@ -248,3 +248,32 @@ def test_an_index_without_images_points_at_its_text_vectors(tmp_path: Path, tiny
     out = json.loads(res.stdout)
     assert out["modality"] == "text" and out["items"] == 31
     assert [sorted(i["key"] for i in g["items"]) for g in out["exact"]] == [["again", "c001"]]
+
+
+def test_index_skip_duplicates_refuses_exact_copies_with_their_original(tmp_path, tiny_encoder, build_tiny_workspace):
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mmgen.cli import app
+
+    ws, manifest = build_tiny_workspace(tmp_path, tiny_encoder)
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    shutil.copy(manifest.parent / "red-circle-0.png", folder / "again.png")  # a copy of an indexed image
+    shutil.copy(manifest.parent / "blue-square-1.png", folder / "twice-a.png")  # two copies of one new image
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (9, 200, 9)).save(folder / "fresh.png")
+    Image.open(folder / "fresh.png").save(folder / "fresh-copy.png")
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", str(folder), "--workspace", str(ws.root), "--skip-duplicates", "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    refused = {d["key"]: d["duplicate_of"] for d in report["duplicates"]}
+    assert refused["again"].endswith(":red-circle-0") and refused["twice-a"].endswith(":blue-square-1")
+    assert set(refused) == {"again", "twice-a", "fresh-copy"} and refused["fresh-copy"].endswith(":fresh")
+    assert report["added"] == 1 and report["skipped"] == 3  # only `fresh` is new
+    again = runner.invoke(app, ["index", str(folder), "--workspace", str(ws.root), "--json", "--quiet"])
+    assert json.loads(again.stdout)["added"] == 3  # without the flag, copies are indexed as items of their own

@@ -52,10 +52,11 @@ def test_hybrid_fuses_both_lists_with_rrf_and_convex(tiny: tuple[Any, Path]) -> 
     vector = search(ws, "a green circle, drawing 1", "-k", "10")["hits"]
     out = search(ws, "a green circle, drawing 1", "--hybrid", "-k", "10")
     assert out["query"]["retrieval"] == "hybrid" and out["query"]["fusion"] == "rrf"
+    assert out["query"]["keyword_weight"] == 4.0  # the default, chosen on the development split
     for h in out["hits"]:
         parts = h["parts"]
-        ranks = [p["rank"] for p in (parts["vector"], parts["keyword"]) if p]
-        assert parts["fused"] == pytest.approx(sum(1 / (RRF_K + r) for r in ranks), abs=1e-6)
+        fused = sum(w / (RRF_K + p["rank"]) for p, w in ((parts["vector"], 1), (parts["keyword"], 4)) if p)
+        assert parts["fused"] == pytest.approx(fused, abs=1e-6)
     assert [h["score"] for h in out["hits"]] == sorted((h["score"] for h in out["hits"]), reverse=True)
     # fusion rewards agreement: the best hybrid hit is in both lists
     assert out["hits"][0]["parts"]["vector"] and out["hits"][0]["parts"]["keyword"]
@@ -136,10 +137,12 @@ def test_fuse_unit_cases() -> None:
         return Hit(id=i, score=score, modality="image", text=None, uri=None, meta={})
 
     vector, keyword = [hit(1, 0.9), hit(2, 0.8), hit(3, 0.1)], [hit(3, 12.0), hit(4, 3.0)]
-    rrf = fuse(vector, keyword, Retrieval("hybrid"), 10)
+    rrf = fuse(vector, keyword, Retrieval("hybrid", keyword_weight=1.0), 10)
     assert [h.id for h in rrf] == [3, 1, 2, 4]  # in both lists beats first in one
     assert rrf[0].parts == {"fused": round(1 / 63 + 1 / 61, 6), "vector": {"rank": 3, "score": 0.1},
                             "keyword": {"rank": 1, "score": 12.0}}  # fmt: skip
+    weighted = fuse(vector, keyword, Retrieval("hybrid"), 10)  # keyword weight 4: 4 / 62 beats 1 / 61
+    assert [h.id for h in weighted] == [3, 4, 1, 2]
     convex = fuse(vector, keyword, Retrieval("hybrid", "convex", 0.5), 2)
     # 1: 0.5 x 1 + 0; 3: 0 + 0.5 x 1 (a tie, broken by the better rank, then the id); 2: 0.5 x 0.875
     assert [h.id for h in convex] == [1, 3] and convex[0].score == pytest.approx(0.5)

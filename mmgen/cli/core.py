@@ -14,6 +14,7 @@ from mmgen.cli.common import (
     DataDirOpt,
     DbOpt,
     DeviceOpt,
+    FromOpt,
     JsonOpt,
     QuietOpt,
     WorkspaceOpt,
@@ -52,6 +53,10 @@ def index_cmd(
         typer.Option("--preset", help="FAISS preset (see `mmgen info`) or a factory string; changing it rebuilds."),
     ] = None,
     prune: Annotated[bool, typer.Option("--prune", help="Remove items whose source files are gone.")] = False,
+    skip_duplicates: Annotated[
+        bool,
+        typer.Option("--skip-duplicates", help="Refuse a new item whose image bytes an item of the index already has."),
+    ] = False,
     reembed: Annotated[
         bool,
         typer.Option(
@@ -97,6 +102,7 @@ def index_cmd(
             device=device,
             hash=hash_name,
             hash_preset=hash_preset,
+            skip_duplicates=skip_duplicates,
         )
         report = index_sources(source, ws, opts, data_dir)
         if as_json:
@@ -118,6 +124,8 @@ def _print_index_report(report: Any, root: Path) -> None:
         echo(f"  {report.missing} items are no longer in the source; re-run with --prune to remove them")
     for reason, n in report.skipped_reasons.items():
         echo(f"  skipped {n}: {reason}")
+    for key, of in report.duplicates[:20]:
+        echo(f"    {key}: same bytes as {of}")
     if report.failed:
         shown = report.failed[:20]
         echo(f"  failures ({report.failed_count}):")
@@ -187,6 +195,9 @@ def search_cmd(
     alpha: Annotated[
         float, typer.Option("--alpha", help="--fusion convex: weight of the vector score (keyword: 1 - alpha).")
     ] = 0.5,
+    keyword_weight: Annotated[
+        float, typer.Option("--keyword-weight", help="--fusion rrf: the keyword list's weight (vector: 1).")
+    ] = 4.0,
     depth: Annotated[
         Optional[int], typer.Option("--depth", help="--hybrid: candidates per side [default: max(100, 4k)].")
     ] = None,
@@ -201,6 +212,7 @@ def search_cmd(
         Optional[float],
         typer.Option("--dedup", help="Drop a hit whose cosine to a better-ranked one is >= this (e.g. 0.95)."),
     ] = None,
+    parent: FromOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -215,17 +227,22 @@ def search_cmd(
         if keyword and hybrid:
             raise ConfigError("give --keyword or --hybrid, not both")
         how = Retrieval("keyword" if keyword else "hybrid" if hybrid else "vector", fusion, alpha, depth,
-                        keyword_syntax).check()  # fmt: skip
+                        keyword_syntax, keyword_weight).check()  # fmt: skip
         ws = _workspace(workspace, db)
         filters = parse_where(where or [])
         store = open_store(ws.db_url)
         try:
+            if parent is not None:
+                from mmgen.records import require_prompt
+
+                require_prompt(store, parent)
             searcher = Searcher(ws, store, index, encoder=encoder, device=device)
             result = searcher.search(
                 text=query, image=image, to=to, k=k, where=filters,
                 mode=mode or ("rerank" if rerank is not None else "float"), rerank=rerank,
                 retrieval=how, group=group, dedup=dedup,
             )  # fmt: skip
+            _link(store, [result.prompt_id], parent)
         finally:
             store.close()
         if as_json:
@@ -248,6 +265,17 @@ def search_cmd(
                 typer.echo(f"       {len(kinds)} in group {hit.group}: {', '.join(kinds[:8])}{' ...' if len(kinds) > 8 else ''}")
 
 
+def _link(store: Any, prompt_ids: list[int | None], parent: int | None) -> None:
+    """Record `--from PARENT` on the prompts a command just recorded."""
+    if parent is None:
+        return
+    from mmgen.records import link
+
+    for prompt_id in prompt_ids:
+        if prompt_id is not None:
+            link(store, prompt_id, parent)
+
+
 # ---- caption -------------------------------------------------------------------------------
 @app.command("caption")
 def caption_cmd(
@@ -263,6 +291,7 @@ def caption_cmd(
     beams: Annotated[int, typer.Option("--beams", min=1, help="Beam width (--decode beam).")] = 3,
     temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature (--decode sample).")] = 1.0,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of --decode sample.")] = None,
+    parent: FromOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -277,7 +306,18 @@ def caption_cmd(
         settings = CaptionSettings(
             model=model, index=index, k=k, decode=decode, beams=beams, temperature=temperature, seed=seed, device=device
         )
-        results = caption_images(_workspace(workspace, db), images, settings)
+        from mmgen.store.db import open_store
+
+        ws = _workspace(workspace, db)
+        if parent is not None:
+            from mmgen.records import require_prompt
+
+            with open_store(ws.db_url) as store:
+                require_prompt(store, parent)
+        results = caption_images(ws, images, settings)
+        if parent is not None:
+            with open_store(ws.db_url) as store:
+                _link(store, [r.prompt_id for r in results], parent)
     for result in results:
         if as_json:
             typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
@@ -326,6 +366,7 @@ def generate_cmd(
     sheet: Annotated[
         Optional[Path], typer.Option("--sheet", help="Also write a labelled grid, prompts x samples (PNG).")
     ] = None,
+    parent: FromOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -350,6 +391,10 @@ def generate_cmd(
         init_strength = check_strength(init_strength)
         ws = _workspace(workspace, db)
         with open_store(ws.db_url) as store:
+            if parent is not None:
+                from mmgen.records import require_prompt
+
+                require_prompt(store, parent)
             generator = ImageGenerator(ws, store, model, index, device)
             results = [
                 generator.generate_and_record(
@@ -357,6 +402,7 @@ def generate_cmd(
                 )
                 for text in wanted
             ]
+            _link(store, [r.prompt_id for r in results], parent)
         sheet_path = None
         if sheet is not None:
             from mmgen.generate.sheet import SheetRow, save_sheet

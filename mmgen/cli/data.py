@@ -62,9 +62,13 @@ def data_manifest(
     output: Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (.jsonl or .csv).")],
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Write the records of a source as a JSONL (or CSV) manifest."""
+    """Write the records of a source as a JSONL (or CSV) manifest.
+
+    Each record names its corpus and has the id `CORPUS:KEY` (unique across the corpora of `emoji`, whose
+    styles share code points); `mmgen index` of the manifest keys them as indexing SOURCE does.
+    """
     with _errors():
-        from mmgen.data.records import write_records
+        from mmgen.data.records import qualify, write_records
         from mmgen.data.sources import open_sources
 
         sources = open_sources(source, data_dir)
@@ -74,9 +78,9 @@ def data_manifest(
             for src in sources:
                 for rec in src.records():
                     if rec.error:
-                        errors.append(f"{rec.key}: {rec.error}")
+                        errors.append(f"{src.corpus}:{rec.key}: {rec.error}")
                         continue
-                    yield rec
+                    yield qualify(rec, src.corpus)
 
         n = write_records(good(), output)
         typer.echo(f"wrote {n} records to {output}" + (f"; {len(errors)} unreadable rows skipped" if errors else ""))

@@ -33,6 +33,9 @@ def eval_retrieval(
     ] = "vector",
     fusion: Annotated[str, typer.Option("--fusion", help="--mode hybrid: rrf | convex.")] = "rrf",
     alpha: Annotated[float, typer.Option("--alpha", help="--fusion convex: weight of the vector score.")] = 0.5,
+    keyword_weight: Annotated[
+        float, typer.Option("--keyword-weight", help="--fusion rrf: the keyword list's weight (vector: 1).")
+    ] = 4.0,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -44,7 +47,7 @@ def eval_retrieval(
         from mmgen.eval.retrieval import evaluate_manifest
         from mmgen.hybrid import Retrieval
 
-        how = Retrieval(mode, fusion, alpha).check()
+        how = Retrieval(mode, fusion, alpha, keyword_weight=keyword_weight).check()
         ws = _workspace(workspace, None)
         report = evaluate_manifest(manifest, encoder, device=device, progress=not as_json, models_dir=ws.models_dir,
                                    retrieval=how)  # fmt: skip

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mmgen._lazy import lazy_getattr
-from mmgen.data.records import Record, read_records, record_to_json, write_records
+from mmgen.data.records import Record, qualify, read_records, record_to_json, unqualify, write_records
 
 if TYPE_CHECKING:
     from mmgen.data.folder import folder_records as folder_records
@@ -37,7 +37,7 @@ _LAZY = {
     "clean_caption": "mmgen.data.openclipart",
 }
 
-__all__ = ["Record", "read_records", "record_to_json", "write_records", *_LAZY]
+__all__ = ["Record", "qualify", "read_records", "record_to_json", "unqualify", "write_records", *_LAZY]
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -1,4 +1,10 @@
-"""Records (one image and/or caption with a concept group) and the JSONL/CSV manifest format."""
+"""Records (one image and/or caption with a concept group) and the JSONL/CSV manifest format.
+
+A manifest that gathers several corpora (`mmgen data manifest emoji`) names each record's corpus
+(`corpus`) and qualifies its id as `CORPUS:KEY`, so ids stay unique where keys repeat across
+corpora (`1F600` in every emoji style). `qualify` writes that form; `unqualify` gives back the key
+the corpus itself uses, which is how `mmgen index` keys the item (unique per corpus).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +22,8 @@ from mmgen.errors import DataError
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv")
 # Columns with a fixed meaning; any other CSV column or JSON field goes into `meta`.
 _KEY_FIELDS = ("id", "key")
-_CORE_FIELDS = {"id", "key", "image", "text", "group", "meta"}
-_CSV_COLUMNS = ("id", "image", "text", "group", "meta")
+_CORE_FIELDS = {"id", "key", "image", "text", "group", "meta", "corpus"}
+_CSV_COLUMNS = ("id", "image", "text", "group", "meta", "corpus")
 
 
 @dataclass
@@ -30,6 +36,19 @@ class Record:
     group: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    corpus: str | None = None  # set only in a manifest of several corpora: then `key` is `CORPUS:KEY`
+
+
+def qualify(record: Record, corpus: str) -> Record:
+    """The record as a manifest of several corpora holds it: id `CORPUS:KEY`, globally unique, and its corpus."""
+    return replace(record, key=f"{corpus}:{record.key}", corpus=corpus)
+
+
+def unqualify(record: Record) -> Record:
+    """The record as its corpus keys it (the id without its `CORPUS:` prefix, no `corpus`): `qualify` undone."""
+    if record.corpus is None:
+        return record
+    return replace(record, key=record.key.removeprefix(f"{record.corpus}:"), corpus=None)
 
 
 def read_json_file(path: Path, fetch_hint: str) -> Any:
@@ -53,6 +72,8 @@ def record_to_json(r: Record) -> dict[str, Any]:
         out["group"] = r.group
     if r.meta:
         out["meta"] = r.meta
+    if r.corpus is not None:
+        out["corpus"] = r.corpus
     if r.error is not None:
         out["error"] = r.error
     return out
@@ -97,7 +118,7 @@ def write_records(records: Iterable[Record], path: str | Path) -> int:
                     continue
                 if writer is not None:
                     meta = json.dumps(r.meta, ensure_ascii=False, sort_keys=True) if r.meta else ""
-                    writer.writerow([r.key, r.image or "", r.text or "", r.group or "", meta])
+                    writer.writerow([r.key, r.image or "", r.text or "", r.group or "", meta, r.corpus or ""])
                 else:
                     f.write(json.dumps(record_to_json(r), ensure_ascii=False) + "\n")
                 count += 1
@@ -124,7 +145,7 @@ class _Builder:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.seen: dict[str, int] = {}
+        self.seen: dict[tuple[str | None, str], int] = {}  # (corpus, id): ids are unique per corpus
 
     def error(self, n: int, reason: str, key: str | None = None) -> Record:
         return Record(key=key or f"line-{n}", error=f"line {n}: {reason}")
@@ -138,7 +159,7 @@ class _Builder:
         else:
             return self.error(n, f"'id' must be a string, got {type(key_raw).__name__}")
         values: dict[str, str | None] = {}
-        for name in ("image", "text", "group"):
+        for name in ("image", "text", "group", "corpus"):
             v = row.get(name)
             if v is None or v == "":
                 values[name] = None
@@ -168,14 +189,16 @@ class _Builder:
                 meta.setdefault(k, v)
         if values["image"] is None and values["text"] is None:
             return self.error(n, "record has neither 'image' nor 'text'", key)
-        if key in self.seen:
-            return self.error(n, f"duplicate id {key!r} (first on line {self.seen[key]})", f"line-{n}")
-        self.seen[key] = n
+        where = (values["corpus"], key)
+        if where in self.seen:
+            return self.error(n, f"duplicate id {key!r} (first on line {self.seen[where]})", f"line-{n}")
+        self.seen[where] = n
         image = values["image"]
         if image is not None:
             ip = Path(image).expanduser()
             image = str(ip if ip.is_absolute() else self.base / ip)
-        return Record(key=key, image=image, text=values["text"], group=values["group"], meta=meta)
+        return Record(key=key, image=image, text=values["text"], group=values["group"], meta=meta,
+                      corpus=values["corpus"])  # fmt: skip
 
 
 def _read_jsonl(p: Path, base: Path) -> Iterator[Record]:

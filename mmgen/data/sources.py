@@ -6,11 +6,12 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from mmgen.data import emoji, iconify, openclipart
 from mmgen.data.folder import folder_records
-from mmgen.data.records import MANIFEST_SUFFIXES, Record, read_records
+from mmgen.data.records import MANIFEST_SUFFIXES, Record, read_records, unqualify
 from mmgen.errors import DataError, UnknownNameError
 
 EMOJI_STYLE_SETS: tuple[str, ...] = tuple(iconify.EMOJI_SETS)
@@ -72,11 +73,37 @@ def open_sources(spec: str, data_dir: Path | None = None) -> list[Source]:
     if name and path.suffix.lower() in MANIFEST_SUFFIXES:
         if not path.is_file():
             raise DataError(f"manifest not found: {path}")
-        manifest = path.resolve()
-        return [Source(str(manifest), spec, "manifest", manifest, None, lambda: read_records(manifest))]
+        return _manifest_sources(path.resolve(), spec)
     if name.endswith(("/", os.sep)) or (name.startswith((".", "/", "~")) and not path.suffix):
         raise DataError(f"folder not found: {path}")
     raise UnknownNameError("source", spec, source_choices())
+
+
+def _manifest_sources(manifest: Path, spec: str) -> list[Source]:
+    """A manifest is one corpus named by its path; records that name theirs (`corpus`, as `mmgen data manifest`
+    writes) are one source per corpus named, keyed as that corpus keys them, so re-indexing them adds nothing.
+
+    Finding the corpora reads the manifest once (no image is opened).
+    """
+    named: dict[str, None] = {}
+    unnamed = False
+    for record in read_records(manifest):
+        if record.corpus is None:
+            unnamed = True
+        else:
+            named.setdefault(record.corpus)
+    if not named:
+        return [Source(str(manifest), spec, "manifest", manifest, None, lambda: read_records(manifest))]
+    sources = [Source(corpus, spec, "manifest", manifest, None, partial(_corpus_records, manifest, corpus))
+               for corpus in named]  # fmt: skip
+    if unnamed:  # records without a corpus (malformed lines included) keep the manifest's own
+        sources.insert(0, Source(str(manifest), spec, "manifest", manifest, None,
+                                 partial(_corpus_records, manifest, None)))  # fmt: skip
+    return sources
+
+
+def _corpus_records(manifest: Path, corpus: str | None) -> Iterator[Record]:
+    return (unqualify(r) for r in read_records(manifest) if r.corpus == corpus)
 
 
 def _named_source(name: str, spec: str, data_dir: Path) -> Source:

@@ -90,9 +90,18 @@ class OpenClipEncoder(Encoder):
         return np.concatenate(out)
 
     def _compute_checksum(self) -> str:
-        folders = {p.parent for p in self._weight_files}
-        root = folders.pop() if len(folders) == 1 and len(self._weight_files) > 1 else None
-        return sha256_files(self._weight_files, root=root)
+        return weights_checksum(self._weight_files)
+
+
+def weights_checksum(files: list[Path]) -> str:
+    """The checksum an open_clip encoder loaded from these files reports (`Encoder.checksum`).
+
+    Several files of one folder are hashed with their names (a checkpoint folder: config, weights,
+    tokenizer files); one checkpoint file by its bytes alone.
+    """
+    folders = {p.parent for p in files}
+    root = folders.pop() if len(folders) == 1 and len(files) > 1 else None
+    return sha256_files(files, root=root)
 
 
 def load_openclip(name: str, arch: str, weights: str | None, device: str, cwd: Path | None = None) -> OpenClipEncoder:
@@ -159,8 +168,7 @@ def load_openclip_dir(name: str, folder: Path, device: str) -> OpenClipEncoder:
 
         preprocess = Compose([ContentCrop(), preprocess])
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-    files = [config_path, weights, *_tokenizer_files(folder)]
-    return OpenClipEncoder(name, model, preprocess, tokenizer, dim, device, files)
+    return OpenClipEncoder(name, model, preprocess, tokenizer, dim, device, checkpoint_files(folder, weights))
 
 
 def trim_padding(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
@@ -268,6 +276,17 @@ def checkpoint_in_dir(folder: Path) -> Path | None:
     candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     candidates.sort(key=lambda p: p.suffix != ".safetensors")
     return candidates[0] if candidates else None
+
+
+def checkpoint_files(folder: Path, weights: Path | None = None) -> list[Path]:
+    """The files of a checkpoint folder its encoder's checksum covers: config, weights, tokenizer files.
+
+    `weights` defaults to the file open_clip would load (`checkpoint_in_dir`); ModelLoadError when there is none.
+    """
+    weights = weights or checkpoint_in_dir(folder)
+    if weights is None:
+        raise ModelLoadError(f"{folder} holds no weights ({' or '.join(_WEIGHT_NAMES[:3])})")
+    return [folder / CONFIG_NAME, weights, *_tokenizer_files(folder)]
 
 
 def _tokenizer_files(folder: Path) -> list[Path]:

@@ -7,7 +7,6 @@ model id, latency), so every generated caption can be traced to the records behi
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from sqlalchemy import select
 from mmgen.artifacts import read_model_manifest, write_json_atomic
 from mmgen.errors import ConfigError, ImageLoadError, ManifestMismatchError, ModelLoadError
 from mmgen.generate.caption_retrieval import Retrieved, distinct_captions, fetch_size
+from mmgen.store.repo import login_user
 
 if TYPE_CHECKING:
     from mmgen.encoders.base import Encoder
@@ -399,7 +399,7 @@ class CaptionService:
             "excluded_items": sorted(own),
         }
         with self.store.session() as s:
-            prompt = Prompt(kind="caption", image_uri=result.image, params=params, user=user or _user())
+            prompt = Prompt(kind="caption", image_uri=result.image, params=params, user=user or login_user())
             prompt.retrievals = [
                 Retrieval(rank=rank, item_id=r.id, score=float(r.score), modality="text")
                 for rank, r in enumerate(result.retrieved, start=1)
@@ -439,9 +439,3 @@ def caption_images(ws: Workspace, images: Sequence[str | Path], settings: Captio
     finally:
         store.close()
 
-
-def _user() -> str | None:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return None

@@ -11,7 +11,6 @@ time (SDEdit), so the neighbours shape the picture itself, not only its conditio
 
 from __future__ import annotations
 
-import getpass
 import re
 import secrets
 import time
@@ -24,6 +23,7 @@ import numpy as np
 
 from mmgen.errors import ConfigError
 from mmgen.generate.image_model import DEFAULT_GENERATOR
+from mmgen.store.repo import login_user
 
 if TYPE_CHECKING:
     import torch
@@ -348,7 +348,7 @@ class ImageGenerator:
         model_id = self.model_id()
         written: list[Path] = []
         with self.store.session() as s:
-            prompt = Prompt(kind="generate", text=result.prompt, params=dict(result.params), user=user or _user())
+            prompt = Prompt(kind="generate", text=result.prompt, params=dict(result.params), user=user or login_user())
             prompt.retrievals = [
                 Retrieval(rank=nb.rank, item_id=nb.item_id, score=nb.score, modality="image")
                 for nb in result.neighbours
@@ -398,12 +398,6 @@ def _slug(text: str, limit: int = 40) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.casefold()).strip("-")
     return slug[:limit].rstrip("-") or "prompt"
 
-
-def _user() -> str | None:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return None
 
 
 def read_prompts(path: Path) -> list[str]:

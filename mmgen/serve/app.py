@@ -8,9 +8,9 @@ Routes (JSON in, JSON out; a bad request gets a 4xx with `{"error": "..."}`):
   (`mmgen.serve.makers`), `GET /api/outputs/{id}`, `GET /api/items/{id}`, `GET /api/indexes`, `GET /healthz`;
 - `/`: the search page (static HTML and JS, no build step).
 
-Each index's `Searcher` is opened once. Before a query the server compares SQL's row state of the
-index with the one the searcher opened at; when `mmgen index` has committed more rows since, it
-reopens the searcher, which catches the FAISS files up from the vector files. Rows are committed
+Each index's `Searcher` is opened once. Before a query (at most once per `refresh_s`, 1 s) the server
+compares SQL's row state of the index with the one the searcher opened at; when `mmgen index` has
+committed more rows since, it reopens the searcher, which catches the FAISS files up from the vector files. Rows are committed
 only after their vectors are written and fsynced, so a half-written batch is never served.
 """
 
@@ -43,6 +43,7 @@ CALLER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 DEDUP_COSINE = 0.94  # clip-retrieval's `deduplicate`: a hit this close to a higher-ranked one is dropped
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_K = 1000
+REFRESH_S = 1.0  # the row-state check costs a COUNT over the index's rows (~25 ms at 87k): once a second at most
 THUMB_DEFAULT = 256
 STATIC = Path(__file__).resolve().parent / "static"
 # clip-retrieval fields mmgen has no model for: accepted and ignored (documented in the README).
@@ -65,6 +66,7 @@ class ServerConfig:
     allow_remote_urls: bool = False
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     device: str = "auto"
+    refresh_s: float = REFRESH_S  # how often a query checks SQL for rows `mmgen index` added meanwhile
 
     def callers(self) -> dict[str, str]:
         """Secret -> the caller recorded as `user` ("http" for an unnamed token)."""
@@ -91,6 +93,7 @@ class ServerConfig:
 class _Open:
     searcher: Searcher
     state: tuple[tuple[int, int], ...]
+    checked: float = 0.0  # time.monotonic() of the last row-state check
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -127,12 +130,16 @@ class Service:
             current = self._open.get(name)
             index_id = current.searcher.index_id if current else None
             if current is not None and index_id is not None:
+                now = time.monotonic()
+                if now - current.checked < self.config.refresh_s:
+                    return current
                 state = tuple(sql_row_state(self.store, index_id, m) for m in ("image", "text"))
                 if state == current.state:
+                    current.checked = now
                     return current
             searcher = Searcher(self.ws, self.store, name, device=self.config.device)
             state = tuple(sql_row_state(self.store, searcher.index_id, m) for m in ("image", "text"))
-            self._open[name] = _Open(searcher, state)
+            self._open[name] = _Open(searcher, state, time.monotonic())
             return self._open[name]
 
     # ---- queries -----------------------------------------------------------------------
@@ -209,6 +216,7 @@ class Service:
         filters = parse_where(where) if isinstance(where, list) else as_filters(where)
         mode = str(body.get("mode") or "float")
         how, group, dedup = _retrieval(body)
+        parent = parent_of(self.store, body)
         with opened.lock:
             started = time.perf_counter()
             if how.kind == "keyword":  # no vector needed: the words alone
@@ -229,6 +237,7 @@ class Service:
                      **searcher.describe(how, mode, k, body.get("rerank"), group, dedup)}  # fmt: skip
             result = SearchResult(query=query, hits=hits, latency_ms=latency)
             result.prompt_id = self.record(searcher, recorded, to, k, hits, latency, "api", query, user)
+        link_parent(self.store, result.prompt_id, parent)
         return result.to_json()
 
     @staticmethod
@@ -304,18 +313,45 @@ def _int(value: Any, name: str, minimum: int = 1) -> int:
     return out
 
 
+def parent_of(store: Store, body: dict[str, Any]) -> int | None:
+    """`parent_id`: the prompt a request refines ("more like this", a caption of a generated picture), checked."""
+    from mmgen.errors import RecordNotFoundError
+    from mmgen.records import require_prompt
+
+    value = body.get("parent_id")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HTTPError(400, "parent_id must be a prompt id (an integer)")
+    try:
+        require_prompt(store, value)
+    except RecordNotFoundError as exc:
+        raise HTTPError(404, str(exc)) from exc
+    return value
+
+
+def link_parent(store: Store, prompt_id: int | None, parent: int | None) -> None:
+    """Record the request's prompt as refined from `parent` (lineage: `mmgen show --tree`)."""
+    if parent is not None and prompt_id is not None:
+        from mmgen.records import link
+
+        link(store, prompt_id, parent)
+
+
 def _retrieval(body: dict[str, Any]) -> tuple[Any, bool, float | None]:
-    """`retrieval` (vector | keyword | hybrid), `fusion`, `alpha`, `depth`, `keyword_syntax`, `group_by`, `dedup`."""
-    from mmgen.hybrid import Retrieval
+    """`retrieval` (vector | keyword | hybrid), `fusion`, `alpha`, `keyword_weight`, `depth`, `keyword_syntax`,
+    `group_by`, `dedup`."""
+    from mmgen.hybrid import DEFAULT_KEYWORD_WEIGHT, Retrieval
 
     try:
         alpha = float(body.get("alpha", 0.5))
+        weight = float(body.get("keyword_weight", DEFAULT_KEYWORD_WEIGHT))
         dedup = None if body.get("dedup") is None else float(body["dedup"])
     except (TypeError, ValueError):
-        raise HTTPError(400, "alpha and dedup must be numbers") from None
+        raise HTTPError(400, "alpha, keyword_weight and dedup must be numbers") from None
     depth = _int(body["depth"], "depth") if body.get("depth") is not None else None
     how = Retrieval(str(body.get("retrieval") or "vector"), str(body.get("fusion") or "rrf"), alpha, depth,
-                    str(body.get("keyword_syntax") or "plain")).check()  # fmt: skip
+                    str(body.get("keyword_syntax") or "plain"), weight).check()  # fmt: skip
     group_by = body.get("group_by")
     if group_by not in (None, "", "group"):
         raise HTTPError(400, f"group_by can only be 'group' (the items' concept group), not {group_by!r}")

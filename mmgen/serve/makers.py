@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmgen.serve.app import HTTPError, decode_base64_image, verify_raster
+from mmgen.serve.app import HTTPError, decode_base64_image, link_parent, parent_of, verify_raster
 
 if TYPE_CHECKING:
     from mmgen.store.db import Store
@@ -61,6 +61,7 @@ class Makers:
         k = _bounded(body.get("k"), "k", 1, 64)
         beams = _bounded(body.get("beams", 3), "beams", 1, 16)
         seed = _bounded(body.get("seed"), "seed", 0, 2**32 - 1)
+        parent = parent_of(self.store, body)
         settings = CaptionSettings(model=model, index=index, decode=decode, beams=beams, device=self.device)
         service, lock = self._get("caption", model, index, lambda: CaptionService(self.ws, self.store, settings))
         with lock, tempfile.NamedTemporaryFile(suffix=".upload") as tmp:
@@ -70,6 +71,7 @@ class Makers:
             result = service.caption(tmp.name, user=user, shown="upload")
         if result.error is not None:
             raise HTTPError(400, f"the uploaded image cannot be decoded: {result.error}")
+        link_parent(self.store, result.prompt_id, parent)
         return result.to_json()
 
     # ---- generate ----------------------------------------------------------------------
@@ -100,6 +102,7 @@ class Makers:
             raise HTTPError(400, "guidance and init_strength must be numbers") from None
         if not 0.0 <= guidance <= 20.0:
             raise HTTPError(400, "guidance must be in 0..20")
+        parent = parent_of(self.store, body)
         generator, lock = self._get(
             "generate", model, index, lambda: ImageGenerator(self.ws, self.store, model, index, self.device)
         )
@@ -107,6 +110,7 @@ class Makers:
             result = generator.generate_and_record(
                 text, n=n, seed=seed, k=k, steps=steps, guidance=guidance, init_strength=strength, user=user
             )  # fmt: skip
+        link_parent(self.store, result.prompt_id, parent)
         out = result.to_json()
         out["output_ids"] = self.output_ids(int(result.prompt_id or 0))
         out["urls"] = [f"/api/outputs/{i}" for i in out["output_ids"]]

@@ -39,6 +39,7 @@ ITEM_MODALITIES = ("image", "text", "image+text")
 ROW_MODALITIES = ("image", "text")
 MODEL_KINDS = ("encoder", "hasher", "captioner", "generator")
 PROMPT_KINDS = ("search", "caption", "generate", "eval")
+FEEDBACK_SCORES = (1, 5)  # the lowest and highest score a user can give an output
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -182,6 +183,8 @@ class Prompt(Base):
     params: Mapped[dict[str, Any]] = _json_object()
     user: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = _created()
+    # The prompt this one was refined from (`mmgen link`); kept when the parent is deleted, as NULL.
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("prompts.id", ondelete="SET NULL"), index=True)
 
     retrievals: Mapped[list[Retrieval]] = relationship(
         back_populates="prompt",
@@ -216,6 +219,12 @@ class Output(Base):
 
     prompt: Mapped[Prompt] = relationship(back_populates="outputs")
     model: Mapped[ModelRecord | None] = relationship()
+    feedback: Mapped[list[Feedback]] = relationship(
+        back_populates="output",
+        order_by="Feedback.id",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
 
     def __repr__(self) -> str:
         return f"Output(id={self.id!r}, prompt_id={self.prompt_id!r})"
@@ -242,3 +251,28 @@ class Retrieval(Base):
 
     def __repr__(self) -> str:
         return f"Retrieval(prompt_id={self.prompt_id!r}, rank={self.rank!r}, item_id={self.item_id!r}, score={self.score!r})"
+
+
+class Feedback(Base):
+    """A user's score (1..5) and note on one output; one row per user per output, updated in place."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("output_id", "user"),
+        CheckConstraint(f"score BETWEEN {FEEDBACK_SCORES[0]} AND {FEEDBACK_SCORES[1]}", name="score"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    output_id: Mapped[int] = mapped_column(ForeignKey("outputs.id", ondelete="CASCADE"))
+    user: Mapped[str] = mapped_column(String(128))
+    score: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+
+    output: Mapped[Output] = relationship(back_populates="feedback")
+
+    def __repr__(self) -> str:
+        return f"Feedback(output_id={self.output_id!r}, user={self.user!r}, score={self.score!r})"

@@ -14,6 +14,7 @@ from mmgen.store.filters import Filters, filter_items_by_meta
 from mmgen.store.models import Base, Corpus, IndexRecord, IndexRow, Item, Output, Prompt, Retrieval
 
 __all__ = [
+    "login_user",
     "filter_items_by_meta",
     "get_or_create_corpus",
     "get_or_create_index",
@@ -129,3 +130,13 @@ def items_for_rows(
     if where:
         stmt = filter_items_by_meta(stmt, where)
     return {row_id: item for row_id, item in s.execute(stmt)}
+
+
+def login_user() -> str | None:
+    """The login name of the process (recorded as a prompt's `user` when no caller is given); None if unknown."""
+    import getpass
+
+    try:
+        return getpass.getuser() or None
+    except (KeyError, OSError):
+        return None

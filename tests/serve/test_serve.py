@@ -203,6 +203,7 @@ def test_a_search_sees_what_mmgen_index_adds_while_it_serves(served, tmp_path: P
     from mmgen.store.db import open_store
 
     live, ws, _ = served
+    live.server.config.app.state.service.config.refresh_s = 0.0  # check SQL before every query
     before = live.request("/api/search", {"text": "a purple triangle", "k": 60})[1]["hits"]
     folder = tmp_path / "more"
     folder.mkdir()

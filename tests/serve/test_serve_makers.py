@@ -80,6 +80,23 @@ def test_caption_an_upload_with_its_evidence_recorded_for_the_caller(made: tuple
     assert status == 200 and _prompt(ws, other["prompt_id"])[1] == "http"  # an unnamed token: the default caller
 
 
+def test_requests_record_the_prompt_they_refine(made: tuple[Any, Path], live: Any) -> None:
+    from mmgen.records import lineage
+    from mmgen.store.db import open_store
+
+    ws, manifest = made
+    _, found = live.request("/api/search", {"text": "a red circle", "k": 3}, headers=AUTH)
+    image = base64.b64encode((manifest.parent / "red-circle-1.png").read_bytes()).decode()
+    _, cap = live.request("/api/caption", {"image": image, "parent_id": found["prompt_id"]}, headers=AUTH)
+    _, more = live.request("/api/search", {"text": cap["caption"] or "x", "parent_id": cap["prompt_id"]}, headers=AUTH)
+    with open_store(ws.db_url) as store:
+        chain = [(depth, node.id) for depth, node in lineage(store, more["prompt_id"]).walk()]
+    assert chain == [(0, found["prompt_id"]), (1, cap["prompt_id"]), (2, more["prompt_id"])]
+    status, err = live.request("/api/search", {"text": "x", "parent_id": 999_999}, headers=AUTH)
+    assert status == 404 and "no prompt 999999" in err["error"]
+    assert live.request("/api/generate", {"text": "x", "parent_id": "one"}, headers=AUTH)[0] == 400
+
+
 def test_caption_refuses_bad_requests_with_a_message(live: Any) -> None:
     cases = [
         ({}, 400, "give image"),

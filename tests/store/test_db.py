@@ -20,7 +20,7 @@ from mmgen.store.db import MIGRATIONS_ENV, _alembic_config, mask_url, normalize_
 from mmgen.store.models import Base, Corpus
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"corpora", "items", "models", "indexes", "index_rows", "prompts", "outputs", "retrievals"}
+TABLES = {"corpora", "items", "models", "indexes", "index_rows", "prompts", "outputs", "retrievals", "feedback"}
 
 
 def _tables(store: Store) -> set[str]:
@@ -31,7 +31,7 @@ def _tables(store: Store) -> set[str]:
 
 def test_open_store_creates_every_table_at_head(store: Store) -> None:
     assert _tables(store) == TABLES | {"alembic_version"}
-    assert current_revision(store.url) == head_revision() == "0003"
+    assert current_revision(store.url) == head_revision() == "0004"
 
 
 def test_a_0001_store_upgrades_in_place_and_keeps_its_corpora(db_url: str) -> None:
@@ -40,7 +40,7 @@ def test_a_0001_store_upgrades_in_place_and_keeps_its_corpora(db_url: str) -> No
         with old.engine.begin() as conn:
             conn.execute(text("INSERT INTO corpora (name, source) VALUES ('kept', 'spec')"))
     with open_store(db_url) as new, new.session() as s:  # opening migrates to head
-        assert current_revision(db_url) == "0003"
+        assert current_revision(db_url) == "0004"
         assert s.query(Corpus.name, Corpus.licence).all() == [("kept", None)]
     downgrade(db_url, "0001")
     with open_store(db_url, upgrade=False) as back:
