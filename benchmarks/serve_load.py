@@ -71,9 +71,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(workspace: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(workspace: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [*MMGEN, "serve", "--workspace", str(workspace), "--port", str(port)]
+    cmd = [*MMGEN, "serve", "--workspace", str(workspace), "--port", str(port), *(extra or [])]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--cli", type=int, default=5, help="whole-process `mmgen search` runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sync-records", action="store_true", help="serve with --sync-records (knn route)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -200,7 +201,7 @@ def main() -> None:
     texts = query_texts(args.workspace, args.queries, args.seed)
     counts = [int(c) for c in args.clients.split(",")]
     port = free_port()
-    server = start_server(args.workspace, port)
+    server = start_server(args.workspace, port, ["--sync-records"] if args.sync_records else [])
     try:
         load(port, query_texts(args.workspace, 20, args.seed + 1), 1, args.route, args.k)  # warm-up
         rows = []
@@ -219,7 +220,8 @@ def main() -> None:
     if cli:
         print(f"mmgen search as a process: p50 {cli['process_p50_ms']:.0f} ms per query "
               f"(of which the query itself {cli['reported_query_p50_ms']:.1f} ms)")  # fmt: skip
-    report = {"workspace": str(args.workspace), "route": args.route, "k": args.k, "serve": rows,
+    report = {"workspace": str(args.workspace), "route": args.route, "k": args.k, "sync_records": args.sync_records,
+              "serve": rows,
               "in_process": inproc, "cli": cli, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -33,6 +33,10 @@ def serve_cmd(
         typer.Option("--allow-remote-urls", help="Let /knn-service fetch `image_url` (off: no server-side requests)."),
     ] = False,
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest image upload.")] = 20,
+    sync_records: Annotated[
+        bool,
+        typer.Option("--sync-records", help="Record /knn-service queries before answering (default: just after)."),
+    ] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Serve the workspace over HTTP: clip-retrieval's /knn-service API, mmgen's /api, and a search page at /."""
@@ -47,7 +51,8 @@ def serve_cmd(
         ws = _workspace(workspace, db)
         store = open_store(ws.db_url)
         config = ServerConfig(token=token, allow_remote_urls=allow_remote_urls,
-                              max_upload_bytes=max_upload_mb * 1024 * 1024, device=device)  # fmt: skip
+                              max_upload_bytes=max_upload_mb * 1024 * 1024, device=device,
+                              background_records=not sync_records)  # fmt: skip
         shown = "localhost" if host in ("127.0.0.1", "::1") else host
         typer.echo(f"mmgen serve: http://{shown}:{port}/  (workspace {ws.root}; clip-retrieval: /knn-service)",
                    err=True)  # fmt: skip

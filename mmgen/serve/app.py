@@ -67,6 +67,7 @@ class ServerConfig:
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     device: str = "auto"
     refresh_s: float = REFRESH_S  # how often a query checks SQL for rows `mmgen index` added meanwhile
+    background_records: bool = True  # /knn-service: record after answering, in a writer thread
 
     def callers(self) -> dict[str, str]:
         """Secret -> the caller recorded as `user` ("http" for an unnamed token)."""
@@ -97,6 +98,50 @@ class _Open:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+class RecordWriter:
+    """One thread that records searches after they were answered, in order; `close()` drains what is queued.
+
+    A record is lost only if the process is killed with records still queued (at most the requests in
+    flight); a failed write is logged and the others go on."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="mmgen-record-writer", daemon=True)
+        self._thread.start()
+        self.written = 0
+        self.failed = 0
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self._queue.put((fn, args))
+
+    def _run(self) -> None:
+        import logging
+
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            fn, args = job
+            try:
+                fn(*args)
+                self.written += 1
+            except Exception:  # noqa: BLE001 - one bad record must not stop the others
+                self.failed += 1
+                logging.getLogger(__name__).exception("recording a search failed")
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every submitted record is written."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+
+
 class Service:
     """The state behind the routes: the workspace's store and one open searcher per index."""
 
@@ -106,6 +151,7 @@ class Service:
         self.config = config
         self._open: dict[str, _Open] = {}
         self._lock = threading.Lock()
+        self.writer = RecordWriter() if config.background_records else None
 
     # ---- indexes -----------------------------------------------------------------------
     def index_names(self) -> list[str]:
@@ -192,7 +238,11 @@ class Service:
                 hits = _deduplicate(searcher, modality, hits)
             hits = hits[:num_ids]
             latency = (time.perf_counter() - started) * 1000
-            self.record(searcher, recorded, modality, num_ids, hits, latency, "knn-service", user=user)
+            args = (searcher, recorded, modality, num_ids, hits, latency, "knn-service", None, user)
+        if self.writer is not None:  # answered first, recorded by the writer thread (drained at shutdown)
+            self.writer.submit(self.record, *args)
+        else:
+            self.record(*args)
         out = []
         for rank, hit in enumerate(hits):
             row: dict[str, Any] = {"id": hit.id, "similarity": round(float(hit.score), 6)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -24,7 +25,13 @@ def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
     """The ASGI app: routes, the token check, and errors as `{"error": ...}` with a 4xx status."""
     service = Service(ws, store, config)
     makers = Makers(ws, store, config.device, config.max_upload_bytes)
-    app = FastAPI(title="mmgen", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> Any:
+        yield
+        if service.writer is not None:
+            service.writer.close()  # drain: every answered /knn-service query is recorded before exit
+
+    app = FastAPI(title="mmgen", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = service
 
     @app.exception_handler(RequestValidationError)

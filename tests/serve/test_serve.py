@@ -86,7 +86,8 @@ def test_api_search_pages_and_is_recorded(served) -> None:
     assert filtered["hits"] and all(h["meta"]["color"] == "blue" for h in filtered["hits"])
     _, words = live.request("/api/search", {"text": "square drawing 3", "retrieval": "keyword", "k": 4})
     assert words["query"]["retrieval"] == "keyword"
-    assert {h["text"] for h in words["hits"]} == {f"a {c} square, drawing 3" for c in ("red", "green", "blue", "yellow")}
+    colours = ("red", "green", "blue", "yellow")
+    assert {h["text"] for h in words["hits"]} == {f"a {c} square, drawing 3" for c in colours}
     _, fused = live.request("/api/search", {"text": "a blue square", "retrieval": "hybrid", "k": 5})
     assert len(fused["hits"]) == 5 and all("fused" in h["parts"] for h in fused["hits"])
     _, grouped = live.request("/api/search", {"text": "a red circle", "group_by": "group", "k": 3})
@@ -214,3 +215,21 @@ def test_a_search_sees_what_mmgen_index_adds_while_it_serves(served, tmp_path: P
     after = live.request("/api/search", {"text": "a purple triangle", "k": 60, "to": "text"})[1]["hits"]
     assert len(after) == len(before) + 1 or any(h["text"] == "a purple triangle" for h in after)
     assert any(h["text"] == "a purple triangle" for h in after)
+
+
+def test_knn_queries_are_recorded_after_answering_and_none_is_lost(served) -> None:
+    from sqlalchemy import select
+
+    from mmgen.store.db import open_store
+    from mmgen.store.models import Prompt
+
+    live, ws, _ = served
+    service = live.server.config.app.state.service
+    assert service.writer is not None  # the default: answer first, record in the writer thread
+    for i in range(12):
+        assert live.request("/knn-service", {"text": f"a red circle {i}", "num_images": 2})[0] == 200
+    service.writer.flush()
+    with open_store(ws.db_url) as store, store.session() as s:
+        prompts = s.scalars(select(Prompt).order_by(Prompt.id))
+        texts = [p.text for p in prompts if p.params.get("route") == "knn-service"]
+    assert texts == [f"a red circle {i}" for i in range(12)] and service.writer.failed == 0  # all, in order
