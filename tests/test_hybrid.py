@@ -1,5 +1,6 @@
-"""`mmgen search --keyword / --hybrid / --group / --dedup` end to end on a tiny real workspace: rankings,
-fusion arithmetic, filters inside both sides, the keyword index following indexing and pruning, and errors."""
+"""`mmgen search --keyword / --hybrid / --group / --dedup` end to end on a tiny real workspace, its store on
+SQLite and on PostgreSQL: rankings, fusion arithmetic, filters inside both sides, the keyword index following
+indexing and pruning, and errors."""
 
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ def fails(ws: Any, *args: str) -> str:
 
 
 @pytest.fixture()
-def tiny(tmp_path: Path, tiny_encoder: Any, build_tiny_workspace: Any) -> tuple[Any, Path]:
+def tiny(tmp_path: Path, tiny_encoder: Any, build_tiny_workspace: Any, db_url: str,
+         monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Path]:  # fmt: skip
+    """The tiny workspace with its store on SQLite and on PostgreSQL (MMGEN_DB, as a user would set it)."""
+    monkeypatch.setenv("MMGEN_DB", db_url)
     return build_tiny_workspace(tmp_path, tiny_encoder)
 
 
