@@ -260,7 +260,8 @@ def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     config = work / "txtai-api.yml"
-    config.write_text(f"path: {work / 'txtai0'}\nwritable: false\n", encoding="utf-8")
+    # `embeddings:` mounts the search routes; `path` loads the saved index (read-only)
+    config.write_text(f"path: {work / 'txtai0'}\nwritable: false\nembeddings: {{}}\n", encoding="utf-8")
     ports = {"mmgen serve /api/search": free(), "txtai API /search": free()}
     procs = {
         "mmgen serve /api/search": subprocess.Popen(
@@ -327,7 +328,10 @@ def main() -> None:
     ap.add_argument("--peers", type=Path, default=ROOT / "build" / "peers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--parts", default="encode,index,duel,http", help="which measurements (index is run for "
+                    "duel/http anyway, once, when left out)")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
 
     print(f"# mmgen peers benchmark: {' '.join(sys.argv)}")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, MMGEN_THREADS={os.environ.get('MMGEN_THREADS')}")
@@ -337,12 +341,13 @@ def main() -> None:
     queries = random.Random(args.seed + 1).sample(texts, min(args.queries, len(texts)))
     print(f"# {len(texts)} texts from {args.texts}, {len(queries)} queries x {args.rounds} rounds")
     results: dict[str, object] = {}
-    results["encode_items_per_s"] = encode_speeds(texts[: args.encode_n], args.rounds, args.joint)
+    results["encode_items_per_s"] = encode_speeds(texts[: args.encode_n], args.rounds, args.joint) if "encode" in parts else {}
     work = Path(tempfile.mkdtemp(prefix="peers-", dir=args.peers))
     try:
-        results["index_seconds"] = index_times(texts, work, txtai_python, args.rounds)
-        results["query_duel"] = duel(work, txtai_python, queries, args.rounds)
-        results["http_duel"] = http_duel(work, txtai_python, queries, args.rounds)
+        seconds = index_times(texts, work, txtai_python, args.rounds if "index" in parts else 1)
+        results["index_seconds"] = seconds if "index" in parts else {}
+        results["query_duel"] = duel(work, txtai_python, queries, args.rounds) if "duel" in parts else {}
+        results["http_duel"] = http_duel(work, txtai_python, queries, args.rounds) if "http" in parts else {}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -358,11 +363,14 @@ def main() -> None:
             print(f"| query, in-process duel | {name} | p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms |")
     for name, row in results["http_duel"].items():  # type: ignore[union-attr]
         print(f"| query over HTTP, duel | {name} | p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms |")
-    bounds = results["query_duel"]["mmgen raw bounds"]  # type: ignore[index]
-    mm = results["query_duel"]["mmgen Searcher.search"]  # type: ignore[index]
-    print(f"| query raw bounds | mmgen encode / FAISS | p50 {bounds['encode_p50_ms']:.2f} / {bounds['faiss_p50_ms']:.2f} ms "
-          f"(search overhead x{mm['p50_ms'] / (bounds['encode_p50_ms'] + bounds['faiss_p50_ms']):.2f}) |")
-    print(f"| same top hit | both | {100 * results['query_duel']['same top hit']['share']:.0f}% of queries |")  # type: ignore[index]
+    if results["query_duel"]:
+        bounds = results["query_duel"]["mmgen raw bounds"]  # type: ignore[index]
+        mm = results["query_duel"]["mmgen Searcher.search"]  # type: ignore[index]
+        overhead = mm["p50_ms"] / (bounds["encode_p50_ms"] + bounds["faiss_p50_ms"])
+        print(f"| query raw bounds | mmgen encode / FAISS | p50 {bounds['encode_p50_ms']:.2f} / "
+              f"{bounds['faiss_p50_ms']:.2f} ms (search overhead x{overhead:.2f}) |")  # fmt: skip
+        share = results["query_duel"]["same top hit"]["share"]  # type: ignore[index]
+        print(f"| same top hit | both | {100 * share:.0f}% of queries |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
 

@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 IMAGEDEDUP = "imagededup==0.3.3.post2"
 TRANSFORMS = ("resize50", "jpeg70", "crop90", "recolour", "flip")
-MMGEN_THRESHOLDS = (0.90, 0.93, 0.95, 0.97)
-MMGEN_DEFAULT = 0.95
+MMGEN_THRESHOLDS = (0.90, 0.93, 0.95, 0.96, 0.97, 0.98)
+from mmgen.dedup import DEFAULT_THRESHOLD as MMGEN_DEFAULT  # noqa: E402  (mmgen dedup's default)
 PHASH_DISTANCES = (4, 6, 8, 10, 12, 14)
 PHASH_DEFAULT = 10  # imagededup's default max_distance_threshold
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import shutil
 import struct
 import subprocess
@@ -252,11 +253,18 @@ def _svg_size(p: Path) -> tuple[int, int]:
         for _event, el in ET.iterparse(p, events=("start",)):
             width, height = _svg_length(el.get("width")), _svg_length(el.get("height"))
             if width and height:
-                return round(width), round(height)
+                return _svg_pixels(p, width, height)
             box = (el.get("viewBox") or "").replace(",", " ").split()
             if len(box) == 4:
-                return round(float(box[2])), round(float(box[3]))
+                return _svg_pixels(p, float(box[2]), float(box[3]))
             break
     except (ET.ParseError, ValueError) as e:
         raise ImageLoadError(f"{p}: unreadable SVG ({e})") from e
     raise ImageLoadError(f"{p}: SVG declares neither width/height nor viewBox")
+
+
+def _svg_pixels(p: Path, width: float, height: float) -> tuple[int, int]:
+    # `1e999`, `inf`, `nan` and negative sizes parse as floats; round() would raise or pass them on.
+    if not (math.isfinite(width) and math.isfinite(height) and width > 0 and height > 0):
+        raise ImageLoadError(f"{p}: SVG size {width:g}x{height:g} is not a positive finite size")
+    return max(1, round(width)), max(1, round(height))

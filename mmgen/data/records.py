@@ -24,6 +24,13 @@ MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv")
 _KEY_FIELDS = ("id", "key")
 _CORE_FIELDS = {"id", "key", "image", "text", "group", "meta", "corpus"}
 _CSV_COLUMNS = ("id", "image", "text", "group", "meta", "corpus")
+# Byte-order marks of encodings a manifest may be saved in by mistake (UTF-32 first: its LE mark starts like UTF-16's).
+_OTHER_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
 
 
 @dataclass
@@ -87,6 +94,7 @@ def read_records(path: str | Path) -> Iterator[Record]:
         raise DataError(f"unsupported manifest format {p.suffix!r} ({p}); expected .jsonl, .json or .csv")
     if not p.is_file():
         raise DataError(f"manifest not found: {p}")
+    _check_not_utf16(p)
     base = p.resolve().parent
     if suffix == ".csv":
         yield from _read_csv(p, base)
@@ -127,6 +135,49 @@ def write_records(records: Iterable[Record], path: str | Path) -> int:
         Path(tmp).unlink(missing_ok=True)
         raise
     return count
+
+
+def _check_not_utf16(p: Path) -> None:
+    """DataError for a UTF-16/32 file: read as UTF-8 every line would fail, one confusing error each."""
+    with p.open("rb") as f:
+        head = f.read(4)
+    for bom, encoding in _OTHER_BOMS:
+        if head.startswith(bom):
+            raise DataError(f"{p}: manifest is {encoding} text; save it as UTF-8")
+
+
+def _json_failure(e: ValueError | RecursionError) -> str:
+    """Why json.loads failed, in a line: besides syntax, Python refuses deep nesting and giant integers."""
+    if isinstance(e, json.JSONDecodeError):
+        return e.msg
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return "an integer with too many digits"
+
+
+def _not_storable(record: Record) -> str | None:
+    """Why a parsed record cannot be stored as JSON text, or None.
+
+    Python's json reads NaN, Infinity and 1e400 (as inf) and `\\ud800` escapes (lone surrogates),
+    but neither is valid JSON or UTF-8: the store would refuse the row later, mid-index.
+    """
+    try:
+        json.dumps(record_to_json(record), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "text with an unpaired surrogate (a lone \\ud800-\\udfff escape) is not valid Unicode"
+    except ValueError:
+        return "NaN or Infinity (or a number too large for a float) is not valid JSON"
+    except RecursionError:
+        return "nested too deeply"
+    return None
+
+
+def _is_utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _starts_with_bracket(p: Path) -> bool:
@@ -177,8 +228,8 @@ class _Builder:
         elif isinstance(meta_raw, str):
             try:
                 parsed = json.loads(meta_raw)
-            except json.JSONDecodeError as e:
-                return self.error(n, f"'meta' is not valid JSON ({e.msg})", key)
+            except (ValueError, RecursionError) as e:
+                return self.error(n, f"'meta' is not valid JSON ({_json_failure(e)})", key)
             if not isinstance(parsed, dict):
                 return self.error(n, "'meta' must be a JSON object", key)
             meta = parsed
@@ -189,13 +240,19 @@ class _Builder:
                 meta.setdefault(k, v)
         if values["image"] is None and values["text"] is None:
             return self.error(n, "record has neither 'image' nor 'text'", key)
+        unusable = _not_storable(Record(key=key, meta=meta, **values))
+        if unusable is not None:
+            return self.error(n, unusable, key if _is_utf8(key) else None)
         where = (values["corpus"], key)
         if where in self.seen:
             return self.error(n, f"duplicate id {key!r} (first on line {self.seen[where]})", f"line-{n}")
         self.seen[where] = n
         image = values["image"]
         if image is not None:
-            ip = Path(image).expanduser()
+            try:
+                ip = Path(image).expanduser()
+            except RuntimeError:  # `~name/...` for a user without a home folder
+                return self.error(n, f"'image' {image!r}: cannot expand '~' (no such user or home folder)", key)
             image = str(ip if ip.is_absolute() else self.base / ip)
         return Record(key=key, image=image, text=values["text"], group=values["group"], meta=meta,
                       corpus=values["corpus"])  # fmt: skip
@@ -219,6 +276,9 @@ def _read_jsonl(p: Path, base: Path) -> Iterator[Record]:
             except json.JSONDecodeError as e:
                 yield b.error(n, f"invalid JSON ({e.msg} at column {e.colno})")
                 continue
+            except (ValueError, RecursionError) as e:
+                yield b.error(n, f"invalid JSON ({_json_failure(e)})")
+                continue
             if not isinstance(obj, dict):
                 yield b.error(n, f"expected a JSON object, got {type(obj).__name__}")
                 continue
@@ -232,6 +292,8 @@ def _read_json_array(p: Path, base: Path) -> Iterator[Record]:
         raise DataError(f"{p}: not valid UTF-8 ({e.reason})") from e
     except json.JSONDecodeError as e:
         raise DataError(f"{p}: invalid JSON ({e.msg} at line {e.lineno})") from e
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{p}: invalid JSON ({_json_failure(e)})") from e
     b = _Builder(base)
     for n, obj in enumerate(data, start=1):
         if not isinstance(obj, dict):
@@ -240,10 +302,45 @@ def _read_json_array(p: Path, base: Path) -> Iterator[Record]:
         yield b.build(n, obj)
 
 
+class _QuotedLines:
+    """The lines of a CSV file, counted, with the parity of quotes since the last complete row.
+
+    After a csv.Error (a field over `csv.field_size_limit()`) the reader starts afresh on the
+    next line; if that line is inside the quoted field, its rest would read as rows of their own.
+    `skip_open_quote` skips to the line that closes the quote instead.
+    """
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.line_num = 0
+        self.open_quote = False
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.line_num += 1
+        if line.count('"') % 2:
+            self.open_quote = not self.open_quote
+        return line
+
+    def row_done(self) -> None:
+        self.open_quote = False
+
+    def skip_open_quote(self) -> None:
+        while self.open_quote:
+            try:
+                next(self)
+            except StopIteration:
+                return
+
+
 def _read_csv(p: Path, base: Path) -> Iterator[Record]:
     b = _Builder(base)
     with p.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f)
+        lines = _QuotedLines(f)
+        reader = csv.reader(lines)
         try:
             header = next(reader)
         except StopIteration:
@@ -259,9 +356,13 @@ def _read_csv(p: Path, base: Path) -> Iterator[Record]:
             except StopIteration:
                 return
             except csv.Error as e:
-                yield b.error(reader.line_num, f"malformed CSV ({e})")
+                n = lines.line_num
+                lines.skip_open_quote()
+                lines.row_done()
+                yield b.error(n, f"malformed CSV ({e})")
                 continue
-            n = reader.line_num
+            lines.row_done()
+            n = lines.line_num
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(columns):

@@ -51,11 +51,17 @@ def resolve_encoder_name(name: str, models_dir: Path | None = None) -> EncoderSp
         raise UnknownNameError("encoder", name, encoder_choices())
     if not rest:
         raise ConfigError(f"encoder name {name!r} is missing what follows {prefix}:; forms: {', '.join(_NAME_FORMS)}")
-    if prefix == "st":
-        return _resolve_st(rest)
-    if prefix == "openclip":
-        return _resolve_openclip(rest)
-    return _resolve_mmgen(rest, models_dir)
+    try:
+        if prefix == "st":
+            return _resolve_st(rest)
+        if prefix == "openclip":
+            return _resolve_openclip(rest)
+        return _resolve_mmgen(rest, models_dir)
+    except (OSError, ValueError) as e:  # a path the OS refuses: too long, a NUL byte, unencodable
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ModelLoadError(f"encoder {name!r}: unusable path ({reason})") from e
+    except RuntimeError as e:  # Path.expanduser: `~user` with no such user or home folder
+        raise ModelLoadError(f"encoder {name!r}: cannot expand '~' ({e})") from e
 
 
 def load_encoder(name: str, device: str = "auto", models_dir: Path | None = None) -> Encoder:

@@ -235,7 +235,7 @@ def _text(value: Any) -> str:
 def _range_value(key: str, op: str, value: Any) -> float:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number):
         raise ConfigError(f"filter {key}{op}N compares numbers, and {value!r} is not a number")
@@ -271,6 +271,14 @@ def _scalar_text(value: Any) -> str | None:
     return None
 
 
+def _as_float(number: float) -> float:
+    """A JSON number as the float SQL compares: an int beyond float range is +-inf there too."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
 def _equals(key: str, value: str, meta: Mapping[str, Any], columns: Mapping[str, Any]) -> bool:
     if _column(key) is not None:
         return columns.get(key) == value
@@ -292,7 +300,7 @@ def _key_matches(key: str, conds: Sequence[Condition], meta: Mapping[str, Any], 
             stored = meta.get(_meta_key(key))
             if isinstance(stored, bool) or not isinstance(stored, (int, float)):
                 return False
-            x, bound = float(stored), float(c.value)
+            x, bound = _as_float(stored), float(c.value)
             if not {">=": x >= bound, "<=": x <= bound, ">": x > bound, "<": x < bound}[c.op]:
                 return False
     return True
@@ -346,7 +354,9 @@ def _meta_equals_default(element: MetaEquals, compiler: SQLCompiler, **kw: Any) 
 @compiles(MetaEquals, "sqlite")
 def _meta_equals_sqlite(element: MetaEquals, compiler: SQLCompiler, **kw: Any) -> str:
     # json_each yields the value itself for a scalar (key NULL), the elements for a list,
-    # and the members of an object (excluded: only lists are looked into).
+    # and the members of an object (excluded: only lists are looked into). A number compares
+    # as its JSON text (`column -> fullkey`), as in memory: CAST(atom AS TEXT) would reformat
+    # it (1e+20 as 1.0e+20, 1/3 to 15 digits, an integer beyond 64 bits as a float).
     column = compiler.process(element.column, **kw)
     path = _bind(compiler, f'$."{element.key}"', **kw)
     value = _bind(compiler, element.value, **kw)
@@ -354,6 +364,7 @@ def _meta_equals_sqlite(element: MetaEquals, compiler: SQLCompiler, **kw: Any) -
         f"EXISTS (SELECT 1 FROM json_each({column}, {path}) AS mmgen_j "
         f"WHERE (mmgen_j.key IS NULL OR json_type({column}, {path}) = 'array') "
         "AND CASE mmgen_j.type WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+        f"WHEN 'integer' THEN ({column} -> mmgen_j.fullkey) WHEN 'real' THEN ({column} -> mmgen_j.fullkey) "
         f"ELSE CAST(mmgen_j.atom AS TEXT) END = {value})"
     )
 
