@@ -44,7 +44,7 @@ def open_or_create_index(
 
     checksum = encoder.checksum()
     root = ws.index_dir(name)
-    with store.session() as s:
+    with store.session(write=True) as s:
         rec = s.scalar(select(IndexRecord).where(IndexRecord.name == name))
         if rec is not None and (reembed or rec.encoder_checksum != checksum):
             if not reembed:
@@ -71,6 +71,10 @@ def open_or_create_index(
             rec = None
         if rec is None:
             preset = resolve_preset(preset_name, ws.root)
+            if (root / "manifest.json").exists() and not _holds_vectors(root):
+                # A manifest without vectors or SQL row: a run killed between creating the folder and
+                # committing its row (this transaction, below). Nothing was ever stored in it: start again.
+                _discard_folder(root)
             if (root / "manifest.json").exists():
                 raise ManifestMismatchError(
                     f"{root} holds index files that the store {mask_url(store.url)} does not know; "
@@ -109,6 +113,13 @@ def _discard_folder(root: Path) -> None:
     for path in root.iterdir():
         if path.is_file() and (path.suffix in (".f32", ".faiss", ".tmp") or path.name == "manifest.json"):
             path.unlink()
+
+
+def _holds_vectors(root: Path) -> bool:
+    """Whether an index folder's vector files hold any row."""
+    from mmgen.index.vectors import HEADER
+
+    return any(path.stat().st_size > HEADER.size for path in root.glob("*.f32"))
 
 
 def sync_index(store: Store, index_id: int, folder: IndexFolder, hasher: Hasher | None = None) -> dict[str, str]:
@@ -187,7 +198,7 @@ def open_index_hasher(
     else:
         preset = resolve_preset(preset_name, ws.root, binary=True)
     folder.set_hash(name=name, checksum=hasher.checksum, bits=hasher.bits, preset=preset)
-    with store.session() as s:
+    with store.session(write=True) as s:
         rec = s.get(IndexRecord, index_id)
         if rec is not None:
             hash_info = {"name": name, "checksum": hasher.checksum, "bits": hasher.bits, "preset": preset.to_json()}

@@ -288,7 +288,7 @@ class Indexer:
     def _corpus_id(self, source: Source) -> int:
         from mmgen.store.repo import get_or_create_corpus
 
-        with self.store.session() as s:
+        with self.store.session(write=True) as s:
             corpus = get_or_create_corpus(s, source.corpus, source.spec, source.licence)
             s.commit()
             return corpus.id
@@ -364,8 +364,8 @@ class Indexer:
     def _commit(
         self, corpus_id: int, batch: Sequence[_Todo], embed: list[list[str]], slots: dict[tuple[int, str], int]
     ) -> None:
-        """One transaction per batch: upsert the items, replace their index rows."""
-        with self.store.session() as s:
+        """One transaction per batch (a writer from its first read): upsert the items, replace their rows."""
+        with self.store.session(write=True) as s:
             written: list[tuple[int, _Todo, Item, list[str]]] = []
             existing = {
                 item.id: item
@@ -420,7 +420,7 @@ class Indexer:
             s.commit()
 
     def _prune(self, corpus_id: int, keys: set[str]) -> None:
-        with self.store.session() as s:
+        with self.store.session(write=True) as s:
             ids = s.scalars(select(Item.id).where(Item.corpus_id == corpus_id, Item.key.in_(list(keys)))).all()
             for chunk in range(0, len(ids), 500):
                 part = ids[chunk : chunk + 500]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmgen.errors import ConfigError, MmgenError, VectorIndexError
+from mmgen.serve.writer import RecordWriter
 
 if TYPE_CHECKING:
     from mmgen.search import Searcher
@@ -98,50 +99,6 @@ class _Open:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class RecordWriter:
-    """One thread that records searches after they were answered, in order; `close()` drains what is queued.
-
-    A record is lost only if the process is killed with records still queued (at most the requests in
-    flight); a failed write is logged and the others go on."""
-
-    def __init__(self) -> None:
-        import queue
-
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="mmgen-record-writer", daemon=True)
-        self._thread.start()
-        self.written = 0
-        self.failed = 0
-
-    def submit(self, fn: Any, *args: Any) -> None:
-        self._queue.put((fn, args))
-
-    def _run(self) -> None:
-        import logging
-
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            fn, args = job
-            try:
-                fn(*args)
-                self.written += 1
-            except Exception:  # noqa: BLE001 - one bad record must not stop the others
-                self.failed += 1
-                logging.getLogger(__name__).exception("recording a search failed")
-            finally:
-                self._queue.task_done()
-
-    def flush(self) -> None:
-        """Wait until every submitted record is written."""
-        self._queue.join()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=60)
-
-
 class Service:
     """The state behind the routes: the workspace's store and one open searcher per index."""
 
@@ -151,7 +108,7 @@ class Service:
         self.config = config
         self._open: dict[str, _Open] = {}
         self._lock = threading.Lock()
-        self.writer = RecordWriter() if config.background_records else None
+        self.writer = RecordWriter() if config.background_records else None  # mmgen/serve/writer.py
 
     # ---- indexes -----------------------------------------------------------------------
     def index_names(self) -> list[str]:

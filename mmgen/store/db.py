@@ -82,15 +82,25 @@ class Store:
         self.engine: Engine = engine
         self.url: str = engine.url.render_as_string(hide_password=False)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        sqlite = engine.dialect.name == "sqlite"
+        writer = engine.execution_options(**{_SQLITE_BEGIN: "BEGIN IMMEDIATE"}) if sqlite else engine
+        self._write_sessions = sessionmaker(writer, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
         """Backend name: `sqlite`, `postgresql`, ..."""
         return self.engine.dialect.name
 
-    def session(self) -> Session:
-        """A new ORM session bound to this store (objects stay readable after commit)."""
-        return self._sessions()
+    def session(self, write: bool = False) -> Session:
+        """A new ORM session bound to this store (objects stay readable after commit).
+
+        `write=True` is for a transaction that reads and then writes: on SQLite it starts with
+        BEGIN IMMEDIATE, taking the write lock (waiting out the busy timeout) before its first read.
+        A deferred transaction that read before another process committed cannot upgrade to a
+        writer: SQLite fails it at once with "database is locked" (SQLITE_BUSY_SNAPSHOT), which no
+        busy timeout covers. In WAL mode readers never wait on it.
+        """
+        return (self._write_sessions if write else self._sessions)()
 
     def close(self) -> None:
         """Release every pooled connection."""

@@ -1,0 +1,50 @@
+"""The record writer of `mmgen serve`: searches recorded after they were answered, in one thread."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+
+class RecordWriter:
+    """One thread that records searches after they were answered, in order; `close()` drains what is queued.
+
+    A record is lost only if the process is killed with records still queued (at most the requests in
+    flight); a failed write is logged and the others go on."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="mmgen-record-writer", daemon=True)
+        self._thread.start()
+        self.written = 0
+        self.failed = 0
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self._queue.put((fn, args))
+
+    def _run(self) -> None:
+        import logging
+
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            fn, args = job
+            try:
+                fn(*args)
+                self.written += 1
+            except Exception:  # noqa: BLE001 - one bad record must not stop the others
+                self.failed += 1
+                logging.getLogger(__name__).exception("recording a search failed")
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every submitted record is written."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=60)
