@@ -81,7 +81,7 @@ def register_model(ws: Workspace, kind: str, name: str, path: Path, checksum: st
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}")
     version = checksum[:16]
-    with open_store(ws.db_url) as store, store.session() as session:
+    with open_store(ws.db_url) as store, store.session(write=True) as session:  # reads, then writes
         row = session.scalars(select(ModelRecord).filter_by(kind=kind, name=name, version=version)).one_or_none()
         if row is None:
             row = ModelRecord(kind=kind, name=name, version=version)
