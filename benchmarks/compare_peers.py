@@ -250,13 +250,9 @@ def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -
     """Both HTTP servers alive (`mmgen serve`, txtai's API under uvicorn), one keep-alive client each; every
     query goes to both, the order flipping every query. Latency is the client's, send to last byte."""
     import http.client
-    import socket
     import urllib.parse
 
-    def free() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+    from serve_load import free_port as free
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     config = work / "txtai-api.yml"
@@ -312,8 +308,9 @@ def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -
 
 
 def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
+    from serve_load import percentile
+
+    return percentile(values, q)
 
 
 def main() -> None:

@@ -108,12 +108,16 @@ def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
     async def generate(request: Request) -> Any:
         return await post(request, makers.generate)
 
-    @app.get("/api/outputs/{output_id}")
-    def output(output_id: int) -> Any:
+    def png(fn: Any, *args: Any) -> Any:
+        """A PNG answer, or the HTTPError's `{"error"}` with its status."""
         try:
-            return Response(makers.output_png(output_id), media_type="image/png")
+            return Response(fn(*args), media_type="image/png")
         except HTTPError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.get("/api/outputs/{output_id}")
+    def output(output_id: int) -> Any:
+        return png(makers.output_png, output_id)
 
     @app.get("/api/items/{item_id}")
     def item(item_id: int) -> Any:
@@ -121,10 +125,7 @@ def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
 
     @app.get("/image/{item_id}")
     def image(item_id: int, size: int = 256) -> Any:
-        try:
-            return Response(service.thumbnail(item_id, size), media_type="image/png")
-        except HTTPError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return png(service.thumbnail, item_id, size)
 
     @app.get("/")
     def page() -> Any:
