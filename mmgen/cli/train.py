@@ -73,6 +73,13 @@ def train_encoder_cmd(
         bool,
         typer.Option("--caption-names/--no-caption-names", help="Emoji Unicode and short names as extra captions."),
     ] = False,
+    hard_negatives: Annotated[
+        float,
+        typer.Option(
+            "--hard-negatives", min=0, max=0.99,
+            help="Share of each batch made of neighbourhoods of nearby concepts (by caption embedding); 0: none.",
+        ),
+    ] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: ResumeOpt = "auto",
     data_dir: DataDirOpt = None,
@@ -101,6 +108,7 @@ def train_encoder_cmd(
             sampling=sampling,
             icon_weight=icon_weight,
             caption_names=caption_names,
+            hard_negatives=hard_negatives,
             resume=resume,
             device=device,
             progress=not quiet and not as_json,

@@ -22,6 +22,7 @@ import numpy as np
 
 from mmgen.data.preprocess import decode_one
 from mmgen.errors import ConfigError, DataError, ImageLoadError
+from mmgen.train.negatives import check_hard_negatives, with_neighbourhoods
 
 # Bump when decoding or cropping changes, so stale pixel caches are not reused.
 PIXEL_CACHE_VERSION = 1
@@ -259,9 +260,14 @@ class BatchSampler:
     """Seeded, stateless batches of distinct units: step i's batch depends only on (seed, i)."""
 
     def __init__(
-        self, data: TrainingSet, batch_size: int, seed: int, alternate_p: float, sampling: str = "concept"
+        self, data: TrainingSet, batch_size: int, seed: int, alternate_p: float, sampling: str = "concept",
+        neighbours: np.ndarray | None = None, hard_negatives: float = 0.0,
     ) -> None:
         check_sampling(sampling)
+        check_hard_negatives(hard_negatives)
+        # Hard negatives (mmgen.train.negatives): a share of each batch is anchors' nearest concepts.
+        self._neighbours = neighbours if hard_negatives > 0 else None
+        self.hard_negatives = hard_negatives
         if batch_size < 2:
             raise ConfigError(f"batch_size must be at least 2 for a contrastive loss, not {batch_size}")
         if data.n_units < 2:
@@ -295,6 +301,9 @@ class BatchSampler:
         else:
             draw = np.random.default_rng([self.seed, epoch, position, 2])
             units = draw.choice(self.n_units, size=self.batch_size, replace=False, p=self._p)
+        if self._neighbours is not None:
+            near = np.random.default_rng([self.seed, epoch, position, 3])
+            units = with_neighbourhoods(units, self._neighbours, self.hard_negatives, near)
         rng = np.random.default_rng([self.seed, epoch, position, 1])
         uniform = rng.random(len(units))
         images = self._images.pick(units, uniform) if self._cum is None else self._weighted_pick(units, uniform)

@@ -25,6 +25,7 @@ import mmgen
 from mmgen.artifacts import register_model, write_json_atomic
 from mmgen.encoders.openclip import trim_padding
 from mmgen.errors import ConfigError, ModelLoadError
+from mmgen.train.negatives import check_hard_negatives
 from mmgen.train.augment import augment_batch, augment_preset, caption_allows_gray, caption_allows_mirror
 from mmgen.train.data import (
     BatchSampler,
@@ -96,6 +97,8 @@ class TrainConfig:
     # chosen on the product protocol's development split (README, *Many styles*).
     icon_weight: float = 0.2
     caption_names: bool = False  # also use emoji Unicode names and short names (meta.names) as alternatives
+    # Share of each batch built from neighbourhoods of nearby concepts (mmgen.train.negatives); 0: none.
+    hard_negatives: float = 0.0
     workers: int = 0  # image decoding threads; 0: one per core
     device: str = "auto"
     precision: str = "auto"  # auto: mixed precision on CUDA, fp32 on CPU
@@ -131,6 +134,7 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(_PRECISIONS)}, not {self.precision!r}")
         augment_preset(self.augment)
         check_sampling(self.sampling)
+        check_hard_negatives(self.hard_negatives)
 
     def run_key(self) -> dict[str, Any]:
         """The settings a saved state must share to be resumed (not time, workers, device or display)."""
@@ -231,7 +235,18 @@ def train_encoder(
         def text_batch(ids: torch.Tensor) -> torch.Tensor:
             return model.encode_text(trim_padding(tokens[ids]), normalize=True)
 
-    sampler = BatchSampler(data, cfg.batch_size, cfg.seed, cfg.alternate_caption_p, cfg.sampling)
+    neighbours = None
+    if cfg.hard_negatives > 0:
+        from mmgen.train.negatives import concept_neighbours
+
+        features = text_features if text_locked else caption_embeddings(
+            model, tokenizer, data.captions, out_dir, text_checksum, device, cfg
+        )  # fmt: skip
+        first = torch.as_tensor([int(p[0]) for p in data.unit_primary])
+        neighbours = concept_neighbours(features[first].float().cpu().numpy())
+    sampler = BatchSampler(
+        data, cfg.batch_size, cfg.seed, cfg.alternate_caption_p, cfg.sampling, neighbours, cfg.hard_negatives
+    )  # fmt: skip
     gray_ok, mirror_ok = _unit_flags(data)
     optimizer = make_optimizer(model, cfg)
     amp_dtype = pick_amp_dtype(device, cfg.precision)
