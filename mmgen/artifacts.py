@@ -80,6 +80,9 @@ def register_model(ws: Workspace, kind: str, name: str, path: Path, checksum: st
 
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}")
+    from mmgen.versions import split_version
+
+    name = split_version(name)[0]  # NAME@N is a version of NAME
     version = checksum[:16]
     with open_store(ws.db_url) as store, store.session(write=True) as session:  # reads, then writes
         row = session.scalars(select(ModelRecord).filter_by(kind=kind, name=name, version=version)).one_or_none()

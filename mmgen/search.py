@@ -28,6 +28,7 @@ from mmgen.index import IndexFolder
 from mmgen.store.filters import Filters, as_filters
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.store.repo import login_user
+from mmgen.versions import find_checksum, kept_version
 from mmgen.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -108,6 +109,10 @@ class Searcher:
             self.index_id, built_with, checksum = rec.id, rec.encoder, rec.encoder_checksum
         self.folder = IndexFolder.open(ws.index_dir(self.name))
         self.encoder: Encoder = load_encoder(encoder or built_with, device=device, models_dir=ws.models_dir)
+        if self.encoder.checksum() != checksum and encoder is None:
+            kept = kept_version(ws.models_dir, built_with, checksum)  # retrained since: its older version
+            if kept is not None:
+                self.encoder = load_encoder(kept, device=device, models_dir=ws.models_dir)
         if self.encoder.checksum() != checksum:
             raise ManifestMismatchError(
                 f"index {self.name!r} was built with encoder {built_with}, not {self.encoder.name}; "
@@ -143,6 +148,9 @@ class Searcher:
                     f"`mmgen train hasher --index {self.name}` and `mmgen index SOURCE --name {self.name} --hash HASHER`"
                 )
             hasher = load_hasher(info["name"], self.ws.models_dir)
+            kept = find_checksum(self.ws.models_dir, info["name"], info["checksum"]) if "@" not in info["name"] else None
+            if hasher.checksum != info["checksum"] and kept is not None:  # retrained since: its kept version
+                hasher = load_hasher(f"{info['name']}@{kept.name}", self.ws.models_dir)
             if hasher.bits != int(info["bits"]) or hasher.checksum != info["checksum"]:
                 raise ManifestMismatchError(
                     f"index {self.name!r} holds {info['bits']}-bit codes of hasher {info['name']!r} "

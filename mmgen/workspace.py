@@ -1,4 +1,11 @@
-"""Workspace layout: where the SQL store, indexes, models and outputs live."""
+"""Workspace layout: where the SQL store, indexes, models and outputs live.
+
+A workspace folder that does not exist yet is created private (mode 0o700) by the first command
+that writes to it (`make_private_root`, called where the SQLite store or an index folder is made): the
+SQLite file (and its -wal and -shm files), index vectors, models, caches and generated outputs all
+lie below it, so other users of the machine cannot reach them whatever mode the umask gives each
+file. An existing folder keeps the mode it has (sharing one is then a deliberate choice).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from pathlib import Path
 
 DEFAULT_WORKSPACE = Path("indexes")
 DB_FILENAME = "mmgen.db"
+ROOT_MODE = 0o700  # a new workspace folder: only its owner may list or enter it
 
 
 @dataclass(frozen=True)
@@ -37,3 +45,13 @@ class Workspace:
     def outputs_dir(self) -> Path:
         """Generated files."""
         return self.root / "outputs"
+
+
+def make_private_root(path: Path) -> None:
+    """Create a missing workspace folder with mode 0o700 (its parents, when missing too, get the default mode)."""
+    if path.exists():
+        return
+    try:
+        path.mkdir(mode=ROOT_MODE, parents=True, exist_ok=True)
+    except OSError:
+        pass  # e.g. a read-only or unreachable place: whatever writes there first reports why it cannot

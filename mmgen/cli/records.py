@@ -1,4 +1,4 @@
-"""`mmgen history`, `show`, `link`, `rate`, `eval feedback`, `export feedback`: the store as the record of the work."""
+"""`mmgen history`, `show`, `link`, `rate`, `eval feedback`, `export`, `forget`: the store as the record of the work."""
 
 from __future__ import annotations
 
@@ -11,10 +11,18 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from mmgen.cli.common import DbOpt, JsonOpt, WorkspaceOpt, _errors, _print_json, _workspace, app, eval_app
+from mmgen.cli.common import EXIT_ERROR, DbOpt, JsonOpt, WorkspaceOpt, _errors, _print_json, _workspace, app, eval_app
 
 if TYPE_CHECKING:
-    from mmgen.records import FeedbackReport, LineageNode, OutputRecord, PromptDetail, PromptSummary, ScoreStats
+    from mmgen.records import (
+        FeedbackReport,
+        ForgetReport,
+        LineageNode,
+        OutputRecord,
+        PromptDetail,
+        PromptSummary,
+        ScoreStats,
+    )
     from mmgen.store.db import Store
 
 export_app = typer.Typer(help="Export what the store records.", no_args_is_help=True)
@@ -23,6 +31,18 @@ app.add_typer(export_app, name="export")
 ModelOpt = Annotated[
     Optional[str],
     typer.Option("--model", help="Only outputs of this model name (a search's: its encoder)."),
+]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="The JSON Lines file to write.")]
+AnonymiseOpt = Annotated[
+    bool, typer.Option("--anonymise", help="Replace user ids by salted pseudonyms (u- and 16 hex digits of an HMAC).")
+]
+SaltOpt = Annotated[
+    Optional[str],
+    typer.Option("--salt", help="The HMAC key for --anonymise: the same salt gives the same pseudonyms "
+                 "(without it: a random one, kept nowhere)."),  # fmt: skip
+]
+DropTextOpt = Annotated[
+    bool, typer.Option("--drop-text", help="Leave out what people wrote or showed: prompt text, query image, notes.")
 ]
 
 
@@ -240,15 +260,81 @@ def eval_feedback_cmd(
 
 @export_app.command("feedback")
 def export_feedback_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="The JSON Lines file to write.")],
+    out: OutOpt,
     model: ModelOpt = None,
+    anonymise: AnonymiseOpt = False,
+    salt: SaltOpt = None,
+    drop_text: DropTextOpt = False,
     workspace: WorkspaceOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Write rated outputs as a preference data set: one JSON line per rating (prompt, params, output, model, score)."""
     with _errors():
-        from mmgen.records import export_feedback
+        from mmgen.records import Redaction, export_feedback
 
+        redact = Redaction.of(anonymise, salt, drop_text)
         with _store(workspace, db) as store:
-            count = export_feedback(store, out, model)
+            count = export_feedback(store, out, model, redact)
         typer.echo(f"wrote {count} rated outputs to {out}")
+
+
+@export_app.command("prompts")
+def export_prompts_cmd(
+    out: OutOpt,
+    anonymise: AnonymiseOpt = False,
+    salt: SaltOpt = None,
+    drop_text: DropTextOpt = False,
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Write every prompt as one JSON line: id, kind, time, user, parent, params, text, hits, output ids."""
+    with _errors():
+        from mmgen.records import Redaction, export_prompts
+
+        redact = Redaction.of(anonymise, salt, drop_text)
+        with _store(workspace, db) as store:
+            count = export_prompts(store, out, redact)
+        typer.echo(f"wrote {count} prompts to {out}")
+
+
+def _forget_lines(report: ForgetReport) -> list[str]:
+    verb = "would delete" if report.dry_run else "deleted"
+    rows = ", ".join(f"{n} {table}" for table, n in report.deleted.items())
+    lines = [f"{verb} {rows}", f"{'would remove' if report.dry_run else 'removed'} {len(report.files)} files"]
+    if report.unlinked:
+        lose = "would lose" if report.dry_run else "lost"
+        lines.append(f"{report.unlinked} prompts of other users refined from theirs {lose} their parent")
+    lines.extend(f"kept (outside the workspace's outputs folder): {uri}" for uri in report.kept)
+    return lines
+
+
+@app.command("forget")
+def forget_cmd(
+    user: Annotated[str, typer.Option("--user", help="The user whose records and generated files to delete.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    workspace: WorkspaceOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a user's prompts, retrievals, outputs, ratings (given and received) and generated files, for good."""
+    with _errors():
+        from mmgen.records import forget
+
+        ws = _workspace(workspace, db)
+        with _store(workspace, db) as store:
+            if not (yes or as_json):
+                for line in _forget_lines(forget(store, user, ws.outputs_dir, dry_run=True)):
+                    typer.echo(line)
+                if not typer.confirm(f"forget user {user!r}? This cannot be undone"):
+                    typer.echo("nothing forgotten")
+                    raise typer.Exit(1)
+            report = forget(store, user, ws.outputs_dir)
+        if as_json:
+            _print_json(report.to_json())
+        else:
+            for line in _forget_lines(report):
+                typer.echo(line)
+        for failure in report.failed:
+            typer.secho(f"error: cannot remove {failure}", fg=typer.colors.RED, err=True)
+        if report.failed:
+            raise typer.Exit(EXIT_ERROR)

@@ -24,8 +24,9 @@ def serve_cmd(
             "--token",
             envvar="MMGEN_TOKEN",
             help="Require `Authorization: Bearer T` on every route but /healthz and the page (open it as /#token=T). "
-            "NAME:T records NAME as the caller; "
-            "repeat for several callers (MMGEN_TOKEN: space-separated).",
+            "T alone: user `http`, role admin; NAME:T records NAME as the caller, role writer; NAME:T:ROLE sets "
+            "the role: reader (search, caption, own history), writer (+ generate, rate), admin (+ everyone's "
+            "history). Repeat for several callers (MMGEN_TOKEN: space-separated).",
         ),
     ] = None,
     allow_remote_urls: Annotated[

@@ -136,8 +136,10 @@ def _resolve_mmgen(rest: str, models_dir: Path | None = None) -> EncoderSpec:
         return EncoderSpec("openclip-dir", f"mmgen:{rest}", str(folder))
     from mmgen.workspace import Workspace
 
+    from mmgen.versions import version_folder
+
     models = models_dir if models_dir is not None else Workspace.resolve().models_dir
-    folder = models / rest
+    folder = version_folder(models, rest)  # NAME, or NAME@N for a kept older version
     if folder.is_dir():
         return EncoderSpec("openclip-dir", f"mmgen:{rest}", str(folder))
     trained = sorted(p.name for p in models.glob("*") if (p / "open_clip_config.json").is_file())

@@ -136,7 +136,9 @@ def load_captioner(
     from mmgen.generate.caption_words import Lexicon
     from mmgen.generate.decoder import CaptionDecoder, DecoderConfig
     from mmgen.generate.tokenizer import CaptionTokenizer, OutputVocab
-    folder = ws.models_dir / name
+    from mmgen.versions import version_folder
+
+    folder = version_folder(ws.models_dir, name)  # NAME, or NAME@N for a kept older version
     path = folder / MANIFEST
     missing = ""
     if not path.is_file():
@@ -204,10 +206,11 @@ def artifact_files(folder: Path) -> list[Path]:
 
 def _model_id(store: Store, name: str, checksum: str) -> int | None:
     from mmgen.store.models import ModelRecord
+    from mmgen.versions import split_version
 
     with store.session() as s:
         return s.scalar(
-            select(ModelRecord.id).filter_by(kind="captioner", name=name, version=checksum[:16])
+            select(ModelRecord.id).filter_by(kind="captioner", name=split_version(name)[0], version=checksum[:16])
         )
 
 

@@ -72,8 +72,10 @@ class GeneratorModel:
 
 
 def generator_dir(models_dir: Path, name: str) -> Path:
-    """Folder of a named generator inside a workspace's `models/`."""
-    return models_dir / name
+    """Folder of a named generator (NAME, or NAME@N for a kept older version) inside a workspace's `models/`."""
+    from mmgen.versions import version_folder
+
+    return version_folder(models_dir, name)
 
 
 def list_generators(models_dir: Path) -> list[str]:

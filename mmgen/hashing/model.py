@@ -130,7 +130,10 @@ def hasher_folder(name_or_path: str, models_dir: Path) -> Path:
     candidate = Path(name_or_path).expanduser()
     if os.sep in name_or_path or candidate.is_absolute():
         return candidate.resolve()
-    return models_dir / check_name(name_or_path)
+    from mmgen.versions import split_version, version_folder
+
+    check_name(split_version(name_or_path)[0])
+    return version_folder(models_dir, name_or_path)  # NAME, or NAME@N for a kept older version
 
 
 def read_hasher_manifest(folder: Path) -> dict[str, Any]:

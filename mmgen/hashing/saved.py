@@ -117,8 +117,12 @@ def train_baseline(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     folder = ws.models_dir / name
+    from mmgen.versions import set_aside, settle
+
+    prior = set_aside(ws, MODEL_KIND, name)
     hasher = save_baseline(codec, manifest, folder)
     model_id = register_model(ws, MODEL_KIND, hasher.name, folder, hasher.checksum, hasher.manifest)
+    settle(ws, MODEL_KIND, name, prior, hasher.checksum)
     return hasher, model_id
 
 

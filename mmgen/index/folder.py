@@ -87,6 +87,9 @@ class IndexFolder:
         """Start a new index folder (refuses to overwrite an existing manifest)."""
         if (root / MANIFEST).exists():
             raise VectorIndexError(f"an index already exists at {root}")
+        from mmgen.workspace import make_private_root
+
+        make_private_root(root.parent)  # a new workspace (its store elsewhere, e.g. PostgreSQL): private
         root.mkdir(parents=True, exist_ok=True)
         manifest = {
             "type": MANIFEST_TYPE,

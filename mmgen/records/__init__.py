@@ -8,8 +8,9 @@ output). Each returns dataclasses with `to_json()`; only the CLI prints.
 An output's model is its `models` row (kind, name, version). Searches record no model row: their
 encoder (the prompt's `params.encoder`) stands in, with no version; `--model NAME` matches either.
 
-`history` (reading back, lineage, `link`), `feedback` (`rate`, the summary, the export), `sheet`
-(a contact sheet), `rows` (the records both share).
+`history` (reading back, lineage, `link`), `feedback` (`rate`, the summary, the export), `export`
+(the prompts as JSON Lines), `privacy` (`forget` a user; pseudonyms and dropped text in exports),
+`sheet` (a contact sheet), `rows` (the records they share, and the JSON Lines writer).
 """
 
 from mmgen.records.feedback import (
@@ -21,6 +22,7 @@ from mmgen.records.feedback import (
     feedback_summary,
     rate,
 )
+from mmgen.records.export import export_prompts
 from mmgen.records.history import (
     HitRecord,
     LineageNode,
@@ -33,28 +35,34 @@ from mmgen.records.history import (
     require_prompt,
     show,
 )
+from mmgen.records.privacy import ForgetReport, Redaction, forget, pseudonym
 from mmgen.records.rows import FeedbackRecord, ModelRef, OutputRecord
 from mmgen.records.sheet import contact_sheet
 
 __all__ = [
     "FeedbackRecord",
     "FeedbackReport",
+    "ForgetReport",
     "HitRecord",
     "LineageNode",
     "ModelRef",
     "OutputRecord",
     "PromptDetail",
     "PromptSummary",
+    "Redaction",
     "ScoreStats",
     "check_score",
     "contact_sheet",
     "default_user",
     "export_feedback",
+    "export_prompts",
     "feedback_summary",
+    "forget",
     "history",
     "lineage",
     "link",
     "parse_since",
+    "pseudonym",
     "rate",
     "require_prompt",
     "show",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -15,7 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from mmgen.errors import ConfigError, RecordNotFoundError
-from mmgen.records.rows import FeedbackRecord, ModelRef, feedback_record, iso, model_of
+from mmgen.records.privacy import Redaction
+from mmgen.records.rows import FeedbackRecord, ModelRef, feedback_record, iso, model_of, write_jsonl
 from mmgen.store.models import FEEDBACK_SCORES, PROMPT_KINDS, Feedback, Output, Prompt
 
 if TYPE_CHECKING:
@@ -147,33 +146,28 @@ def feedback_summary(store: Store, model: str | None = None) -> FeedbackReport:
     )
 
 
-def export_feedback(store: Store, path: Path, model: str | None = None) -> int:
+def _preference(fb: Feedback, out: Output, prompt: Prompt, ref: ModelRef | None, hide: Redaction) -> dict[str, Any]:
+    """One line of the feedback export."""
+    asked = {"id": prompt.id, "kind": prompt.kind, "text": prompt.text, "image": prompt.image_uri,
+             "params": prompt.params}  # fmt: skip
+    return hide.without_text({
+        "prompt": hide.without_text(asked, "text", "image"),
+        "output": {"id": out.id, "text": out.text, "file": out.file_uri, "scores": out.scores},
+        "model": ref.to_json() if ref else None,
+        "score": fb.score,
+        "note": fb.note,
+        "user": hide.user(fb.user),
+        "rated_at": iso(fb.updated_at),
+    }, "note")  # fmt: skip
+
+
+def export_feedback(store: Store, path: Path, model: str | None = None, redact: Redaction | None = None) -> int:
     """Write every rated output as one JSON line (prompt, params, output, model, score, note, user); returns the count.
 
-    A preference data set: prompts with several rated outputs give ranked pairs. The file is
-    replaced atomically.
+    A preference data set: prompts with several rated outputs give ranked pairs. `redact` puts
+    pseudonyms for the users and/or leaves out what people wrote (`mmgen.records.privacy`). The
+    file is replaced atomically.
     """
-    path = path.expanduser()
-    tmp = path.with_name(f".{path.name}.tmp")
-    count = 0
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with store.session() as s, tmp.open("w", encoding="utf-8") as fh:
-            for fb, out, prompt, ref in _rated(s, model):
-                record = {
-                    "prompt": {"id": prompt.id, "kind": prompt.kind, "text": prompt.text, "image": prompt.image_uri,
-                               "params": prompt.params},
-                    "output": {"id": out.id, "text": out.text, "file": out.file_uri, "scores": out.scores},
-                    "model": ref.to_json() if ref else None,
-                    "score": fb.score,
-                    "note": fb.note,
-                    "user": fb.user,
-                    "rated_at": iso(fb.updated_at),
-                }
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path}: {exc}") from exc
-    return count
+    hide = redact or Redaction()
+    with store.session() as s:
+        return write_jsonl(path, (_preference(*row, hide) for row in _rated(s, model)))

@@ -1,11 +1,19 @@
-"""The records `mmgen.records` hands back that both history and feedback use: a model, a feedback row, an output."""
+"""The records `mmgen.records` hands back that both history and feedback use: a model, a feedback row, an output.
+
+Also the one JSON Lines writer every export uses (`write_jsonl`).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+from mmgen.errors import ConfigError
 from mmgen.store.models import Feedback, Output
 
 
@@ -90,3 +98,24 @@ def model_of(output: Output, params: dict[str, Any]) -> ModelRef | None:
 def feedback_record(row: Feedback) -> FeedbackRecord:
     """A feedback row as a record."""
     return FeedbackRecord(row.id, row.output_id, row.user, row.score, row.note, row.created_at, row.updated_at)
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write one JSON line per record, replacing `path` atomically (ConfigError if it cannot); returns the count."""
+    path = path.expanduser()
+    tmp = path.with_name(f".{path.name}.tmp")
+    count = 0
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {exc}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return count

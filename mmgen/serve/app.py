@@ -6,6 +6,8 @@ Routes (JSON in, JSON out; a bad request gets a 4xx with `{"error": "..."}`):
   `POST /knn-service`, `POST /metadata`, `GET /indices-list`, `GET /image/{id}?size=N`;
 - mmgen's own: `POST /api/search` (the CLI's `--json` shape), `POST /api/caption`, `POST /api/generate`
   (`mmgen.serve.makers`), `GET /api/outputs/{id}`, `GET /api/items/{id}`, `GET /api/indexes`, `GET /healthz`;
+  the record (`mmgen.serve.history_routes`): `GET /api/history`, `GET /api/prompts/{id}`,
+  `POST /api/outputs/{id}/rate`, `GET /api/me`; tokens carry a role (`mmgen.serve.access`);
 - `/`: the search page (static HTML and JS, no build step).
 
 Each index's `Searcher` is opened once. Before a query (at most once per `refresh_s`, 1 s) the server
@@ -21,7 +23,6 @@ import binascii
 import hmac
 import io
 import json
-import re
 import tempfile
 import threading
 import time
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmgen.errors import ConfigError, MmgenError, VectorIndexError
+from mmgen.serve.access import DEFAULT_CALLER, Caller, parse_token
 from mmgen.serve.writer import RecordWriter
 
 if TYPE_CHECKING:
@@ -39,8 +41,6 @@ if TYPE_CHECKING:
     from mmgen.store.db import Store
     from mmgen.workspace import Workspace
 
-DEFAULT_CALLER = "http"
-CALLER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 DEDUP_COSINE = 0.94  # clip-retrieval's `deduplicate`: a hit this close to a higher-ranked one is dropped
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_K = 1000
@@ -63,31 +63,27 @@ class HTTPError(Exception):
 class ServerConfig:
     """How `mmgen serve` was started."""
 
-    token: str | list[str] | None = None  # "SECRET" or "NAME:SECRET" (the caller recorded with its requests)
+    token: str | list[str] | None = None  # "SECRET", "NAME:SECRET" or "NAME:SECRET:ROLE" (mmgen.serve.access)
     allow_remote_urls: bool = False
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     device: str = "auto"
     refresh_s: float = REFRESH_S  # how often a query checks SQL for rows `mmgen index` added meanwhile
     background_records: bool = True  # /knn-service: record after answering, in a writer thread
 
-    def callers(self) -> dict[str, str]:
-        """Secret -> the caller recorded as `user` ("http" for an unnamed token)."""
-        given = [self.token] if isinstance(self.token, str) else list(self.token or [])
-        out: dict[str, str] = {}
-        for value in given:
-            name, sep, secret = value.partition(":")
-            if sep and CALLER.fullmatch(name) and secret:
-                out[secret] = name
-            else:
-                out[value] = DEFAULT_CALLER
-        return out
+    def __post_init__(self) -> None:
+        self.callers()  # a token with an unknown role fails here, when the server is set up
 
-    def caller_of(self, authorization: str) -> str | None:
+    def callers(self) -> dict[str, Caller]:
+        """Secret -> the caller (user recorded with its requests, and role) of each token."""
+        given = [self.token] if isinstance(self.token, str) else list(self.token or [])
+        return dict(parse_token(value) for value in given)
+
+    def caller_of(self, authorization: str) -> Caller | None:
         """The caller of an `Authorization` header; None when it matches no token (every token is compared)."""
         found = None
-        for secret, name in self.callers().items():
+        for secret, caller in self.callers().items():
             if hmac.compare_digest(authorization.encode(), f"Bearer {secret}".encode()):
-                found = name
+                found = caller
         return found
 
 

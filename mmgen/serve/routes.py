@@ -10,7 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from mmgen.errors import MmgenError
-from mmgen.serve.app import DEFAULT_CALLER, STATIC, HTTPError, ServerConfig, Service, parse_body
+from mmgen.serve.access import OPEN_CALLER
+from mmgen.serve.app import STATIC, HTTPError, ServerConfig, Service, parse_body
+from mmgen.serve.history_routes import need
+from mmgen.serve.history_routes import router as history_router
 from mmgen.serve.makers import Makers
 
 if TYPE_CHECKING:
@@ -22,7 +25,7 @@ OPEN_PATHS = ("/healthz", "/")  # the page is static HTML with no data: it sends
 
 
 def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
-    """The ASGI app: routes, the token check, and errors as `{"error": ...}` with a 4xx status."""
+    """The ASGI app: routes, the token and role checks, and errors as `{"error": ...}` with a 4xx status."""
     service = Service(ws, store, config)
     makers = Makers(ws, store, config.device, config.max_upload_bytes)
     @contextlib.asynccontextmanager
@@ -39,14 +42,19 @@ def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
         where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
         return JSONResponse({"error": f"bad request ({where})"}, status_code=400)
 
+    @app.exception_handler(HTTPError)
+    async def refused(request: Request, exc: HTTPError) -> Any:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        request.state.user = DEFAULT_CALLER
+        request.state.caller = OPEN_CALLER
         if config.token and request.url.path not in OPEN_PATHS:
             caller = config.caller_of(request.headers.get("authorization", ""))
             if caller is None:
                 return JSONResponse({"error": "missing or wrong token (Authorization: Bearer T)"}, status_code=401)
-            request.state.user = caller
+            request.state.caller = caller
+        request.state.user = request.state.caller.name
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > 2 * config.max_upload_bytes:
             return JSONResponse({"error": "request body too large"}, status_code=413)
@@ -104,7 +112,7 @@ def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
     async def caption(request: Request) -> Any:
         return await post(request, makers.caption)
 
-    @app.post("/api/generate")
+    @app.post("/api/generate", dependencies=[need("writer")])
     async def generate(request: Request) -> Any:
         return await post(request, makers.generate)
 
@@ -130,6 +138,8 @@ def create_app(ws: Workspace, store: Store, config: ServerConfig) -> Any:
     @app.get("/")
     def page() -> Any:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.include_router(history_router)  # /api/history, /api/prompts/{id}, /api/outputs/{id}/rate, /api/me
 
     return app
 

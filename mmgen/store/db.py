@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mmgen.errors import StoreError
+from mmgen.errors import DiskFullError, StoreError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -27,6 +27,7 @@ CONNECT_TIMEOUT_S = 10
 _PG_MIGRATION_LOCK = 0x6D6D67656E  # "mmgen"
 # Execution option naming the statement that opens a SQLite transaction (see `_sqlite_settings`).
 _SQLITE_BEGIN = "mmgen_sqlite_begin"
+_SQLITE_FULL = 13  # sqlite3's SQLITE_FULL: "database or disk is full"
 
 # Python package to install for each SQLAlchemy driver name.
 DRIVER_PACKAGES = {
@@ -142,7 +143,20 @@ def create_store_engine(url: str | URL) -> Engine:
         raise StoreError(f"invalid database URL {mask_url(parsed)!r}: {exc}") from exc
     if backend == "sqlite":
         _sqlite_settings(engine)
+    _disk_full_errors(engine)
     return engine
+
+
+def _disk_full_errors(engine: Engine) -> None:
+    """Raise DiskFullError in place of the backend's "disk full" (SQLite SQLITE_FULL, PostgreSQL disk_full 53100)."""
+    where = engine.url.database if engine.dialect.name == "sqlite" else mask_url(engine.url)
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        orig = context.original_exception
+        pg_state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL or pg_state == "53100":
+            raise DiskFullError("the SQL store", where or "?") from orig
 
 
 def _make_sqlite_parent(url: URL) -> None:
@@ -150,7 +164,9 @@ def _make_sqlite_parent(url: URL) -> None:
     if not database or database == ":memory:" or database.startswith("file:") or url.query.get("uri"):
         return
     try:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        from mmgen.workspace import make_private_root
+
+        make_private_root(Path(database).expanduser().parent)  # a new workspace: 0o700, files below stay private
     except OSError as exc:
         raise StoreError(f"cannot create the folder of the SQLite database {database}: {exc}") from exc
 

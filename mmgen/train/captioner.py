@@ -244,8 +244,12 @@ def train_captioner(ws: Workspace, cfg: CaptionerConfig) -> CaptionerResult:
         "loss_curve": run.curve,
     }
     out_dir = ws.models_dir / cfg.name
+    from mmgen.versions import set_aside, settle
+
+    prior = set_aside(ws, "captioner", cfg.name)  # the version this one replaces stays loadable as NAME@N
     checksum = save_captioner(model, vocab, lexicon, manifest, out_dir)
     model_id = register_model(ws, "captioner", cfg.name, out_dir, checksum, {**manifest, "checksum": checksum})
+    settle(ws, "captioner", cfg.name, prior, checksum)
     return CaptionerResult(
         name=cfg.name,
         path=out_dir,

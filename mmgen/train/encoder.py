@@ -26,6 +26,7 @@ from mmgen.artifacts import register_model, write_json_atomic
 from mmgen.encoders.openclip import trim_padding
 from mmgen.errors import ConfigError, ModelLoadError
 from mmgen.train.negatives import check_hard_negatives
+from mmgen.versions import set_aside, settle
 from mmgen.train.augment import augment_batch, augment_preset, caption_allows_gray, caption_allows_mirror
 from mmgen.train.data import (
     BatchSampler,
@@ -392,6 +393,7 @@ def _finish(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     model.eval()
+    prior = set_aside(ws, "encoder", cfg.name)  # the version this one replaces stays loadable as NAME@N
     export_model(model, model_cfg, preprocess_cfg, minilm, out_dir, manifest)
     clear_encoder_cache()  # a model of this name loaded earlier in the process is stale now
     try:
@@ -401,6 +403,7 @@ def _finish(
     manifest["checksum"] = checksum
     write_json_atomic(out_dir / "manifest.json", manifest)
     model_id = register_model(ws, "encoder", cfg.name, out_dir, checksum, manifest)
+    settle(ws, "encoder", cfg.name, prior, checksum)
     return dataclasses.replace(result, path=out_dir, checksum=checksum, model_id=model_id, manifest=manifest)
 
 

@@ -316,9 +316,13 @@ def train_generator(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     ema.eval()
+    from mmgen.versions import set_aside, settle
+
+    prior = set_aside(ws, "generator", cfg.model_name)  # the version this one replaces stays loadable as NAME@N
     manifest = save_generator(ema.cpu(), out_dir, manifest)
     params = {k: v for k, v in manifest.items() if k != "loss_curve"}
     model_id = register_model(ws, "generator", cfg.model_name, out_dir, str(manifest["checksum"]), params)
+    settle(ws, "generator", cfg.model_name, prior, str(manifest["checksum"]))
     return dataclasses.replace(result, path=out_dir, model_id=model_id, manifest=manifest)
 
 

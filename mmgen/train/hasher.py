@@ -165,9 +165,13 @@ def train_hasher(ws: Workspace, cfg: HasherConfig) -> HasherResult:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     folder = ws.models_dir / name
+    from mmgen.versions import set_aside, settle
+
+    prior = set_aside(ws, MODEL_KIND, name)
     hasher = save_hasher(net.cpu(), manifest, folder)
     params = {k: v for k, v in hasher.manifest.items() if k != "loss_curve"}
     model_id = register_model(ws, MODEL_KIND, hasher.name, hasher.path, hasher.checksum, params)
+    settle(ws, MODEL_KIND, name, prior, hasher.checksum)
     return HasherResult(
         hasher, folder, model_id, run["steps"], run["seconds"], run["final_loss"], run["stopped_by_time"], hasher.manifest
     )

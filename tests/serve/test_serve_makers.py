@@ -157,6 +157,16 @@ def test_the_page_generates_and_captions_showing_the_evidence(made: tuple[Any, P
     browser.until(lambda d: d.execute_script(
         "return [...document.querySelectorAll('#made img.out')].every(i => i.complete && i.naturalWidth === 16);"))
     assert "grounded on:" in browser.find_element(By.CSS_SELECTOR, "#made .evidence").text
+    browser.find_elements(By.CSS_SELECTOR, "#made .pic")[1].find_elements(By.CSS_SELECTOR, ".rate button")[3].click()
+    browser.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#made .pic .rate button.on"))  # rated 4, as bob
+    from sqlalchemy import select
+
+    from mmgen.store.db import open_store
+    from mmgen.store.models import Feedback, Output
+
+    with open_store(made[0].db_url) as store, store.session() as s:
+        rated = s.execute(select(Feedback.user, Feedback.score, Output.file_uri).join(Output)).all()
+    assert [(user, score) for user, score, _ in rated] == [("bob", 4)] and rated[0][2].endswith(".png")
     browser.find_element(By.CSS_SELECTOR, "#form button[type=submit]").click()
     button = browser.until(lambda d: d.find_elements(By.XPATH, "//div[@id='grid']//button[.='caption this image']"))
     button[0].click()
