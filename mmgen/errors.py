@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import errno
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+# errno values that mean "no room left": the disk (ENOSPC) or the user's quota (EDQUOT).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class MmgenError(Exception):
@@ -60,3 +66,25 @@ class RecordNotFoundError(MmgenError, LookupError):
 
 class MissingDependencyError(MmgenError):
     """An optional dependency is not installed; the message names the package to install."""
+
+
+class DiskFullError(MmgenError):
+    """A write that failed for want of space (ENOSPC, EDQUOT); what was committed before it stays resumable."""
+
+    def __init__(self, what: str, path: str | os.PathLike[str]) -> None:
+        self.what = what
+        self.path = str(path)
+        super().__init__(
+            f"disk full while writing {what} at {self.path}: free space and run the same command again to resume"
+        )
+
+
+@contextmanager
+def disk_full_as_error(what: str, path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an OSError meaning "disk full" or "quota exceeded" inside the block into a DiskFullError."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(what, path) from exc
+        raise

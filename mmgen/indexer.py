@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import delete, select
 
-from mmgen.errors import DataError, ImageLoadError
+from mmgen.errors import DataError, DiskFullError, ImageLoadError
 from mmgen.catalog import DEFAULT_INDEX, open_index_hasher, open_or_create_index, sync_index
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.workspace import Workspace
@@ -53,6 +54,7 @@ class IndexOptions:
     hash: str | None = None  # a hasher (`mmgen train hasher`): keep its binary codes beside the float index
     hash_preset: str | None = None  # binary index preset (default binary-flat)
     skip_duplicates: bool = False  # refuse a new item whose image bytes another item of the index already has
+    untrusted: bool = False  # decode images within mmgen.data.untrusted's limits (folders from elsewhere)
 
 
 @dataclass
@@ -147,10 +149,10 @@ def _modality(record: Record) -> str:
 class _Prefetcher:
     """Decodes the images of the next batch in threads while the current one is encoded."""
 
-    def __init__(self, workers: int, side: int) -> None:
+    def __init__(self, workers: int, side: int, untrusted: bool = False) -> None:
         from mmgen.data.images import load_image
 
-        self._load = load_image
+        self._load = partial(load_image, untrusted=untrusted)
         self._side = side
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mmgen-decode")
 
@@ -176,6 +178,7 @@ class Indexer:
         self.store = store
         self.encoder = encoder
         self.opts = options
+        self._synthetic = False  # set per source: its items are generated ones
         self.index_id, self.folder = open_or_create_index(
             ws, store, options.name, encoder, options.preset, reembed=options.reembed
         )
@@ -267,23 +270,33 @@ class Indexer:
 
     # ---- running -----------------------------------------------------------------------
     def run(self, sources: Sequence[Source]) -> IndexReport:
-        """Index every source; returns the report (also on Ctrl-C, marked interrupted)."""
+        """Index every source; returns the report (also on Ctrl-C, marked interrupted).
+
+        A full disk stops the run with DiskFullError: every batch before it is committed, and the
+        FAISS caches are left for the next run (or search) to sync, since saving them would fail too.
+        """
         with self.folder.lock():
+            disk_full = False
             try:
                 for source in sources:
                     self._run_source(source)
             except KeyboardInterrupt:
                 self.report.interrupted = True
+            except DiskFullError:
+                disk_full = True
+                raise
             finally:
-                started = time.perf_counter()
-                self.report.sync = sync_index(self.store, self.index_id, self.folder, self.hasher)
-                self.report.time("faiss", time.perf_counter() - started)
-                self.report.totals = {
-                    m: self.folder.faiss(m).count for m in self.folder.modalities()
-                }
-                if self.hasher is not None:
-                    self.report.codes = {m: self.folder.codes(m).count for m in self.folder.modalities()}
+                if not disk_full:
+                    self._sync()
         return self.report
+
+    def _sync(self) -> None:
+        started = time.perf_counter()
+        self.report.sync = sync_index(self.store, self.index_id, self.folder, self.hasher)
+        self.report.time("faiss", time.perf_counter() - started)
+        self.report.totals = {m: self.folder.faiss(m).count for m in self.folder.modalities()}
+        if self.hasher is not None:
+            self.report.codes = {m: self.folder.codes(m).count for m in self.folder.modalities()}
 
     def _corpus_id(self, source: Source) -> int:
         from mmgen.store.repo import get_or_create_corpus
@@ -295,6 +308,7 @@ class Indexer:
 
     def _run_source(self, source: Source) -> None:
         corpus_id = self._corpus_id(source)
+        self._synthetic = source.synthetic  # generated images (`mmgen index outputs`) are marked as such
         todo, gone = self._plan(source, corpus_id)
         if gone:
             if self.opts.prune:
@@ -304,7 +318,7 @@ class Indexer:
         if not todo:
             return
         bar = _progress(len(todo), f"{source.corpus}", self.opts.progress)
-        prefetch = _Prefetcher(self.opts.workers, self.opts.image_side)
+        prefetch = _Prefetcher(self.opts.workers, self.opts.image_side, self.opts.untrusted)
         try:
             batches = list(_batches(todo, self.opts.batch_size))
             pending = prefetch.submit(batches[0])
@@ -383,6 +397,7 @@ class Indexer:
                     sha256=todo.item_sha,
                     group_key=rec.group,
                     meta=rec.meta,
+                    synthetic=self._synthetic,
                 )
                 item = existing.get(todo.existing_item) if todo.existing_item is not None else None
                 if item is None:
@@ -455,6 +470,7 @@ def index_sources(
     """Open the store, encoder and sources, and run the indexer."""
     from mmgen.data.sources import open_sources
     from mmgen.encoders.factory import DEFAULT_TEXT_ENCODER, load_encoder
+    from mmgen.records.synthetic import OUTPUTS_SOURCE, outputs_source
     from mmgen.store.db import open_store
 
     store = open_store(ws.db_url)
@@ -463,7 +479,7 @@ def index_sources(
         if encoder_name is None:
             with store.session() as s:
                 encoder_name = s.scalar(select(IndexRecord.encoder).where(IndexRecord.name == options.name))
-        sources = open_sources(spec, data_dir)
+        sources = [outputs_source(ws)] if spec.strip() == OUTPUTS_SOURCE else open_sources(spec, data_dir)
         encoder = load_encoder(encoder_name or DEFAULT_TEXT_ENCODER, device=options.device, models_dir=ws.models_dir)
         return Indexer(ws, store, encoder, options).run(sources)
     finally:

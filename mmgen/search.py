@@ -25,7 +25,7 @@ from mmgen.catalog import catch_up, catch_up_codes, pick_index_name, sql_row_sta
 from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
 from mmgen.hybrid import Retrieval
 from mmgen.index import IndexFolder
-from mmgen.store.filters import Filters, as_filters
+from mmgen.store.filters import Condition, Filters, as_filters
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.store.repo import login_user
 from mmgen.versions import find_checksum, kept_version
@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from mmgen.store.db import Store
 
 from mmgen.search_modes import DEFAULT_RERANK, MODES, PRELIST, SEARCH_MODES, rerank_exact  # noqa: F401 (re-exported)
+
+# How long a search trusts its last look for synthetic items in the index (a server stays up while
+# `mmgen index outputs` adds some).
+SYNTHETIC_CHECK_S = 2.0
 
 
 @dataclass
@@ -128,6 +132,7 @@ class Searcher:
         self._corpora: dict[int, str] = {}
         self._codes_ready: set[str] = set()
         self._hasher: Hasher | None = None
+        self._synthetic: tuple[float, bool] | None = None
 
     def modalities(self) -> list[str]:
         """Modalities that have vectors in this index."""
@@ -192,12 +197,14 @@ class Searcher:
         mode: str = "float",
         rerank: int | None = None,
         query_modality: str | None = None,
+        with_synthetic: bool = False,
     ) -> tuple[str, list[list[Hit]]]:
         """Top-k hits per query vector in the `to` modality; codes modes need the queries' modality.
 
         `where`: Filters from `mmgen.store.filters.parse_where`, or a plain {key: value} dict.
+        Synthetic items (`mmgen index outputs`) are left out unless `with_synthetic`.
         """
-        where = as_filters(where)
+        where = self.real_only(as_filters(where), with_synthetic)
         if k < 1:
             raise ConfigError("k must be at least 1")
         if mode not in SEARCH_MODES:
@@ -294,6 +301,7 @@ class Searcher:
         retrieval: Retrieval | None = None,
         group: bool = False,
         dedup: float | None = None,
+        with_synthetic: bool = False,
     ) -> SearchResult:
         """One query, text or image, recorded in the store (prompt, retrievals, latency).
 
@@ -310,7 +318,7 @@ class Searcher:
             vec = self.encode_queries(texts=[text] if text is not None else None, images=[image] if image else None)
         to, hits = self.find(vec, text, to=to, k=k, where=where, mode=mode, rerank=rerank,
                              query_modality="text" if text is not None else "image", retrieval=how, group=group,
-                             dedup=dedup)  # fmt: skip
+                             dedup=dedup, with_synthetic=with_synthetic)  # fmt: skip
         latency = (time.perf_counter() - started) * 1000
         query = {
             "text": text,
@@ -322,11 +330,30 @@ class Searcher:
             "encoder": self.encoder.name,
             "mode": mode,
             **self.describe(how, mode, k, rerank, group, dedup),
+            **({"with_synthetic": True} if with_synthetic else {}),
         }
         result = SearchResult(query=query, hits=hits, latency_ms=latency)
         if record:
             result.prompt_id = self.record(result)
         return result
+
+    def real_only(self, where: Filters, with_synthetic: bool) -> Filters:
+        """`where`, plus `synthetic=false` when this index holds synthetic items and they are not wanted."""
+        if with_synthetic or any(c.key == "synthetic" for c in where.conditions) or not self.has_synthetic():
+            return where
+        return Filters((*where.conditions, Condition("synthetic", "=", "false")))
+
+    def has_synthetic(self) -> bool:
+        """Whether the index holds rows of synthetic items (checked at most once every SYNTHETIC_CHECK_S)."""
+        now = time.monotonic()
+        if self._synthetic is None or now - self._synthetic[0] > SYNTHETIC_CHECK_S:
+            with self.store.session() as s:
+                found = s.scalar(
+                    select(IndexRow.id).join(Item, Item.id == IndexRow.item_id)
+                    .where(IndexRow.index_id == self.index_id, Item.synthetic.is_(True)).limit(1)
+                )  # fmt: skip
+            self._synthetic = (now, found is not None)
+        return self._synthetic[1]
 
     def describe(
         self, how: Retrieval, mode: str, k: int, rerank: int | None, group: bool, dedup: float | None
@@ -358,12 +385,15 @@ class Searcher:
         retrieval: Retrieval | None = None,
         group: bool = False,
         dedup: float | None = None,
+        with_synthetic: bool = False,
     ) -> tuple[str, list[Hit]]:
-        """Hits of one query: its vector `vec` (1, d) and/or its `text`, by vector, keyword or hybrid retrieval."""
+        """Hits of one query: its vector `vec` (1, d) and/or its `text`, by vector, keyword or hybrid retrieval.
+
+        Synthetic items (`mmgen index outputs`) are left out unless `with_synthetic`."""
         from mmgen.hybrid import fuse, group_depth, keyword_hits
 
         how = (retrieval or Retrieval()).check()
-        where = as_filters(where)
+        where = self.real_only(as_filters(where), with_synthetic)
         if k < 1:
             raise ConfigError("k must be at least 1")
         if how.kind != "vector" and not (text and text.strip()):
@@ -380,8 +410,9 @@ class Searcher:
         vector: list[Hit] = []
         if how.kind != "keyword":
             assert vec is not None
+            # `where` holds synthetic=false already unless they are wanted
             _, (vector,) = self.search_vectors(vec, to=to, k=depth, where=where, mode=mode, rerank=rerank,
-                                               query_modality=query_modality)  # fmt: skip
+                                               query_modality=query_modality, with_synthetic=True)  # fmt: skip
         hits = vector
         if how.kind != "vector":
             keyword = keyword_hits(self, str(text), to, depth, where, how.syntax)

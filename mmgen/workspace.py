@@ -49,9 +49,6 @@ class Workspace:
 
 def make_private_root(path: Path) -> None:
     """Create a missing workspace folder with mode 0o700 (its parents, when missing too, get the default mode)."""
-    if path.exists():
+    if path.is_dir():
         return
-    try:
-        path.mkdir(mode=ROOT_MODE, parents=True, exist_ok=True)
-    except OSError:
-        pass  # e.g. a read-only or unreachable place: whatever writes there first reports why it cannot
+    path.mkdir(mode=ROOT_MODE, parents=True, exist_ok=True)  # OSError: the caller says what it was making

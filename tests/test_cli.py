@@ -183,3 +183,33 @@ def test_iconify_set_indexes_with_its_licence_and_fetch_names_the_choices(tmp_pa
     assert info["corpora"] == {"tabler": 2} and info["licences"] == {"tabler": "MIT (Tabler Icons)"}
     res = runner.invoke(app, ["data", "fetch", "nope", "--data-dir", str(data)])
     assert res.exit_code == 2 and "iconify:PREFIX" in res.output
+
+
+def test_index_untrusted_reports_each_refused_file_and_indexes_the_rest(tmp_path, tiny_clip) -> None:
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    folder = tmp_path / "from-elsewhere"
+    folder.mkdir()
+    for i, color in enumerate(("red", "green", "blue")):
+        Image.new("RGB", (32, 32), color).save(folder / f"ok{i}.png")
+    (folder / "ref.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8">'
+                                    '<image href="ok0.png" width="8" height="8"/></svg>', encoding="utf-8")  # fmt: skip
+    (folder / "entity.svg").write_text('<!DOCTYPE svg [<!ENTITY x "y">]><svg xmlns="http://www.w3.org/2000/svg"/>')
+    with open(folder / "big.png", "wb") as fh:
+        fh.truncate(20_000_001)
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 8000, 8000, 8, 2, 0, 0, 0)  # a header declaring 64 Mpx, and no pixels
+    (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    assert "For folders from elsewhere" in " ".join(invoke("index", "--help").output.replace("│", " ").split())
+    ws = str(tmp_path / "ws")
+    res = invoke("index", str(folder), "--workspace", ws, "--encoder", tiny_clip.dir_name, "--untrusted", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    reasons = {f["key"]: f["reason"] for f in out["failures"]}
+    assert (out["added"], out["failed"], out["totals"]) == (4, 3, {"image": 4})
+    assert "max_bytes" in reasons["big"] and "max_pixels" in reasons["huge"] and "DOCTYPE" in reasons["entity"]

@@ -135,7 +135,7 @@ def test_forget_deletes_a_user_and_keeps_everyone_else(store: Store, world: Worl
     w = world
     before = _bobs(store, w)
     report = forget(store, ALICE, w.outputs_dir)
-    assert report.deleted == {"prompts": 2, "retrievals": 3, "outputs": 4, "feedback": 2}
+    assert report.deleted == {"prompts": 2, "retrievals": 3, "outputs": 4, "feedback": 2, "items": 0}
     assert (report.unlinked, report.dry_run, report.failed) == (1, False, ())
     assert sorted(report.files) == sorted(str(f.resolve()) for f in w.alice_files)
     assert report.kept == (str(w.outside),)
@@ -154,7 +154,7 @@ def test_forget_dry_run_changes_nothing_and_unknown_users_are_refused(store: Sto
     w = world
     before = _counts(store)
     plan = forget(store, ALICE, w.outputs_dir, dry_run=True)
-    assert plan.dry_run and plan.deleted == {"prompts": 2, "retrievals": 3, "outputs": 4, "feedback": 2}
+    assert plan.dry_run and plan.deleted == {"prompts": 2, "retrievals": 3, "outputs": 4, "feedback": 2, "items": 0}
     assert len(plan.files) == 2 and all(f.is_file() for f in w.alice_files)
     assert _counts(store) == before
     with pytest.raises(RecordNotFoundError, match="no prompts or ratings of user 'nobody'"):
@@ -163,7 +163,7 @@ def test_forget_dry_run_changes_nothing_and_unknown_users_are_refused(store: Sto
         forget(store, "", w.outputs_dir)
     assert _counts(store) == before
     only_rated = forget(store, CAROL, w.outputs_dir)  # a user who only rated
-    assert only_rated.deleted == {"prompts": 0, "retrievals": 0, "outputs": 0, "feedback": 1} and not only_rated.files
+    assert only_rated.deleted == {"prompts": 0, "retrievals": 0, "outputs": 0, "feedback": 1, "items": 0} and not only_rated.files
 
 
 def test_forget_command_asks_first_and_reports(store: Store, world: World) -> None:
@@ -187,7 +187,7 @@ def test_forget_command_json(store: Store, world: World) -> None:
     w = world
     done = invoke("forget", "--user", BOB, "-w", str(w.ws), "--db", w.url, "--json")
     report = json.loads(done.stdout)
-    assert report["deleted"] == {"prompts": 2, "retrievals": 2, "outputs": 2, "feedback": 4}  # own rating counted once
+    assert report["deleted"] == {"prompts": 2, "retrievals": 2, "outputs": 2, "feedback": 4, "items": 0}  # own rating counted once
     assert report["files"] == [str(w.bob_file.resolve())] and not w.bob_file.exists()
     assert history(store, user=BOB) == [] and all(f.is_file() for f in w.alice_files)
     assert [p.id for p in history(store, user=ALICE)] == sorted(w.alice_prompts, reverse=True)

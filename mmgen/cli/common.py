@@ -48,6 +48,14 @@ FromOpt = Annotated[
 DataDirOpt = Annotated[
     Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA", help="Where `mmgen data fetch` put corpora.")
 ]
+UntrustedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--untrusted",
+        help="For folders from elsewhere: refuse images over 20 MB, 40 megapixels or 10 s of decoding, and render "
+        "SVGs without following any reference outside them (files, URLs, entities); each refusal is one failed item.",
+    ),
+]
 
 # The training budget and resume options: one meaning in every `mmgen train` command (mmgen.train.loop).
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimiser steps (instead of --epochs).")]

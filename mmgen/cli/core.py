@@ -17,6 +17,7 @@ from mmgen.cli.common import (
     FromOpt,
     JsonOpt,
     QuietOpt,
+    UntrustedOpt,
     WorkspaceOpt,
     _errors,
     _print_json,
@@ -33,7 +34,8 @@ def index_cmd(
         str,
         typer.Argument(
             help="emoji | openmoji | openmoji-color | openmoji-black | twemoji | openclipart | a folder of images "
-            "(+ same-name .txt captions) | a .jsonl/.csv manifest."
+            "(+ same-name .txt captions) | a .jsonl/.csv manifest | outputs (this workspace's generated images, "
+            "as synthetic items)."
         ),
     ],
     workspace: WorkspaceOpt = None,
@@ -80,6 +82,7 @@ def index_cmd(
         Optional[str],
         typer.Option("--hash-preset", help="Binary index preset: binary-flat (default), binary-hnsw32, binary-ivf1024."),
     ] = None,
+    untrusted: UntrustedOpt = False,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
@@ -103,6 +106,7 @@ def index_cmd(
             hash=hash_name,
             hash_preset=hash_preset,
             skip_duplicates=skip_duplicates,
+            untrusted=untrusted,
         )
         report = index_sources(source, ws, opts, data_dir)
         if as_json:
@@ -212,6 +216,9 @@ def search_cmd(
         Optional[float],
         typer.Option("--dedup", help="Drop a hit whose cosine to a better-ranked one is >= this (e.g. 0.95)."),
     ] = None,
+    with_synthetic: Annotated[
+        bool, typer.Option("--with-synthetic", help="Also return generated items (`mmgen index outputs`).")
+    ] = False,
     parent: FromOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -240,7 +247,7 @@ def search_cmd(
             result = searcher.search(
                 text=query, image=image, to=to, k=k, where=filters,
                 mode=mode or ("rerank" if rerank is not None else "float"), rerank=rerank,
-                retrieval=how, group=group, dedup=dedup,
+                retrieval=how, group=group, dedup=dedup, with_synthetic=with_synthetic,
             )  # fmt: skip
             _link(store, [result.prompt_id], parent)
         finally:

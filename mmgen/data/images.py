@@ -11,10 +11,12 @@ import subprocess
 import warnings
 import xml.etree.ElementTree as ET
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmgen.data.untrusted import DEFAULT_LIMITS, UntrustedLimits, run_with_deadline, safe_svg_markup
 from mmgen.errors import ConfigError, ImageLoadError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -52,22 +54,38 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ImageLoadError(f"{p}: unreadable image header ({e})") from e
 
 
-def load_image(path: str | Path, max_side: int = MAX_SIDE_DEFAULT) -> Image.Image:
+def load_image(
+    path: str | Path,
+    max_side: int = MAX_SIDE_DEFAULT,
+    *,
+    untrusted: bool = False,
+    limits: UntrustedLimits | None = None,
+) -> Image.Image:
     """Decode an image to RGB composited on white, longest side at most max_side (never upscaled).
 
-    Raises ImageLoadError for a missing, empty, corrupt, truncated or unsupported file.
+    `untrusted=True` is for files from elsewhere (uploads, folders from other people): byte, pixel
+    and time limits (`limits`, default `UntrustedLimits()`) and SVGs rendered with no reference to
+    anything outside them; see mmgen.data.untrusted. Raises ImageLoadError for a missing, empty,
+    corrupt, truncated or unsupported file, and for each untrusted limit passed (naming it).
     """
     if max_side < 1:
         raise ConfigError(f"max_side must be a positive number of pixels, got {max_side}")
+    if limits is not None and not untrusted:
+        raise ConfigError("limits apply to untrusted images: pass untrusted=True with them")
     p = _check_file(path)
+    guard = (limits or DEFAULT_LIMITS) if untrusted else None
+    if guard is not None:
+        guard.check_bytes(p, p.stat().st_size)
     if p.suffix.lower() in SVG_SUFFIXES:
-        return _load_svg(p, max_side)
-    from PIL import Image, ImageOps, UnidentifiedImageError
+        return _load_svg(p, max_side, guard)
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with _quiet_bombs():
             im = Image.open(p)
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as e:
+        if guard is not None:
+            raise guard.too_many_pixels(p) from e
         return _load_vips(p, max_side)
     except UnidentifiedImageError as e:
         raise ImageLoadError(f"{p}: not a recognised image (unknown format or corrupt header)") from e
@@ -79,16 +97,27 @@ def load_image(path: str | Path, max_side: int = MAX_SIDE_DEFAULT) -> Image.Imag
         width, height = im.size
         if width < 1 or height < 1:
             raise ImageLoadError(f"{p}: image has no pixels ({width}x{height})")
+        if guard is not None:
+            guard.check_pixels(p, width, height)
+            decode = partial(_decode, p, im, max_side)
+            return run_with_deadline(decode, guard.decode_seconds, partial(guard.too_slow, p))
         if width * height > PIXEL_BUDGET:
             return _load_vips(p, max_side)
-        if im.format in ("JPEG", "MPO"):
-            im.draft("RGB", (max_side, max_side))
-        try:
-            im.load()
-            out = ImageOps.exif_transpose(im) if im.format in ("JPEG", "MPO", "TIFF", "WEBP") else im
-            return _finish(out, max_side)
-        except _DECODE_ERRORS as e:
-            raise ImageLoadError(f"{p}: corrupt or truncated image ({e})") from e
+        return _decode(p, im, max_side)
+
+
+def _decode(p: Path, im: Image.Image, max_side: int) -> Image.Image:
+    """Decode an opened Pillow image (JPEGs at reduced size when possible) and finish it."""
+    from PIL import ImageOps
+
+    if im.format in ("JPEG", "MPO"):
+        im.draft("RGB", (max_side, max_side))
+    try:
+        im.load()
+        out = ImageOps.exif_transpose(im) if im.format in ("JPEG", "MPO", "TIFF", "WEBP") else im
+        return _finish(out, max_side)
+    except _DECODE_ERRORS as e:
+        raise ImageLoadError(f"{p}: corrupt or truncated image ({e})") from e
 
 
 def _check_file(path: str | Path) -> Path:
@@ -192,14 +221,30 @@ def _rsvg() -> str:
 def render_svg_png(path: str | Path, side: int) -> bytes:
     """Render an SVG with rsvg-convert to PNG bytes fitting a side x side box (aspect kept)."""
     p = Path(path)
-    cmd = [_rsvg(), "--width", str(side), "--height", str(side), "--keep-aspect-ratio", str(p)]
+    return _rsvg_png(p, side, str(p), SVG_TIMEOUT_S)
+
+
+def _rsvg_png(
+    source: Path | bytes, side: int, where: str, timeout: float, too_slow: Callable[[], ImageLoadError] | None = None
+) -> bytes:
+    """rsvg-convert on a file, or on markup fed to its stdin (which gives it no base folder to resolve against)."""
+    markup = source if isinstance(source, bytes) else None
+    cmd = [_rsvg(), "--width", str(side), "--height", str(side), "--keep-aspect-ratio"]
     try:
-        done = subprocess.run(cmd, capture_output=True, timeout=SVG_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise ImageLoadError(f"{p}: SVG rendering took longer than {SVG_TIMEOUT_S} s") from e
+        done = subprocess.run(
+            cmd if markup is not None else [*cmd, str(source)],
+            input=markup,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:  # run() has killed the renderer by now
+        if too_slow is not None:
+            raise too_slow() from e
+        raise ImageLoadError(f"{where}: SVG rendering took longer than {timeout:g} s") from e
     if done.returncode != 0 or not done.stdout:
         reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise ImageLoadError(f"{p}: cannot render SVG ({reason[0] if reason else 'no output'})")
+        raise ImageLoadError(f"{where}: cannot render SVG ({reason[0] if reason else 'no output'})")
     return done.stdout
 
 
@@ -220,10 +265,15 @@ def render_svg_buffer(svg: bytes, side: int | None = None) -> bytes:
         raise ImageLoadError(reason[0] if reason else "libvips could not render the SVG") from e
 
 
-def _load_svg(p: Path, max_side: int) -> Image.Image:
+def _load_svg(p: Path, max_side: int, guard: UntrustedLimits | None = None) -> Image.Image:
+    """Render an SVG: from its file (trusted), or from sanitised markup on stdin within the untrusted limits."""
     from PIL import Image
 
-    png = render_svg_png(p, max_side)
+    if guard is None:
+        png = render_svg_png(p, max_side)
+    else:
+        markup = safe_svg_markup(p, guard)
+        png = _rsvg_png(markup, max_side, str(p), guard.decode_seconds, partial(guard.too_slow, p))
     try:
         with Image.open(io.BytesIO(png)) as im:
             im.load()

@@ -41,6 +41,7 @@ class Source:
     root: Path | None = None
     licence: str | None = None
     loader: Callable[[], Iterator[Record]] = field(default=lambda: iter(()), repr=False, compare=False)
+    synthetic: bool = False  # generated items (`mmgen index outputs`): stored with `synthetic = true`
 
     def records(self) -> Iterator[Record]:
         """Yield the corpus's records (no image is decoded)."""

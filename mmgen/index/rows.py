@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 
 from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
 from mmgen.index.folder import MODALITIES, IndexFolder
@@ -100,15 +100,19 @@ class LoadedIndex:
     folder: IndexFolder
     modalities: dict[str, ModalityRows] = field(default_factory=dict)
     items: dict[int, ItemInfo] = field(default_factory=dict)
+    synthetic: dict[str, Any] = field(default_factory=dict)  # rows of synthetic items: counted, and used or not
 
 
 def load_vectors(
-    ws: Workspace, store: Store, name: str | None = None, modalities: Sequence[str] = MODALITIES, vectors: bool = True
+    ws: Workspace, store: Store, name: str | None = None, modalities: Sequence[str] = MODALITIES, vectors: bool = True,
+    with_synthetic: bool = False,
 ) -> LoadedIndex:
     """The one reader of an index's rows and vectors: SQL says which rows are live, the vector files hold them.
 
     `name` None picks the default (or only) index. A modality without rows is left out of
-    `modalities`. The folder's encoder must be the one SQL recorded.
+    `modalities`. The folder's encoder must be the one SQL recorded. Synthetic items (generated
+    images indexed by `mmgen index outputs`) are left out unless `with_synthetic`; `synthetic`
+    counts the rows left out, or taken in.
     """
     name = pick_index_name(store, name)
     with store.session() as s:
@@ -119,11 +123,17 @@ def load_vectors(
             select(IndexRow.modality, IndexRow.row_id, IndexRow.item_id, IndexRow.sha256,
                    Item.uri, Item.text, Item.group_key, Item.meta)
             .join(Item, Item.id == IndexRow.item_id)
-            .where(IndexRow.index_id == rec.id, IndexRow.modality.in_(list(modalities)))
+            .where(IndexRow.index_id == rec.id, IndexRow.modality.in_(list(modalities)),
+                   true() if with_synthetic else Item.synthetic.is_(False))
             .order_by(IndexRow.modality, IndexRow.item_id)
         ).all()  # fmt: skip
+        synthetic = s.scalar(
+            select(func.count()).select_from(IndexRow).join(Item, Item.id == IndexRow.item_id)
+            .where(IndexRow.index_id == rec.id, IndexRow.modality.in_(list(modalities)), Item.synthetic.is_(True))
+        ) or 0  # fmt: skip
         out = LoadedIndex(name, int(rec.id), rec.encoder, rec.encoder_checksum, int(rec.dim),
                           IndexFolder.open(ws.index_dir(name)))  # fmt: skip
+        out.synthetic = {"rows": int(synthetic), "used": with_synthetic}
     if out.folder.manifest.get("encoder_checksum") != out.encoder_checksum:
         raise ManifestMismatchError(f"index {name!r}: its folder and the SQL store name different encoders")
     for modality in modalities:

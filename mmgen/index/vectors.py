@@ -3,18 +3,21 @@
 A row id is the vector's slot in the file. Slots are only ever appended, so an id is never
 reused; a slot that no SQL row references (a run killed after writing vectors but before its
 SQL commit) is dead weight, never a wrong answer. Vectors are fsynced before the SQL rows that
-reference them are committed, which is what makes a killed run safe to resume.
+reference them are committed, which is what makes a killed run safe to resume. A write that
+finds the disk full is cut back to the rows before it and raises DiskFullError, so a run stopped
+that way resumes like a killed one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from mmgen.errors import ManifestMismatchError, VectorIndexError
+from mmgen.errors import ManifestMismatchError, VectorIndexError, disk_full_as_error
 
 MAGIC = b"MMGVEC01"
 HEADER = struct.Struct("<8sII48x")  # magic, dim, dtype code (1 = float32), padding to 64 bytes
@@ -46,25 +49,32 @@ class VectorFile:
         return max(0, (self.path.stat().st_size - HEADER.size) // self._row_bytes)
 
     def append(self, vectors: np.ndarray) -> np.ndarray:
-        """Write rows durably (fsync) and return their slot ids."""
+        """Write rows durably (fsync) and return their slot ids; raises DiskFullError when there is no room."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise VectorIndexError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab+") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            if size < HEADER.size:
-                fh.truncate(0)
-                fh.write(HEADER.pack(MAGIC, self.dim, DTYPE_F32))
-                size = HEADER.size
-            tail = (size - HEADER.size) % self._row_bytes
-            if tail:  # a torn write from a killed run: drop the partial row
-                fh.truncate(size - tail)
-                size -= tail
-            start = (size - HEADER.size) // self._row_bytes
-            fh.write(vectors.tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
+        with disk_full_as_error("vectors", self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Unbuffered: a failed write leaves nothing in a buffer that closing the file would retry.
+            with open(self.path, "ab+", buffering=0) as fh:
+                size = fh.seek(0, os.SEEK_END)
+                if size < HEADER.size:
+                    fh.truncate(0)
+                    _write_all(fh.fileno(), HEADER.pack(MAGIC, self.dim, DTYPE_F32))
+                    size = HEADER.size
+                tail = (size - HEADER.size) % self._row_bytes
+                if tail:  # a torn write from a killed run: drop the partial row
+                    fh.truncate(size - tail)
+                    size -= tail
+                start = (size - HEADER.size) // self._row_bytes
+                try:
+                    _write_all(fh.fileno(), vectors.tobytes())
+                    os.fsync(fh.fileno())
+                except OSError:
+                    # Give back what the batch took; should this fail too, the next append drops the torn row.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fh.fileno(), size)
+                    raise
         self._mmap = None
         return np.arange(start, start + len(vectors), dtype=np.int64)
 
@@ -79,3 +89,10 @@ class VectorFile:
         if self._mmap is None or self._mmap.shape[0] != n:
             self._mmap = np.memmap(self.path, dtype=np.float32, mode="r", offset=HEADER.size, shape=(n, self.dim))
         return np.array(self._mmap[slots])
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written: a short write (a nearly full disk) is continued until it fails."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

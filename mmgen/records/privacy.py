@@ -24,14 +24,14 @@ from sqlalchemy import CursorResult, Executable, delete, exists, or_, select, up
 from sqlalchemy.orm import Session
 
 from mmgen.errors import ConfigError, RecordNotFoundError
-from mmgen.store.models import Feedback, Output, Prompt, Retrieval
+from mmgen.store.models import Feedback, IndexRow, Item, Output, Prompt, Retrieval
 
 if TYPE_CHECKING:
     from mmgen.store.db import Store
 
 PSEUDONYM_PREFIX = "u-"
 PSEUDONYM_HEX = 16
-FORGOTTEN_TABLES = ("prompts", "retrievals", "outputs", "feedback")
+FORGOTTEN_TABLES = ("prompts", "retrievals", "outputs", "feedback", "items")
 
 
 def pseudonym(user: str, salt: str) -> str:
@@ -131,6 +131,10 @@ def forget(store: Store, user: str, outputs_dir: Path, *, dry_run: bool = False)
         # The user's own chains: unlinked too, so the delete below never depends on the order it visits rows in.
         _rows(s, update(Prompt).where(Prompt.parent_id.in_(mine)).values(parent_id=None))
         deleted["prompts"] = _rows(s, delete(Prompt).where(Prompt.user == user))
+        # Their generated images indexed as synthetic items (`mmgen index outputs`): rows and items go too.
+        made = list(s.scalars(select(Item.id).where(Item.synthetic.is_(True), Item.uri.in_([u for u in uris if u]))))
+        _rows(s, delete(IndexRow).where(IndexRow.item_id.in_(made)))
+        deleted["items"] = _rows(s, delete(Item).where(Item.id.in_(made)))
         if dry_run:
             s.rollback()
         else:

@@ -412,7 +412,7 @@ def encode_image_bytes(searcher: Searcher, data: bytes) -> np.ndarray:
         tmp.write(data)
         tmp.flush()
         try:
-            image = load_image(tmp.name)
+            image = load_image(tmp.name, untrusted=True)  # uploads come from elsewhere: limits, no references
         except MmgenError as exc:
             raise HTTPError(400, f"the uploaded image cannot be decoded: {exc}") from exc
     if "image" not in searcher.encoder.modalities:

@@ -67,6 +67,7 @@ class Makers:
         with lock, tempfile.NamedTemporaryFile(suffix=".upload") as tmp:
             tmp.write(data)
             tmp.flush()
+            untrusted_check(tmp.name)  # uploads come from elsewhere: size, pixel and time limits first
             service.configure(decode, beams, k, seed)  # per-request decoding, on the loaded-once service
             result = service.caption(tmp.name, user=user, shown="upload")
         if result.error is not None:
@@ -165,3 +166,13 @@ def _name(value: Any, what: str) -> str:
         raise HTTPError(400, f"{what} must be a plain name, not {name!r}")
     return name
 
+
+def untrusted_check(path: str) -> None:
+    """HTTPError 400 unless the upload decodes within the untrusted limits (`mmgen.data.untrusted`)."""
+    from mmgen.data.images import load_image
+    from mmgen.errors import MmgenError
+
+    try:
+        load_image(path, untrusted=True)
+    except MmgenError as exc:
+        raise HTTPError(400, f"the uploaded image cannot be decoded: {exc}") from exc

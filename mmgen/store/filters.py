@@ -60,7 +60,7 @@ from mmgen.store.models import Corpus, Item
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 # Keys that name item columns instead of meta keys; `meta.KEY` always names a meta key.
-COLUMN_KEYS = ("corpus", "group", "modality")
+COLUMN_KEYS = ("corpus", "group", "modality", "synthetic")
 META_PREFIX = "meta."
 # Longest first: the split is at the first operator, and `>=` must not read as `>`.
 OPERATORS = ("!=", ">=", "<=", "=", ">", "<")
@@ -150,6 +150,7 @@ class Filters:
                 "corpus": getattr(corpus, "name", corpus),
                 "group": group,
                 "modality": getattr(target, "modality", None),
+                "synthetic": _text(bool(target.synthetic)) if hasattr(target, "synthetic") else None,
             }
         return all(_key_matches(key, conds, meta, columns) for key, conds in self.by_key().items())
 
@@ -204,6 +205,8 @@ def item_condition(key: str, value: Any) -> ColumnElement[bool]:
         return Item.group_key == text
     if column == "modality":
         return Item.modality == text
+    if column == "synthetic":  # generated items (`mmgen index outputs`): true / false
+        return Item.synthetic.is_(text == "true") if text in ("true", "false") else Item.id.is_(None)
     return MetaEquals(Item.meta, _meta_key(key), text)
 
 

@@ -9,7 +9,8 @@ no duplicate, vectors equal to a clean run's, a search answers; for the trainers
 - here: the session fixtures. `fault_summary` is written as JSON to $MMGEN_FAULTS_SUMMARY when set.
 
 Nothing is mocked: SQLite in WAL mode, fsynced vector files, FAISS, the tiny open_clip checkpoints
-of tests/conftest.py, the drawings corpus of tests/hashing/tiny_workspace.py.
+of tests/conftest.py, the drawings corpus of tests/hashing/tiny_workspace.py. The one in-process
+fault, a full disk (test_disk_full.py), is injected at the write layer (`os.write`, SQLite's page limit).
 """
 
 from __future__ import annotations
@@ -90,3 +91,16 @@ def faults(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def second_manifest(faults: Any) -> Path:
     """256 more drawings (another seed) in another folder: another corpus (a manifest's corpus is its path)."""
     return write_corpus(faults.root / "corpus-b", seed=1)
+
+
+@pytest.fixture(scope="session")
+def fault_harness() -> ModuleType:
+    """harness.py itself, for in-process fault tests that read workspaces as the kill tests do."""
+    return harness
+
+
+@pytest.fixture()
+def small_corpus(tmp_path: Path) -> Path:
+    """32 seeded captioned drawings (4 per concept) under tmp_path/corpus; returns their manifest."""
+    module = _load("mmgen_tests_tiny_workspace", HERE.parent / "hashing" / "tiny_workspace.py")
+    return module.write_corpus(tmp_path / "corpus", per_group=4)
