@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, func, select
 
-from mmgen.errors import ConfigError, ManifestMismatchError
+from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
 from mmgen.index import IndexFolder, Preset, SyncReport, resolve_preset
 from mmgen.index.rows import DEFAULT_INDEX, live_row_ids, pick_index_name, sql_row_state  # noqa: F401  (re-exported)
 from mmgen.store.models import IndexRecord, IndexRow
@@ -33,9 +33,18 @@ log = logging.getLogger(__name__)
 
 
 def open_or_create_index(
-    ws: Workspace, store: Store, name: str, encoder: Encoder, preset_name: str | None, reembed: bool = False
+    ws: Workspace,
+    store: Store,
+    name: str,
+    encoder: Encoder,
+    preset_name: str | None,
+    reembed: bool = False,
+    shards: int | None = None,
 ) -> tuple[int, IndexFolder]:
     """The SQL row id and folder of an index, created on first use.
+
+    `shards` splits its FAISS files (None: 1 for a new index, unchanged for an existing one;
+    changing it rebuilds them from the vector files at the next sync).
 
     An index built with another encoder is refused, unless `reembed`: then its rows and files are
     dropped and it is rebuilt with `encoder` (items stay in the store; only vectors are redone).
@@ -53,6 +62,7 @@ def open_or_create_index(
                     f"use --encoder {rec.encoder}, another --name, or --reembed to rebuild it with the new encoder"
                 )
             preset_name = preset_name or rec.params.get("preset", {}).get("name")
+            shards = shards if shards is not None else _folder_shards(root)
             # Files first, then SQL: a run killed in between leaves an index record with no rows
             # and no folder, which the branch below recreates.
             _discard_folder(root)
@@ -80,8 +90,15 @@ def open_or_create_index(
                     f"{root} holds index files that the store {mask_url(store.url)} does not know; "
                     "remove the folder or point --db at the store that built it"
                 )
+            shards = 1 if shards is None else shards
             folder = IndexFolder.create(
-                root, name=name, encoder=encoder.name, encoder_checksum=checksum, dim=encoder.dim, preset=preset
+                root,
+                name=name,
+                encoder=encoder.name,
+                encoder_checksum=checksum,
+                dim=encoder.dim,
+                preset=preset,
+                shards=shards,
             )
             rec = IndexRecord(
                 name=name,
@@ -103,6 +120,8 @@ def open_or_create_index(
                 rec.factory = preset.factory
                 rec.params = {**rec.params, "preset": preset.to_json()}
                 s.commit()
+        if shards is not None:
+            folder.set_shards(shards)
         return rec.id, folder
 
 
@@ -111,8 +130,16 @@ def _discard_folder(root: Path) -> None:
     if not root.is_dir():
         return
     for path in root.iterdir():
-        if path.is_file() and (path.suffix in (".f32", ".faiss", ".tmp") or path.name == "manifest.json"):
+        if path.is_file() and (path.suffix in (".f32", ".faiss", ".ivfdata", ".tmp") or path.name == "manifest.json"):
             path.unlink()
+
+
+def _folder_shards(root: Path) -> int | None:
+    """The shard count an index folder's manifest records (None: no readable manifest)."""
+    try:
+        return IndexFolder.open(root).shards
+    except VectorIndexError:
+        return None
 
 
 def _holds_vectors(root: Path) -> bool:
@@ -173,7 +200,6 @@ def open_index_hasher(
         return hasher
     spec = baseline_spec(name)
     if spec is not None and not (hasher_folder(name, ws.models_dir) / "manifest.json").is_file():
-        from mmgen.errors import VectorIndexError
         from mmgen.hashing.data import load_index_vectors
         from mmgen.hashing.saved import train_baseline
 

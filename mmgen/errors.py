@@ -60,6 +60,10 @@ class StoreError(MmgenError):
     """The SQL store cannot be opened or migrated."""
 
 
+class ConnectionLostError(StoreError):
+    """The connection to the SQL server dropped mid-run; what was committed before it stays resumable."""
+
+
 class RecordNotFoundError(MmgenError, LookupError):
     """A prompt, output or other stored record asked for by id that the store does not hold."""
 

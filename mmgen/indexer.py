@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import delete, select
 
-from mmgen.errors import DataError, DiskFullError, ImageLoadError
+from mmgen.errors import DataError, DiskFullError
 from mmgen.catalog import DEFAULT_INDEX, open_index_hasher, open_or_create_index, sync_index
+from mmgen.encoders.batch import Embedded, embed_batch
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.workspace import Workspace
 
@@ -55,6 +56,8 @@ class IndexOptions:
     hash_preset: str | None = None  # binary index preset (default binary-flat)
     skip_duplicates: bool = False  # refuse a new item whose image bytes another item of the index already has
     untrusted: bool = False  # decode images within mmgen.data.untrusted's limits (folders from elsewhere)
+    shards: int | None = None  # FAISS shard files per modality (row_id % N); None: keep the index's count
+    merge_ondisk: bool = False  # after the run, merge IVF shards into one on-disk index (mmgen.index.shards)
 
 
 @dataclass
@@ -180,7 +183,7 @@ class Indexer:
         self.opts = options
         self._synthetic = False  # set per source: its items are generated ones
         self.index_id, self.folder = open_or_create_index(
-            ws, store, options.name, encoder, options.preset, reembed=options.reembed
+            ws, store, options.name, encoder, options.preset, reembed=options.reembed, shards=options.shards
         )
         self.report = IndexReport(index=options.name, encoder=encoder.name)
         self._text_cache: dict[str, np.ndarray] = {}
@@ -293,6 +296,9 @@ class Indexer:
     def _sync(self) -> None:
         started = time.perf_counter()
         self.report.sync = sync_index(self.store, self.index_id, self.folder, self.hasher)
+        if self.opts.merge_ondisk:
+            for modality in self.folder.modalities():
+                self.folder.merge_ondisk(modality)
         self.report.time("faiss", time.perf_counter() - started)
         self.report.totals = {m: self.folder.faiss(m).count for m in self.folder.modalities()}
         if self.hasher is not None:
@@ -315,8 +321,11 @@ class Indexer:
                 self._prune(corpus_id, gone)
             else:
                 self.report.missing += len(gone)
-        if not todo:
-            return
+        if todo:
+            self._embed(corpus_id, todo, source)
+
+    def _embed(self, corpus_id: int, todo: list[_Todo], source: Source) -> None:
+        """Decode, encode and write the plan's records (the engine's part; mmgen.engines has others)."""
         bar = _progress(len(todo), f"{source.corpus}", self.opts.progress)
         prefetch = _Prefetcher(self.opts.workers, self.opts.image_side, self.opts.untrusted)
         try:
@@ -333,47 +342,24 @@ class Indexer:
             bar(0, close=True)
 
     def _run_batch(self, corpus_id: int, batch: Sequence[_Todo], futures: list[Future[Image.Image] | None]) -> None:
-        started = time.perf_counter()
-        images: list[Image.Image] = []
-        image_owner: list[int] = []
         embed = [list(t.embed) for t in batch]
-        for j, fut in enumerate(futures):
-            if fut is None:
-                continue
-            try:
-                images.append(fut.result())
-                image_owner.append(j)
-            except ImageLoadError as exc:
-                self.report.fail(batch[j].record.key, f"image: {exc}")
-                embed[j].remove("image")
-        self.report.time("decode", time.perf_counter() - started)
+        loaders = [fut.result if fut is not None else None for fut in futures]
+        vectors = embed_batch(self.encoder, embed, [t.record.text for t in batch], loaders, self._text_cache)
+        self._write(corpus_id, batch, embed, vectors)
 
-        started = time.perf_counter()
-        vectors: dict[str, tuple[list[int], np.ndarray]] = {}
-        if images:
-            vectors["image"] = (image_owner, self.encoder.encode_image(images))
-        text_owner = [j for j, mods in enumerate(embed) if "text" in mods]
-        if text_owner:
-            vectors["text"] = (text_owner, self._encode_texts([batch[j].record.text or "" for j in text_owner]))
-        self.report.time("encode", time.perf_counter() - started)
-
+    def _write(self, corpus_id: int, batch: Sequence[_Todo], embed: list[list[str]], vectors: Embedded) -> None:
+        """Count the batch's failures and timings, append its vectors durably, then commit it."""
+        for j, reason in vectors.failures:
+            self.report.fail(batch[j].record.key, reason)
+        for stage, seconds in vectors.timings.items():
+            self.report.time(stage, seconds)
         started = time.perf_counter()
         slots: dict[tuple[int, str], int] = {}
-        for modality, (owners, vecs) in vectors.items():
+        for modality, (owners, vecs) in vectors.rows.items():
             for j, slot in zip(owners, self.folder.vectors(modality).append(vecs)):
                 slots[(j, modality)] = int(slot)
         self._commit(corpus_id, batch, embed, slots)
         self.report.time("write", time.perf_counter() - started)
-
-    def _encode_texts(self, texts: list[str]) -> np.ndarray:
-        # Styles of one concept share a caption: embed each distinct text once per run.
-        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
-        if missing:
-            for text, vec in zip(missing, self.encoder.encode_text(missing)):
-                if len(self._text_cache) >= 200_000:
-                    self._text_cache.clear()
-                self._text_cache[text] = vec
-        return np.stack([self._text_cache[t] for t in texts]).astype(np.float32)
 
     def _commit(
         self, corpus_id: int, batch: Sequence[_Todo], embed: list[list[str]], slots: dict[tuple[int, str], int]

@@ -111,47 +111,70 @@ def _check_vectors(store: Store, index_id: int, folder: IndexFolder, modality: s
 
 def _check_faiss(folder: IndexFolder, modality: str, live: np.ndarray, usable: np.ndarray, report: CheckReport,
                  opts: CheckOptions) -> int | None:  # fmt: skip
-    """Compare the FAISS cache with SQL's live rows; returns how many vectors it holds (None: unreadable)."""
+    """Compare the FAISS cache (its file, or each shard) with SQL's live rows; returns how many vectors it holds.
+
+    None: no file or shard could be read. A shard holds the rows `row_id % shards`; the rows of a
+    missing or unreadable shard are reported once, as that shard's problem.
+    """
     from mmgen.index.faiss_index import FaissIndex
 
     name = folder.manifest["name"]
     where = {"index": name, "modality": modality}
-    path = folder.root / f"{modality}.faiss"
-    rebuild = f"derivable: `mmgen check --repair` rebuilds {path.name} from {modality}.f32"
+    files = folder.faiss_files(modality)
+    n = len(files)
+    shown = files[0].name if n == 1 else f"the {n} shards of {modality}.faiss"
+    rebuild = f"derivable: `mmgen check --repair` rebuilds {shown} from {modality}.f32"
     fresh = Action("faiss", name, modality, fresh=True)
-    if not path.exists():
-        if len(live):
-            report.add(Problem("faiss-missing", ERROR, f"{path.name} is missing ({len(live)} live rows in SQL)",
-                               f"searches of {modality}s find nothing until it is rebuilt", rebuild, **where,
+    loaded: list[tuple[int, FaissIndex]] = []
+    placed: dict[int, FaissIndex] = {}  # the shards that hold only their own rows: sampled below
+    for s, path in enumerate(files):
+        mine = live[live % n == s]
+        if not path.exists():
+            if len(mine):
+                report.add(Problem("faiss-missing", ERROR, f"{path.name} is missing ({len(mine)} live rows in SQL)",
+                                   f"searches of {modality}s find nothing" + (" in its rows" if n > 1 else "")
+                                   + " until it is rebuilt", rebuild, **where, action=fresh))  # fmt: skip
+            continue
+        try:
+            index = FaissIndex.load(path, folder.dim, folder.preset)
+        except VectorIndexError as exc:
+            report.add(Problem("faiss-corrupt", ERROR, str(exc), f"searches of {modality}s fail or find nothing until "
+                               "it is rebuilt", rebuild, **where, action=fresh))  # fmt: skip
+            continue
+        held = index.ids()
+        if n > 1 and (held % n != s).any():
+            report.add(Problem("faiss-corrupt", ERROR, f"{path.name} holds {int((held % n != s).sum())} rows of other "
+                               "shards", f"searches of {modality}s may return rows twice", rebuild, **where,
                                action=fresh))  # fmt: skip
+        else:
+            placed[s] = index
+        loaded.append((s, index))
+    if not loaded:
         return None
-    try:
-        index = FaissIndex.load(path, folder.dim, folder.preset)
-    except VectorIndexError as exc:
-        report.add(Problem("faiss-corrupt", ERROR, str(exc), f"searches of {modality}s fail or find nothing until it "
-                           "is rebuilt", rebuild, **where, action=fresh))  # fmt: skip
-        return None
-    ids = np.sort(index.ids())
-    extra, missing = np.setdiff1d(ids, live), np.setdiff1d(live, ids)
+    ids = np.sort(np.concatenate([index.ids() for _, index in loaded]))
+    checked = np.isin(live % n, [s for s, _ in loaded])
+    expected = live[checked]
+    extra, missing = np.setdiff1d(ids, expected), np.setdiff1d(expected, ids)
     if len(extra) or len(missing):
-        report.add(Problem("faiss-stale", WARNING, f"{path.name} holds {len(ids)} ids, SQL {len(live)} live rows: "
+        report.add(Problem("faiss-stale", WARNING, f"{shown} holds {len(ids)} ids, SQL {len(expected)} live rows: "
                            f"{len(missing)} missing from it, {len(extra)} no longer live", "a run or a change that "
                            "did not save the cache; searches catch it up when they open the index", rebuild,
                            count=len(extra) + len(missing), examples=[str(i) for i in [*missing, *extra][:EXAMPLES]],
                            **where, action=Action("faiss", name, modality)))  # fmt: skip
-    sample = _sample(np.intersect1d(usable, ids), opts.sample)
+    count = sum(index.count for _, index in loaded)
+    sample = _sample(np.intersect1d(usable, ids[np.isin(ids % n, list(placed))]), opts.sample)
     if len(sample) and not any(part in folder.preset.factory for part in _LOSSY):
         try:
-            held = np.stack([index.index.reconstruct(int(i)) for i in sample])
+            held = np.stack([placed[int(i) % n].index.reconstruct(int(i)) for i in sample])
         except RuntimeError:  # an index type that cannot reconstruct (IVF without a direct map)
-            return index.count
+            return count
         wrong = sample[~np.isclose(held, folder.vectors(modality).get(sample), atol=1e-5).all(axis=1)]
         if len(wrong):
             report.add(Problem("faiss-wrong-vectors", ERROR, f"{len(wrong)} of {len(sample)} sampled vectors in "
-                               f"{path.name} differ from {modality}.f32", "the cache was damaged: searches rank by "
+                               f"{shown} differ from {modality}.f32", "the cache was damaged: searches rank by "
                                "wrong vectors", rebuild, count=len(wrong), examples=[str(i) for i in wrong[:EXAMPLES]],
                                **where, action=fresh))  # fmt: skip
-    return index.count
+    return count
 
 
 def _check_hasher(ws: Workspace, folder: IndexFolder, report: CheckReport) -> BaseHasher | None:

@@ -73,7 +73,7 @@ def _repair_index(ws: Workspace, store: Store, name: str, actions: list[Action])
                     s.commit()
                 done.append(f"index {name} {a.modality}: deleted {len(a.ids)} rows whose vectors are unusable (--prune)")
             if a.fresh and a.kind == "faiss":  # a cache that cannot be trusted is rebuilt from nothing
-                (folder.root / f"{a.modality}.faiss").unlink(missing_ok=True)
+                folder.discard_faiss(a.modality)
             if a.fresh and a.kind == "codes":
                 BinaryIndex.delete_files(folder.root / f"{a.modality}{CODES_SUFFIX}")
         hasher = None

@@ -48,6 +48,17 @@ FromOpt = Annotated[
 DataDirOpt = Annotated[
     Optional[Path], typer.Option("--data-dir", envvar="MMGEN_DATA", help="Where `mmgen data fetch` put corpora.")
 ]
+ShardsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--shards", min=1,
+        help="Split each FAISS index into N shard files (row_id % N); changing it rebuilds them [default: keep].",
+    ),
+]
+MergeOndiskOpt = Annotated[
+    bool,
+    typer.Option("--merge-ondisk", help="IVF presets: also merge the shards into one on-disk, memory-mapped index."),
+]
 UntrustedOpt = Annotated[
     bool,
     typer.Option(

@@ -16,7 +16,9 @@ from mmgen.cli.common import (
     DeviceOpt,
     FromOpt,
     JsonOpt,
+    MergeOndiskOpt,
     QuietOpt,
+    ShardsOpt,
     UntrustedOpt,
     WorkspaceOpt,
     _errors,
@@ -83,6 +85,8 @@ def index_cmd(
         typer.Option("--hash-preset", help="Binary index preset: binary-flat (default), binary-hnsw32, binary-ivf1024."),
     ] = None,
     untrusted: UntrustedOpt = False,
+    shards: ShardsOpt = None,
+    merge_ondisk: MergeOndiskOpt = False,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
@@ -107,6 +111,8 @@ def index_cmd(
             hash_preset=hash_preset,
             skip_duplicates=skip_duplicates,
             untrusted=untrusted,
+            shards=shards,
+            merge_ondisk=merge_ondisk,
         )
         report = index_sources(source, ws, opts, data_dir)
         if as_json:

@@ -2,12 +2,14 @@
 
 from mmgen.index.folder import MODALITIES, IndexFolder, SyncReport
 from mmgen.index.presets import DEFAULT_PRESET, Preset, list_presets, resolve_preset
+from mmgen.index.shards import ShardedIndex
 
 __all__ = [
     "DEFAULT_PRESET",
     "MODALITIES",
     "IndexFolder",
     "Preset",
+    "ShardedIndex",
     "SyncReport",
     "list_presets",
     "resolve_preset",

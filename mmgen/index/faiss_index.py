@@ -22,10 +22,11 @@ def _faiss() -> Any:
 class FaissIndex(IndexVerbs):
     """`IDMap2` around a factory-built index: add, remove, search by id, save and load."""
 
-    def __init__(self, dim: int, preset: Preset, index: Any | None = None) -> None:
+    def __init__(self, dim: int, preset: Preset, index: Any | None = None, *, writable: bool = True) -> None:
         faiss = _faiss()
         self.dim = int(dim)
         self.preset = preset
+        self.writable = writable  # False: an on-disk merge, memory-mapped read-only (see mmgen.index.shards)
         if index is None:
             try:
                 index = faiss.index_factory(self.dim, f"IDMap2,{preset.factory}", faiss.METRIC_INNER_PRODUCT)
@@ -85,6 +86,7 @@ class FaissIndex(IndexVerbs):
 
     def train(self, vectors: np.ndarray) -> None:
         """Train quantisers; refuses with a clear message when there are too few vectors."""
+        self._check_writable()
         n = len(vectors)
         if n < self.preset.min_train:
             raise VectorIndexError(
@@ -109,6 +111,7 @@ class FaissIndex(IndexVerbs):
             raise VectorIndexError(f"{len(ids)} ids for {len(vectors)} vectors")
         if len(ids) == 0:
             return
+        self._check_writable()
         if not self.is_trained:
             raise VectorIndexError(f"{self.preset.factory} must be trained before vectors are added")
         self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
@@ -118,11 +121,21 @@ class FaissIndex(IndexVerbs):
         """Remove ids; returns how many were removed."""
         if len(ids) == 0:
             return 0
+        self._check_writable()
         if not self.supports_remove:
             raise VectorIndexError(f"{self.preset.factory} cannot remove vectors; rebuild it instead")
-        removed = int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        ivf = _faiss().try_extract_index_ivf(self.index.index)
+        before = self.ids() if ivf is not None else None
+        removed = int(self.index.remove_ids(ids))
+        if before is not None and removed:
+            _renumber_ivf(ivf, np.isin(before, ids, invert=True))
         self._gpu_index = None
         return removed
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise VectorIndexError("this index is an on-disk merge, read-only; change the shards and merge again")
 
     # ---- search ------------------------------------------------------------------------
     def search(
@@ -182,6 +195,25 @@ class FaissIndex(IndexVerbs):
         ef = self.preset.build.get("efConstruction")
         if ef is not None and isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efConstruction = int(ef)
+
+
+def _renumber_ivf(ivf: Any, kept: np.ndarray) -> None:
+    """Renumber an IVF's internal ids after `IDMap2.remove_ids`, which compacts the id map but not the lists.
+
+    `kept[i]`: whether internal id i (before the removal) survived; survivor i becomes `cumsum(kept)[i] - 1`,
+    its slot in the compacted id map. Without this every id past a removed one maps to the wrong row.
+    """
+    faiss = _faiss()
+    new_pos = np.cumsum(kept, dtype=np.int64) - 1
+    lists = ivf.invlists
+    for list_no in range(ivf.nlist):
+        n = lists.list_size(list_no)
+        if n == 0:
+            continue
+        old = faiss.rev_swig_ptr(lists.get_ids(list_no), n)
+        new = np.ascontiguousarray(new_pos[old])
+        codes = faiss.rev_swig_ptr(lists.get_codes(list_no), n * lists.code_size).copy()
+        lists.update_entries(list_no, 0, n, faiss.swig_ptr(new), faiss.swig_ptr(codes))
 
 
 def _last_line(exc: BaseException) -> str:

@@ -1,5 +1,6 @@
-"""One named index on disk: a manifest, and per modality a vector file, a FAISS file and, when the
-index has a hasher, a FAISS binary file of packed codes (`{modality}.codes.faiss`, with
+"""One named index on disk: a manifest, and per modality a vector file, a FAISS file (or, with
+`shards` N > 1 in the manifest, N shard files: `mmgen.index.shards`) and, when the index has a
+hasher, a FAISS binary file of packed codes (`{modality}.codes.faiss`, with
 `{modality}.codes.faiss.dead.npy` listing the removed slots of the flat preset).
 
 The vector file and the SQL `index_rows` table are the durable state; the FAISS files are
@@ -27,6 +28,7 @@ from mmgen import __version__
 from mmgen.errors import ManifestMismatchError, VectorIndexError
 from mmgen.index.faiss_index import FaissIndex
 from mmgen.index.presets import Preset
+from mmgen.index.shards import FloatIndex, ShardedIndex, check_shards, shard_path
 from mmgen.index.vectors import VectorFile
 
 if TYPE_CHECKING:
@@ -74,7 +76,7 @@ class IndexFolder:
         self.manifest = manifest
         self.preset = Preset.from_json(manifest["preset"])
         self.dim = int(manifest["dim"])
-        self._faiss: dict[str, FaissIndex] = {}
+        self._faiss: dict[str, FloatIndex] = {}
         self._stale_reason: dict[str, str] = {}
         self._codes: dict[str, BinaryIndex] = {}
         self._codes_reason: dict[str, str] = {}
@@ -82,9 +84,10 @@ class IndexFolder:
     # ---- opening -----------------------------------------------------------------------
     @classmethod
     def create(
-        cls, root: Path, *, name: str, encoder: str, encoder_checksum: str, dim: int, preset: Preset
+        cls, root: Path, *, name: str, encoder: str, encoder_checksum: str, dim: int, preset: Preset, shards: int = 1
     ) -> IndexFolder:
-        """Start a new index folder (refuses to overwrite an existing manifest)."""
+        """Start a new index folder (refuses to overwrite an existing manifest); `shards` splits its FAISS files."""
+        shards = check_shards(shards)
         if (root / MANIFEST).exists():
             raise VectorIndexError(f"an index already exists at {root}")
         from mmgen.workspace import make_private_root
@@ -102,6 +105,7 @@ class IndexFolder:
             "factory": preset.factory,
             "preset": preset.to_json(),
             "metric": "inner_product",
+            "shards": shards,
             "modalities": {},
             "created": _now(),
             "updated": _now(),
@@ -145,9 +149,26 @@ class IndexFolder:
         _check_modality(modality)
         return VectorFile(self.root / f"{modality}.f32", self.dim)
 
-    def faiss(self, modality: str) -> FaissIndex:
+    @property
+    def shards(self) -> int:
+        """How many FAISS files each modality's float index is split into (1 in folders from before sharding)."""
+        return int(self.manifest.get("shards", 1))
+
+    def faiss_files(self, modality: str) -> list[Path]:
+        """The FAISS file(s) of one modality's float index: `image.faiss`, or its shards."""
+        _check_modality(modality)
+        path, n = self.root / f"{modality}.faiss", self.shards
+        return [shard_path(path, s, n) for s in range(n)]
+
+    def faiss(self, modality: str) -> FloatIndex:
         """The FAISS index of one modality: loaded, or new and empty when absent or unreadable."""
         _check_modality(modality)
+        if modality not in self._faiss and self.shards > 1:
+            self._faiss[modality], reason = ShardedIndex.load(
+                self.root / f"{modality}.faiss", self.dim, self.preset, self.shards
+            )
+            if reason:
+                self._stale_reason[modality] = reason
         if modality not in self._faiss:
             path = self.root / f"{modality}.faiss"
             index: FaissIndex | None = None
@@ -180,7 +201,7 @@ class IndexFolder:
         vectors = self.vectors(modality)
         needs_rebuild = (len(to_remove) and not index.supports_remove) or (not index.is_trained and len(live))
         if needs_rebuild:
-            fresh = FaissIndex(self.dim, self.preset)
+            fresh = self._new_faiss()
             if len(live):
                 all_vectors = vectors.get(live)
                 if not fresh.is_trained:
@@ -198,16 +219,20 @@ class IndexFolder:
     def save(self, modality: str) -> None:
         """Write the FAISS file and record its row state (count, max row id) in the manifest (both atomically)."""
         index = self.faiss(modality)
-        path = self.root / f"{modality}.faiss"
-        index.save(path)
+        index.save(self.root / f"{modality}.faiss")
         ids = index.ids()
-        self.manifest["modalities"][modality] = {
-            "file": path.name,
+        files = self.faiss_files(modality)
+        entry: dict[str, Any] = {"file": files[0].name} if len(files) == 1 else {"files": [f.name for f in files]}
+        entry.update({
             "vectors": f"{modality}.f32",
             "count": index.count,
             "max_row_id": int(ids.max()) if len(ids) else -1,
-            "bytes": path.stat().st_size,
-        }
+            "bytes": sum(f.stat().st_size for f in files),
+        })  # fmt: skip
+        merged = self.manifest["modalities"].get(modality, {}).get("merged")
+        if merged is not None:  # kept: `load_merged` compares its row state with this one
+            entry["merged"] = merged
+        self.manifest["modalities"][modality] = entry
         self.manifest["updated"] = _now()
         self.manifest["code_version"] = __version__
         _write_json_atomic(self.root / MANIFEST, self.manifest)
@@ -217,8 +242,90 @@ class IndexFolder:
         self.preset = preset
         self.manifest["preset"] = preset.to_json()
         self.manifest["factory"] = preset.factory
-        self._faiss = {m: FaissIndex(self.dim, preset) for m in self.modalities()}
+        self._faiss = {m: self._new_faiss() for m in self.modalities()}
         _write_json_atomic(self.root / MANIFEST, self.manifest)
+
+    def set_shards(self, shards: int) -> None:
+        """Split each modality's FAISS index into `shards` files; the next sync rebuilds them from the stored vectors."""
+        shards = check_shards(shards)
+        if shards == self.shards:
+            return
+        old = {m: self.faiss_files(m) for m in MODALITIES}
+        self.manifest["shards"] = shards
+        for entry in self.manifest["modalities"].values():
+            entry.pop("merged", None)
+        _write_json_atomic(self.root / MANIFEST, self.manifest)
+        # The manifest names the new layout first: a kill before these unlinks leaves only unread files.
+        for modality, files in old.items():
+            for file in files:
+                file.unlink(missing_ok=True)
+            self._discard_merged(modality)
+        self._faiss = {m: self._new_faiss() for m in self.modalities()}
+        self._stale_reason.clear()
+
+    def discard_faiss(self, modality: str) -> None:
+        """Delete the FAISS file(s) of one modality (and its on-disk merge): the next sync rebuilds them."""
+        for file in self.faiss_files(modality):
+            file.unlink(missing_ok=True)
+        if self.manifest["modalities"].get(modality, {}).pop("merged", None) is not None:
+            _write_json_atomic(self.root / MANIFEST, self.manifest)
+        self._discard_merged(modality)
+        self._faiss.pop(modality, None)
+
+    def _new_faiss(self) -> FloatIndex:
+        if self.shards == 1:
+            return FaissIndex(self.dim, self.preset)
+        return ShardedIndex.create(self.dim, self.preset, self.shards)
+
+    # ---- on-disk merge (IVF presets) --------------------------------------------------
+    def merge_ondisk(self, modality: str) -> Path:
+        """Join the saved FAISS file(s) of an IVF index into one whose inverted lists stay on disk; returns its path.
+
+        Merges what `save` last wrote (hold the lock, as writers do). `load_merged` reads the result
+        memory-mapped; it answers as the shards do for the same nprobe.
+        """
+        from mmgen.index.shards import merge_ondisk
+
+        files = self.faiss_files(modality)
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise VectorIndexError(f"cannot merge {', '.join(missing)}: not saved yet; catch the index up first")
+        entry = self.manifest["modalities"].get(modality)
+        if entry is None:
+            raise VectorIndexError(f"index {self.manifest['name']!r} has no saved {modality} index to merge")
+        generation = int(entry.get("merged", {}).get("generation", 0)) + 1
+        out = self.root.resolve() / f"{modality}.merged-{generation}.faiss"
+        ivfdata = out.with_suffix(".ivfdata")
+        count, max_row_id = merge_ondisk(files, out, ivfdata, self.dim, self.preset)
+        entry["merged"] = {"file": out.name, "ivfdata": ivfdata.name, "generation": generation, "count": count,
+                           "max_row_id": max_row_id, "factory": self.preset.factory, "shards": self.shards}  # fmt: skip
+        self.manifest["updated"] = _now()
+        _write_json_atomic(self.root / MANIFEST, self.manifest)
+        self._discard_merged(modality, keep=out.name)
+        return out
+
+    def load_merged(self, modality: str) -> FaissIndex:
+        """The on-disk merge of one modality, read-only and memory-mapped; refused when the index changed since."""
+        from mmgen.index.shards import load_merged
+
+        _check_modality(modality)
+        info = self.manifest["modalities"].get(modality, {}).get("merged")
+        name = self.manifest["name"]
+        if info is None:
+            raise VectorIndexError(f"index {name!r} has no on-disk merge of its {modality} index; merge it first")
+        state = (int(info["count"]), int(info["max_row_id"]))
+        if state != self.row_state(modality) or info.get("factory") != self.preset.factory:
+            raise VectorIndexError(
+                f"the on-disk merge of index {name!r} ({modality}) is stale: the index changed since; merge it again"
+            )
+        root = self.root.resolve()
+        return load_merged(root / info["file"], root / info["ivfdata"], self.dim, self.preset)
+
+    def _discard_merged(self, modality: str, keep: str | None = None) -> None:
+        """Delete on-disk merges of one modality but `keep` (a reader that mapped one keeps it until it closes)."""
+        for file in self.root.glob(f"{modality}.merged-*"):
+            if keep is None or file.with_suffix(".faiss").name != keep:
+                file.unlink(missing_ok=True)
 
     # ---- binary codes (semantic hashing) ---------------------------------------------
     @property

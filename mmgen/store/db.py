@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mmgen.errors import DiskFullError, StoreError
+from mmgen.errors import ConnectionLostError, DiskFullError, StoreError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -157,6 +157,12 @@ def _disk_full_errors(engine: Engine) -> None:
         pg_state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
         if getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL or pg_state == "53100":
             raise DiskFullError("the SQL store", where or "?") from orig
+        if context.is_disconnect:  # the server went away, or an administrator ended this session
+            reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+            raise ConnectionLostError(
+                f"the connection to the SQL store {where or '?'} was lost ({reason}); what was committed before "
+                "it is kept: run the same command again to resume"
+            ) from orig
 
 
 def _make_sqlite_parent(url: URL) -> None:

@@ -178,3 +178,15 @@ def test_both_index_kinds_share_one_interface_and_the_txtai_verbs() -> None:
         _, found = index.search(data[[0]], 2)
         assert set(found[0].tolist()) == {0, 3}  # row 3 now holds row 0's data
         assert index.delete(np.array([25, 99])) == 1 and index.count == 20
+
+
+def test_removing_from_an_ivf_index_keeps_the_other_ids_right() -> None:
+    # IDMap2 compacts its id map on removal but IVF lists keep their internal ids: they are renumbered.
+    base, ids = unit(400, 9), np.arange(400, dtype=np.int64) * 3
+    index = FaissIndex(DIM, type(resolve_preset("flat"))(name="ivf", factory="IVF4,Flat", search={"nprobe": 4}))
+    index.train(base)
+    index.add(ids, base)
+    assert index.remove(ids[:200:2]) == 100
+    kept = np.setdiff1d(np.arange(400), np.arange(0, 200, 2))
+    _, got = index.search(base[kept], 1)
+    np.testing.assert_array_equal(got[:, 0], ids[kept])
