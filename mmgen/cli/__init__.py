@@ -5,7 +5,7 @@ Installed, `mmgen` runs `main`; in a checkout `python cli.py` does the same.
 
 from __future__ import annotations
 
-from mmgen.cli import check, core, data, dedup, evaluation, models, records, serve, train  # noqa: F401  (they register their commands)
+from mmgen.cli import check, core, data, dedup, evaluation, models, records, serve, train, transfer  # noqa: F401  (they register their commands)
 from mmgen.cli.common import app
 
 __all__ = ["app", "main"]
