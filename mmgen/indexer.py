@@ -451,9 +451,9 @@ def _progress(total: int, desc: str, enabled: bool) -> Callable[..., None]:
 
 
 def index_sources(
-    spec: str, ws: Workspace, options: IndexOptions, data_dir: Any = None
+    spec: str, ws: Workspace, options: IndexOptions, data_dir: Any = None, indexer: Callable[..., Indexer] = Indexer
 ) -> IndexReport:
-    """Open the store, encoder and sources, and run the indexer."""
+    """Open the store, encoder and sources, and run the indexer (`indexer`: another engine's, see mmgen.engines)."""
     from mmgen.data.sources import open_sources
     from mmgen.encoders.factory import DEFAULT_TEXT_ENCODER, load_encoder
     from mmgen.records.synthetic import OUTPUTS_SOURCE, outputs_source
@@ -467,6 +467,6 @@ def index_sources(
                 encoder_name = s.scalar(select(IndexRecord.encoder).where(IndexRecord.name == options.name))
         sources = [outputs_source(ws)] if spec.strip() == OUTPUTS_SOURCE else open_sources(spec, data_dir)
         encoder = load_encoder(encoder_name or DEFAULT_TEXT_ENCODER, device=options.device, models_dir=ws.models_dir)
-        return Indexer(ws, store, encoder, options).run(sources)
+        return indexer(ws, store, encoder, options).run(sources)
     finally:
         store.close()

@@ -59,6 +59,21 @@ MergeOndiskOpt = Annotated[
     bool,
     typer.Option("--merge-ondisk", help="IVF presets: also merge the shards into one on-disk, memory-mapped index."),
 ]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="local (this process) | ray (decode and encode on a Ray cluster's actors, one GPU or CPU each; "
+        "this process still plans and commits; pip install 'mmgen[ray]').",
+    ),
+]
+RayAddressOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray-address",
+        help="--engine ray: auto (the running cluster) or HOST:PORT [default: RAY_ADDRESS, else a local cluster].",
+    ),
+]
 UntrustedOpt = Annotated[
     bool,
     typer.Option(

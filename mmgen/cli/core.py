@@ -14,10 +14,12 @@ from mmgen.cli.common import (
     DataDirOpt,
     DbOpt,
     DeviceOpt,
+    EngineOpt,
     FromOpt,
     JsonOpt,
     MergeOndiskOpt,
     QuietOpt,
+    RayAddressOpt,
     ShardsOpt,
     UntrustedOpt,
     WorkspaceOpt,
@@ -69,7 +71,9 @@ def index_cmd(
         ),
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items per batch (and per commit).")] = 128,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Image decoding threads.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode threads, or Ray actors (--engine ray).")] = 2,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
     hash_name: Annotated[
         Optional[str],
         typer.Option(
@@ -94,7 +98,8 @@ def index_cmd(
 ) -> None:
     """Embed a corpus into an index: incremental (only new or changed items) and resumable."""
     with _errors():
-        from mmgen.indexer import IndexOptions, index_sources
+        from mmgen.engines import run_index
+        from mmgen.indexer import IndexOptions
 
         ws = _workspace(workspace, db)
         opts = IndexOptions(
@@ -114,7 +119,7 @@ def index_cmd(
             shards=shards,
             merge_ondisk=merge_ondisk,
         )
-        report = index_sources(source, ws, opts, data_dir)
+        report = run_index(source, ws, opts, data_dir, engine=engine, ray_address=ray_address)
         if as_json:
             _print_json(report.to_json())
         else:
