@@ -150,10 +150,18 @@ def test_mismatches_are_refused(hash_ws, tiny_encoder, tiny_clip, tmp_path, buil
     with pytest.raises(ManifestMismatchError, match="trained on embeddings of"):
         index(ws, tiny_encoder, manifest, hash="foreign")
 
-    # the index's hasher retrained at another width: search refuses, `index --hash` re-encodes
+    # the index's hasher retrained at another width: search uses the kept version (h@1) while it exists,
+    # refuses once it is removed; `index --hash` re-encodes
     train_hasher(ws, HasherConfig(bits=32, name="h", **TINY))
     index(ws, tiny_encoder, manifest, hash="h")
     train_hasher(ws, HasherConfig(bits=64, name="h", **TINY))
+    s, store = searcher(ws)
+    assert s.search(text="a red circle", mode="codes", record=False).hits
+    assert s.hasher().bits == 32
+    store.close()
+    from mmgen.versions import remove_version
+
+    remove_version(ws, "h@1", "hasher", force=True)
     s, store = searcher(ws)
     with pytest.raises(ManifestMismatchError, match="32-bit codes of hasher 'h'.*now 64-bit"):
         s.search(text="a red circle", mode="codes")
