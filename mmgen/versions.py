@@ -185,6 +185,7 @@ def list_models(ws: Workspace, kind: str | None = None) -> list[dict[str, Any]]:
         query = select(ModelRecord).order_by(ModelRecord.kind, ModelRecord.name, ModelRecord.id)
         rows = s.scalars(query if kind is None else query.where(ModelRecord.kind == kind)).all()
         counts = dict(s.execute(select(Output.model_id, func.count()).group_by(Output.model_id)).all())
+        indexes = _index_checksums(ws, s)
         for row in rows:
             path = Path(row.path) if row.path else None
             present = path is not None and (path / MANIFEST).is_file() and _manifest(path).get("checksum") == row.checksum
@@ -198,7 +199,7 @@ def list_models(ws: Workspace, kind: str | None = None) -> list[dict[str, Any]]:
                 "steps": params.get("steps"),
                 "metrics": params.get("metrics") or params.get("eval") or {},
                 "outputs": int(counts.get(row.id, 0)),
-                "indexes": _dependent_indexes(ws, row.kind, row.checksum),
+                "indexes": _dependent_indexes(indexes, row.kind, row.checksum),
             })  # fmt: skip
     return out
 
@@ -240,17 +241,18 @@ def remove_version(ws: Workspace, spec: str, kind: str | None = None, force: boo
     return found
 
 
-def _dependent_indexes(ws: Workspace, kind: str, checksum: str | None) -> list[str]:
+def _index_checksums(ws: Workspace, session: Any) -> list[tuple[str, str, str | None]]:
+    """(name, encoder checksum, hasher checksum) of every index, read once."""
+    from sqlalchemy import select
+
+    from mmgen.store.models import IndexRecord
+
+    rows = session.execute(select(IndexRecord.name, IndexRecord.encoder_checksum).order_by(IndexRecord.name)).all()
+    return [(name, enc, (_manifest(ws.index_dir(name)).get("hash") or {}).get("checksum")) for name, enc in rows]
+
+
+def _dependent_indexes(indexes: list[tuple[str, str, str | None]], kind: str, checksum: str | None) -> list[str]:
     """Names of the indexes built with this encoder, or keeping this hasher's codes."""
     if kind not in ("encoder", "hasher") or not checksum:
         return []
-    from sqlalchemy import select
-
-    from mmgen.store import open_store
-    from mmgen.store.models import IndexRecord
-
-    with open_store(ws.db_url) as store, store.session() as s:
-        indexes = s.execute(select(IndexRecord.name, IndexRecord.encoder_checksum).order_by(IndexRecord.name)).all()
-    if kind == "encoder":
-        return [name for name, used in indexes if used == checksum]
-    return [name for name, _ in indexes if (_manifest(ws.index_dir(name)).get("hash") or {}).get("checksum") == checksum]
+    return [name for name, enc, hasher in indexes if (enc if kind == "encoder" else hasher) == checksum]

@@ -142,12 +142,9 @@ class FaissIndex(IndexVerbs):
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query; missing results have id -1. `allowed_ids` restricts the search."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise VectorIndexError(f"query has shape {queries.shape}, the index holds {self.dim}-d vectors")
-        k = max(1, min(int(k), max(1, self.count)))
-        if self.count == 0:
-            return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64)
+        queries, k, empty = checked_queries(queries, k, self.dim, self.count)
+        if empty is not None:
+            return empty
         params = self._search_params(allowed_ids)
         if allowed_ids is None:
             index = self._gpu_or_cpu()
@@ -214,6 +211,19 @@ def _renumber_ivf(ivf: Any, kept: np.ndarray) -> None:
         new = np.ascontiguousarray(new_pos[old])
         codes = faiss.rev_swig_ptr(lists.get_codes(list_no), n * lists.code_size).copy()
         lists.update_entries(list_no, 0, n, faiss.swig_ptr(new), faiss.swig_ptr(codes))
+
+
+def checked_queries(
+    queries: np.ndarray, k: int, dim: int, count: int
+) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray] | None]:
+    """(float32 queries, k clipped to the index size, the all-missing answer of an empty index or None)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise VectorIndexError(f"query has shape {queries.shape}, the index holds {dim}-d vectors")
+    k = max(1, min(int(k), max(1, count)))
+    if count == 0:
+        return queries, k, (np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64))
+    return queries, k, None
 
 
 def _last_line(exc: BaseException) -> str:

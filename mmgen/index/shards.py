@@ -28,7 +28,7 @@ import numpy as np
 
 from mmgen.errors import VectorIndexError
 from mmgen.index.base import IndexVerbs
-from mmgen.index.faiss_index import FaissIndex, _faiss, _last_line
+from mmgen.index.faiss_index import FaissIndex, _faiss, _last_line, checked_queries
 from mmgen.index.presets import Preset
 
 MAX_SHARDS = 1024
@@ -194,12 +194,9 @@ class ShardedIndex(IndexVerbs):
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query over all shards, as `FaissIndex.search`; `allowed_ids` filters each shard."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise VectorIndexError(f"query has shape {queries.shape}, the index holds {self.dim}-d vectors")
-        k = max(1, min(int(k), max(1, self.count)))
-        if self.count == 0:
-            return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64)
+        queries, k, empty = checked_queries(queries, k, self.dim, self.count)
+        if empty is not None:
+            return empty
         allowed = None if allowed_ids is None else np.asarray(allowed_ids, dtype=np.int64)
         parts = []
         for s, shard in enumerate(self.shards):
