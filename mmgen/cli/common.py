@@ -126,3 +126,39 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
 
+
+
+MlflowOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--mlflow",
+        help="Also log the run to MLflow: a folder (a local store, DIR/mlflow.db and DIR/artifacts) or a tracking "
+        "URI. Needs mmgen[mlflow].",
+    ),
+]
+
+
+def _check_tracking(target: str | None) -> None:
+    """Before training: --mlflow names a usable store and MLflow is installed (not only after an hour's run)."""
+    if target is not None:
+        from mmgen.tracking import check_available
+
+        check_available(target)
+
+
+def _track(target: str | None, kind: str, result: Any) -> dict[str, Any] | None:
+    """Log a completed training run to MLflow when --mlflow was given; where it went, as JSON."""
+    if not target or result.path is None or getattr(result, "status", "completed") != "completed":
+        return None
+    from mmgen.tracking import log_training
+    from mmgen.versions import current_number
+
+    run = log_training(target, kind, result.manifest, result.path, version=current_number(result.path),
+                       model_id=result.model_id)  # fmt: skip
+    return run.to_json()
+
+
+def _tracked_line(tracked: dict[str, Any] | None) -> None:
+    if tracked:
+        typer.echo(f"  logged to MLflow: experiment {tracked['experiment']}, run {tracked['run_id']} "
+                   f"({tracked['tracking_uri']})")  # fmt: skip

@@ -14,12 +14,16 @@ from mmgen.cli.common import (
     DeviceOpt,
     JsonOpt,
     MinutesOpt,
+    MlflowOpt,
     QuietOpt,
     ResumeOpt,
     StepsOpt,
     WorkspaceOpt,
+    _check_tracking,
     _errors,
     _print_json,
+    _track,
+    _tracked_line,
     _workspace,
     train_app,
 )
@@ -86,9 +90,11 @@ def train_encoder_cmd(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Train a joint image-text encoder: a locked MiniLM text tower and a trainable image tower (LiT-style)."""
     with _errors():
+        _check_tracking(mlflow)
         from mmgen.train.encoder import TrainConfig, train_encoder
 
         ws = _workspace(workspace, db)
@@ -115,9 +121,11 @@ def train_encoder_cmd(
             data_dir=str(data_dir) if data_dir else None,
         )
         result = train_encoder(sources, ws, cfg)
+        tracked = _track(mlflow, "encoder", result)
         data = result.report
         if as_json:
-            _print_json({**result.manifest, "status": result.status, "path": str(result.path), "data": data.to_json()})
+            _print_json({**result.manifest, "status": result.status, "path": str(result.path), "data": data.to_json(),
+                         "mlflow": tracked})  # fmt: skip
         else:
             loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
             typer.echo(
@@ -134,6 +142,7 @@ def train_encoder_cmd(
                     typer.echo(f"    {message}")
             if result.path:
                 typer.echo(f"  saved in {result.path}")
+            _tracked_line(tracked)
         if result.status != "completed":
             raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -194,9 +203,11 @@ def train_captioner_cmd(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Train the retrieval-augmented caption decoder on the workspace's indexed images and captions."""
     with _errors():
+        _check_tracking(mlflow)
         from mmgen.train.captioner import CaptionerConfig, train_captioner
 
         cfg = CaptionerConfig(
@@ -218,8 +229,9 @@ def train_captioner_cmd(
             progress=not quiet and not as_json,
         )
         result = train_captioner(_workspace(workspace, db), cfg)
+        tracked = _track(mlflow, "captioner", result)
         if as_json:
-            _print_json({**result.manifest, "path": str(result.path), "model_id": result.model_id})
+            _print_json({**result.manifest, "path": str(result.path), "model_id": result.model_id, "mlflow": tracked})
             return
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.3f}"
         typer.echo(
@@ -229,6 +241,7 @@ def train_captioner_cmd(
             + (f"; {result.manifest['excluded_items']} items of excluded concepts left out" if result.manifest.get("excluded_items") else "")
         )
         typer.echo(f"  saved in {result.path} (models row {result.model_id})")
+        _tracked_line(tracked)
 
 
 @train_app.command("generator")
@@ -259,9 +272,11 @@ def train_generator_cmd(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Train the diffusion image generator on the workspace's indexed images and captions."""
     with _errors():
+        _check_tracking(mlflow)
         from mmgen.train.generator import GeneratorConfig, train_generator
 
         cfg = GeneratorConfig(
@@ -281,10 +296,11 @@ def train_generator_cmd(
             progress=not quiet and not as_json,
         )
         result = train_generator(_workspace(workspace, db), cfg)
+        tracked = _track(mlflow, "generator", result)
         if as_json:
             _print_json(
                 {**result.manifest, "status": result.status, "path": str(result.path) if result.path else None,
-                 "model_id": result.model_id, "steps": result.steps}
+                 "model_id": result.model_id, "steps": result.steps, "mlflow": tracked}
             )  # fmt: skip
         else:
             loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
@@ -296,6 +312,7 @@ def train_generator_cmd(
                 typer.echo(f"  skipped images: {result.skipped}")
             if result.path:
                 typer.echo(f"  saved in {result.path} (models row {result.model_id})")
+            _tracked_line(tracked)
             if result.status != "completed":
                 typer.echo("  the state is saved: run again with --resume to continue")
         if result.status == "interrupted":
@@ -335,10 +352,12 @@ def train_hasher_cmd(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Train a semantic-hashing autoencoder on an index's image and text vectors (one code space for both), or fit a
     FAISS baseline (--method lsh|itq|pca) on them; either is then attached with `mmgen index SOURCE --hash NAME`."""
     with _errors():
+        _check_tracking(mlflow)
         from mmgen.train.hasher import HasherConfig, train_hasher
 
         cfg = HasherConfig(
@@ -347,11 +366,12 @@ def train_hasher_cmd(
             progress=not quiet and not as_json,
         )  # fmt: skip
         result = train_hasher(_workspace(workspace, db), cfg)
+        tracked = _track(mlflow, "hasher", result)
         if as_json:
             manifest = {k: v for k, v in result.manifest.items() if k != "holdout"}
             holdout_info = {k: v for k, v in result.manifest["holdout"].items() if k != "groups"}
             _print_json({**manifest, "holdout": {**holdout_info, "groups": len(result.manifest["holdout"]["groups"])},
-                         "path": str(result.path), "model_id": result.model_id})  # fmt: skip
+                         "path": str(result.path), "model_id": result.model_id, "mlflow": tracked})  # fmt: skip
             return
         m = result.manifest
         if result.final_loss is None:  # a baseline: one FAISS train call
@@ -370,3 +390,4 @@ def train_hasher_cmd(
             f"held out {len(m['holdout']['groups'])} groups for `mmgen eval hashing`"
         )
         typer.echo(f"  saved in {result.path} (models row {result.model_id}); use it: mmgen index SOURCE --hash {m['name']}")
+        _tracked_line(tracked)

@@ -412,14 +412,25 @@ def _read_pixel_cache(cache_dir: Path, key: str, n: int) -> tuple[np.ndarray, li
 
 
 def _write_pixel_cache(cache_dir: Path, key: str, pixels: np.ndarray, errors: list[str | None]) -> None:
+    """Write the cache under temporary names unique to this writer, then rename: two trainers decoding the same
+    images at once (a model and its baseline, say) each publish a whole cache, and the last rename wins."""
+    import tempfile
+
     cache_dir.mkdir(parents=True, exist_ok=True)
     pixels_path, errors_path = _cache_paths(cache_dir, key)
-    tmp = pixels_path.with_suffix(".tmp.npy")
-    np.save(tmp, pixels)
-    errors_tmp = errors_path.with_suffix(".tmp")
-    errors_tmp.write_text(json.dumps(errors), encoding="utf-8")
-    os.replace(errors_tmp, errors_path)
-    os.replace(tmp, pixels_path)
+    written: list[str] = []
+    try:
+        for final, write in ((errors_path, lambda fh: fh.write(json.dumps(errors).encode("utf-8"))),
+                             (pixels_path, lambda fh: np.save(fh, pixels))):  # fmt: skip
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache_dir)
+            written.append(tmp)
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+            os.replace(tmp, final)  # errors first: a reader checks both, and a stale pair fails the length check
+    finally:
+        for tmp in written:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:

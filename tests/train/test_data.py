@@ -78,3 +78,35 @@ def test_image_weights_scale_units_and_picks_inside_a_unit() -> None:
     mixed = np.concatenate([d[1][d[0] % 3 == 2] for d in draws])
     second = np.isin(mixed, [rows[1] for rows in data.unit_images[2::3]]).mean()
     assert 0.15 < second < 0.25  # 0.25 / 1.25 of the mixed units' picks are the icon
+
+
+def test_concurrent_writers_of_one_pixel_cache_each_publish_a_whole_cache(tmp_path) -> None:
+    """Two trainers on one workspace (a generator and its baseline) decode the same images and write one cache key.
+
+    With one shared temporary name, a writer's rename found its file already renamed by the other
+    (FileNotFoundError, 19 of 60 writes here before the fix); now each writer has its own.
+    """
+    import threading
+
+    from mmgen.train.data import _read_pixel_cache, _write_pixel_cache
+
+    pixels = np.arange(2000 * 3 * 8 * 8, dtype=np.uint32).astype(np.uint8).reshape(2000, 3, 8, 8)
+    errors = [None] * 1999 + ["broken.png: not an image"]
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        for _ in range(15):
+            try:
+                _write_pixel_cache(tmp_path, "k", pixels, errors)
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                failures.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pixels-k.errors.json", "pixels-k.npy"]  # no temporary left
+    got = _read_pixel_cache(tmp_path, "k", len(pixels))
+    assert got is not None and np.array_equal(got[0], pixels) and got[1] == errors
