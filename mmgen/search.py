@@ -12,6 +12,7 @@ they are first used), and the index's modalities and corpus names are cached fro
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from mmgen.store.db import Store
 
 from mmgen.search_modes import DEFAULT_RERANK, MODES, PRELIST, SEARCH_MODES, rerank_exact  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
 
 # How long a search trusts its last look for synthetic items in the index (a server stays up while
 # `mmgen index outputs` adds some).
@@ -127,8 +130,13 @@ class Searcher:
         # Open time is when a stale FAISS file (a run killed before its save) catches up with SQL;
         # a search itself only reads.
         self._available = self.modalities()
+        self._merged: dict[str, Any] = {}
         for modality in self._available:
-            catch_up(self.store, self.index_id, self.folder, modality)
+            merged = self._fresh_merge(modality)
+            if merged is not None:  # memory-mapped lists: the shards are never loaded into RAM
+                self._merged[modality] = merged
+            else:
+                catch_up(self.store, self.index_id, self.folder, modality)
         self._corpora: dict[int, str] = {}
         self._codes_ready: set[str] = set()
         self._hasher: Hasher | None = None
@@ -139,7 +147,19 @@ class Searcher:
         return [m for m in ("image", "text") if sql_row_state(self.store, self.index_id, m)[0] > 0]
 
     def _faiss(self, modality: str) -> Any:
-        return self.folder.faiss(modality)
+        merged = self._merged.get(modality)
+        return merged if merged is not None else self.folder.faiss(modality)
+
+    def _fresh_merge(self, modality: str) -> Any:
+        """The index's on-disk merge of `modality` (`mmgen index --merge-ondisk`) when it holds exactly SQL's live rows."""
+        info = self.folder.manifest["modalities"].get(modality, {}).get("merged")
+        if info is None or (int(info["count"]), int(info["max_row_id"])) != sql_row_state(self.store, self.index_id, modality):
+            return None
+        try:
+            return self.folder.load_merged(modality)
+        except VectorIndexError as exc:  # stale against the FAISS files, or its files gone: the shards answer
+            log.info("index %s %s: not using the on-disk merge: %s", self.name, modality, exc)
+            return None
 
     def hasher(self) -> Hasher:
         """The hasher whose codes the index keeps; refuses one retrained (other checksum or width) since."""

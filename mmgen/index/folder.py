@@ -319,6 +319,9 @@ class IndexFolder:
                 f"the on-disk merge of index {name!r} ({modality}) is stale: the index changed since; merge it again"
             )
         root = self.root.resolve()
+        for part in (info["file"], info["ivfdata"]):
+            if not (root / part).is_file():
+                raise VectorIndexError(f"the on-disk merge of index {name!r} ({modality}) lost {part}; merge it again")
         return load_merged(root / info["file"], root / info["ivfdata"], self.dim, self.preset)
 
     def _discard_merged(self, modality: str, keep: str | None = None) -> None:

@@ -264,3 +264,55 @@ def test_cli_index_with_shards_searches_as_one_file(tmp_path: Path, image_folder
     three = hits(tmp_path / "three", "--shards", "3")
     assert three == one and len(one) == 8
     assert len(list((tmp_path / "three" / "default").glob("image.shard-*-of-3.faiss"))) == 3
+
+
+def test_search_answers_from_the_on_disk_merge_while_it_is_fresh(tmp_path: Path, image_folder: Path,
+                                                                 tiny_clip: Any) -> None:  # fmt: skip
+    """`mmgen index --shards 2 --merge-ondisk` with an IVF preset: a Searcher reads the memory-mapped merge (the
+    shards never loaded) with the shards' answers; once more rows are indexed the stale merge is left alone."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mmgen.cli import app
+    from mmgen.search import Searcher
+    from mmgen.store.db import open_store
+    from mmgen.workspace import Workspace
+
+    runner = CliRunner()
+    ws_root = tmp_path / "ws"
+
+    def index(folder: Path, *extra: str) -> None:
+        res = runner.invoke(app, ["index", str(folder), "--workspace", str(ws_root), "--encoder", tiny_clip.dir_name,
+                                  "--preset", "IVF2,Flat", "--shards", "2", "--quiet", *extra],
+                            catch_exceptions=False)  # fmt: skip
+        assert res.exit_code == 0, res.output
+
+    def keys(result: Any) -> list[tuple[str, float]]:
+        return [(h.key, round(h.score, 5)) for h in result.hits]
+
+    index(image_folder, "--merge-ondisk")
+    ws = Workspace.resolve(ws_root)
+    with open_store(ws.db_url) as store:
+        searcher = Searcher(ws, store)
+        merged = searcher._faiss("image")
+        assert not merged.writable and merged.count == 12  # the read-only, memory-mapped merge
+        assert "image" not in searcher.folder._faiss  # the shards were not read into memory
+        from_merge = keys(searcher.search("a red circle", to="image", k=6))
+        searcher.folder._faiss.clear()
+        shards = ShardedIndex.load(ws.index_dir("default") / "image.faiss", searcher.folder.dim,
+                                   searcher.folder.preset, 2)[0]  # fmt: skip
+        searcher._merged.pop("image")
+        searcher.folder._faiss["image"] = shards
+        assert keys(searcher.search("a red circle", to="image", k=6)) == from_merge and len(from_merge) == 6
+
+    more = tmp_path / "more"
+    more.mkdir()
+    for name in ("img000", "img001"):
+        shutil.copy(image_folder / f"{name}.png", more / f"copy-{name}.png")
+        (more / f"copy-{name}.txt").write_text("a copied circle", encoding="utf-8")
+    index(more)  # no --merge-ondisk: the merge now lacks two rows
+    with open_store(ws.db_url) as store:
+        searcher = Searcher(ws, store)
+        assert isinstance(searcher._faiss("image"), ShardedIndex) and searcher._faiss("image").count == 14
+        assert any(h.key.startswith("copy-") for h in searcher.search("a copied circle", to="image", k=14).hits)
