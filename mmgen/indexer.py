@@ -56,7 +56,8 @@ class IndexOptions:
     hash_preset: str | None = None  # binary index preset (default binary-flat)
     skip_duplicates: bool = False  # refuse a new item whose image bytes another item of the index already has
     untrusted: bool = False  # decode images within mmgen.data.untrusted's limits (folders from elsewhere)
-    shards: int | None = None  # FAISS shard files per modality (row_id % N); None: keep the index's count
+    shards: int | None = None  # FAISS shard files per modality (row_id % N); None: keep, growing past shard_rows
+    shard_rows: int | None = None  # live rows per shard before more shards (None: $MMGEN_SHARD_ROWS or 5M; 0: never)
     merge_ondisk: bool = False  # after the run, merge IVF shards into one on-disk index (mmgen.index.shards)
 
 
@@ -115,6 +116,7 @@ class IndexReport:
             "failures": [{"key": k, "reason": r} for k, r in self.failed],
             "vectors_added": self.vectors_added,
             "totals": self.totals,
+            "sync": self.sync,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "interrupted": self.interrupted,
             "duplicates": [{"key": k, "duplicate_of": of} for k, of in self.duplicates],
@@ -295,7 +297,10 @@ class Indexer:
 
     def _sync(self) -> None:
         started = time.perf_counter()
+        resharded = self._auto_shard()
         self.report.sync = sync_index(self.store, self.index_id, self.folder, self.hasher)
+        if resharded:
+            self.report.sync["shards"] = resharded
         if self.opts.merge_ondisk:
             for modality in self.folder.modalities():
                 self.folder.merge_ondisk(modality)
@@ -303,6 +308,21 @@ class Indexer:
         self.report.totals = {m: self.folder.faiss(m).count for m in self.folder.modalities()}
         if self.hasher is not None:
             self.report.codes = {m: self.folder.codes(m).count for m in self.folder.modalities()}
+
+    def _auto_shard(self) -> str | None:
+        """Without --shards: past the rows-per-shard limit, split the FAISS files into more shards (never fewer)."""
+        from mmgen.catalog import sql_row_state
+        from mmgen.index.shards import auto_shard_count, shard_rows_limit
+
+        if self.opts.shards is not None:
+            return None
+        limit = shard_rows_limit(self.opts.shard_rows)
+        rows = max(sql_row_state(self.store, self.index_id, m)[0] for m in ("image", "text"))
+        want = auto_shard_count(rows, self.folder.shards, limit)
+        if want == self.folder.shards:
+            return None
+        self.folder.set_shards(want)
+        return f"split into {want} shard files: {rows:,} rows, past {limit:,} per shard"
 
     def _corpus_id(self, source: Source) -> int:
         from mmgen.store.repo import get_or_create_corpus

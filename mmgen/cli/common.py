@@ -52,7 +52,8 @@ ShardsOpt = Annotated[
     Optional[int],
     typer.Option(
         "--shards", min=1,
-        help="Split each FAISS index into N shard files (row_id % N); changing it rebuilds them [default: keep].",
+        help="Split each FAISS index into N shard files (row_id % N); changing it rebuilds them [default: keep, "
+        "adding shards past 5M rows each, or $MMGEN_SHARD_ROWS; 0 there: never].",
     ),
 ]
 MergeOndiskOpt = Annotated[

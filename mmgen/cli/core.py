@@ -150,7 +150,7 @@ def _print_index_report(report: Any, root: Path) -> None:
             echo(f"    ... and {report.failed_count - len(shown)} more (use --json for all)")
     totals = ", ".join(f"{m} {n}" for m, n in report.totals.items())
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.timings.items())
-    echo(f"  vectors in index: {totals or 'none'}; time: {stages}")
+    echo(f"  vectors in index: {totals or 'none'}; time: {stages}" + (f"; {report.sync['shards']}" if "shards" in report.sync else ""))
     if report.hasher:
         echo(f"  codes of hasher {report.hasher}: " + ", ".join(f"{m} {n}" for m, n in report.codes.items()))
     if report.interrupted:

@@ -36,6 +36,33 @@ MAX_SHARDS = 1024
 NO_SCORE = -float(np.finfo(np.float32).max)
 
 
+AUTO_SHARD_ROWS = 5_000_000  # live rows per shard file past which `mmgen index` adds shards (7.3 GiB of 384-d Flat)
+SHARD_ROWS_ENV = "MMGEN_SHARD_ROWS"
+
+
+def shard_rows_limit(value: int | None = None) -> int:
+    """Rows per shard before `mmgen index` splits further: `value`, else $MMGEN_SHARD_ROWS, else AUTO_SHARD_ROWS.
+
+    0 turns automatic sharding off. VectorIndexError for a negative or malformed value.
+    """
+    raw: Any = value if value is not None else os.environ.get(SHARD_ROWS_ENV, AUTO_SHARD_ROWS)
+    try:
+        limit = int(raw)
+    except (TypeError, ValueError):
+        limit = -1
+    if limit < 0:
+        raise VectorIndexError(f"rows per shard ({SHARD_ROWS_ENV}) is a whole number >= 0 (0: never add shards), "
+                               f"not {raw!r}")  # fmt: skip
+    return limit
+
+
+def auto_shard_count(rows: int, current: int, limit: int) -> int:
+    """The shard count an index of `rows` live rows grows to: ceil(rows / limit), never fewer than `current`."""
+    if limit <= 0:
+        return current
+    return max(current, min(MAX_SHARDS, -(-rows // limit)))
+
+
 def shard_path(path: Path, shard: int, shards: int) -> Path:
     """The file of one shard: `image.faiss` -> `image.shard-1-of-4.faiss` (unchanged when `shards` is 1)."""
     if shards == 1:

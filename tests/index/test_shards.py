@@ -316,3 +316,49 @@ def test_search_answers_from_the_on_disk_merge_while_it_is_fresh(tmp_path: Path,
         searcher = Searcher(ws, store)
         assert isinstance(searcher._faiss("image"), ShardedIndex) and searcher._faiss("image").count == 14
         assert any(h.key.startswith("copy-") for h in searcher.search("a copied circle", to="image", k=14).hits)
+
+
+def test_an_index_adds_shards_past_the_rows_per_shard_limit(tmp_path: Path, image_folder: Path, tiny_clip: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Without --shards, `mmgen index` splits the FAISS files once the live rows pass MMGEN_SHARD_ROWS per shard;
+    it never merges them back, --shards wins, and 0 turns it off. The hits stay those of one file."""
+    from typer.testing import CliRunner
+
+    from mmgen.cli import app
+    from mmgen.index.shards import auto_shard_count, shard_rows_limit
+
+    runner = CliRunner()
+
+    def index(ws: Path, *extra: str) -> dict[str, Any]:
+        res = runner.invoke(app, ["index", str(image_folder), "--workspace", str(ws), "--encoder", tiny_clip.dir_name,
+                                  "--json", *extra], catch_exceptions=False)  # fmt: skip
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    def hits(ws: Path) -> list[tuple[str, float]]:
+        out = runner.invoke(app, ["search", "a red circle", "--workspace", str(ws), "--to", "image", "-k", "8",
+                                  "--json"], catch_exceptions=False)  # fmt: skip
+        return [(h["key"], round(h["score"], 5)) for h in json.loads(out.stdout)["hits"]]
+
+    one = tmp_path / "one"
+    index(one)
+    monkeypatch.setenv("MMGEN_SHARD_ROWS", "5")  # 16 captions (4 of broken images): ceil(16 / 5) = 4 shards
+    auto = tmp_path / "auto"
+    report = index(auto)
+    assert report["sync"]["shards"] == "split into 4 shard files: 16 rows, past 5 per shard"
+    assert IndexFolder.open(auto / "default").shards == 4 and hits(auto) == hits(one)
+    monkeypatch.setenv("MMGEN_SHARD_ROWS", "100")  # a higher limit later never merges shards back
+    assert "shards" not in index(auto)["sync"] and IndexFolder.open(auto / "default").shards == 4
+    monkeypatch.setenv("MMGEN_SHARD_ROWS", "5")
+    explicit = tmp_path / "explicit"
+    index(explicit, "--shards", "1")
+    assert IndexFolder.open(explicit / "default").shards == 1
+    monkeypatch.setenv("MMGEN_SHARD_ROWS", "0")
+    off = tmp_path / "off"
+    index(off)
+    assert IndexFolder.open(off / "default").shards == 1
+    monkeypatch.setenv("MMGEN_SHARD_ROWS", "lots")
+    res = runner.invoke(app, ["index", str(image_folder), "--workspace", str(off), "--encoder", tiny_clip.dir_name])
+    assert res.exit_code == 2 and "MMGEN_SHARD_ROWS" in res.output
+    assert auto_shard_count(10_000_001, 1, 5_000_000) == 3 and auto_shard_count(10, 4, 5) == 4
+    assert auto_shard_count(10**12, 1, 1) == 1024 and shard_rows_limit(7) == 7
