@@ -1,0 +1,89 @@
+"""Would a pixel check after the cosine lift dedup's precision? Development data only.
+
+    python benchmarks/dedup_pixel_check.py [--work build/dedup-dev] [--bench-json build/logs/dedup_dev.json]
+        [--threshold 0.95] [--sides 16,32,64]
+
+Reads a set that `benchmarks/dedup_bench.py --seed 1 --work build/dedup-dev --json build/logs/dedup_dev.json`
+built and indexed (its pictures, its mmgen workspace, its entries), takes the pairs with cosine >=
+threshold, and for each pair the mean absolute RGB difference of the two pictures (on white, box-resized
+to SIDE x SIDE, the smaller of as-is and mirrored). It prints, per side and per bound on that difference,
+the pairs kept, precision and recall of duplicate pairs, and the false positives by kind. Run on the
+development set (seed 1) only: the test set (seed 0) stays for `dedup_bench.py`'s reported figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BOUNDS = (0.01, 0.03, 0.05, 0.1, 0.15, 1.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("build/dedup-dev"))
+    ap.add_argument("--bench-json", type=Path, default=Path("build/logs/dedup_dev.json"))
+    ap.add_argument("--threshold", type=float, default=0.95)
+    ap.add_argument("--sides", default="16,32,64")
+    args = ap.parse_args()
+
+    from mmgen.compat import ensure_torchvision
+
+    ensure_torchvision()
+    from PIL import Image
+
+    from mmgen.dedup import range_pairs
+    from mmgen.index.rows import load_vectors
+    from mmgen.store.db import open_store
+    from mmgen.workspace import Workspace
+
+    entries = json.loads(args.bench_json.read_text(encoding="utf-8"))["entries"]
+    position = {e["name"]: i for i, e in enumerate(entries)}
+    truth = sum(1 for a in range(len(entries)) for b in range(a + 1, len(entries))
+                if entries[a]["family"] >= 0 and entries[a]["family"] == entries[b]["family"])  # fmt: skip
+    ws = Workspace.resolve(args.work / "mmgen-ws")
+    with open_store(ws.db_url) as store:
+        loaded = load_vectors(ws, store, modalities=("image",))
+    rows = loaded.modalities["image"]
+    vectors = np.ascontiguousarray(rows.vectors, dtype=np.float32)
+    at = [position[Path(loaded.items[int(i)].uri or "").name] for i in rows.item_ids]
+    pairs = [(at[a], at[b]) for lo, hi in range_pairs(vectors, args.threshold) for a, b in zip(lo.tolist(), hi.tolist())]
+    print(f"# {len(pairs)} pairs at cosine >= {args.threshold}; {truth} duplicate pairs in the set")
+
+    for side in (int(s) for s in args.sides.split(",")):
+        cache: dict[int, np.ndarray] = {}
+
+        def pixels(i: int, side: int = side, cache: dict[int, np.ndarray] = cache) -> np.ndarray:
+            if i not in cache:
+                with Image.open(args.work / "images" / entries[i]["name"]) as im:
+                    rgba = im.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                flat = Image.alpha_composite(white, rgba).convert("RGB").resize((side, side), Image.BOX)
+                cache[i] = np.asarray(flat, dtype=np.float32) / 255
+            return cache[i]
+
+        scored = []
+        for a, b in pairs:
+            pa, pb = pixels(a), pixels(b)
+            diff = min(float(np.abs(pa - pb).mean()), float(np.abs(pa - pb[:, ::-1]).mean()))
+            ea, eb = entries[a], entries[b]
+            dup = ea["family"] >= 0 and ea["family"] == eb["family"]
+            kind = "duplicate" if dup else ("fp other style" if ea["concept"] == eb["concept"] else "fp unrelated")
+            scored.append((diff, dup, kind))
+        print(f"\n## {side} px: | max difference | kept | precision | recall | false positives |")
+        for bound in BOUNDS:
+            kept = [s for s in scored if s[0] <= bound]
+            tp = sum(s[1] for s in kept)
+            fps = dict(collections.Counter(s[2] for s in kept if not s[1]))
+            print(f"| {bound} | {len(kept)} | {tp / max(1, len(kept)):.3f} | {tp / max(1, truth):.3f} | {fps} |")
+
+
+if __name__ == "__main__":
+    main()
