@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mmgen.errors import VectorIndexError
+from mmgen.errors import VectorIndexError, disk_full_as_error
 from mmgen.index.base import IndexVerbs
 from mmgen.index.presets import Preset
 
@@ -59,9 +60,19 @@ class FaissIndex(IndexVerbs):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        try:
+            with disk_full_as_error("the FAISS index", path):
+                try:
+                    faiss.write_index(self.index, str(tmp))
+                except RuntimeError as exc:  # FAISS reports a failed write with the C library's strerror
+                    if any(text in str(exc) for text in ("No space left on device", "Disk quota exceeded")):
+                        raise OSError(errno.ENOSPC, _last_line(exc), str(tmp)) from exc
+                    raise
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # the previous file stays whole; a half-written one never lies about
+            raise
         os.replace(tmp, path)
 
     # ---- contents ----------------------------------------------------------------------

@@ -139,3 +139,40 @@ def test_disk_full_committing_rows_is_one_clear_error_and_the_rerun_resumes(
     res = runner.invoke(app, _index_argv(small_corpus, tmp_path / "ws", tiny_clip.dir_name), catch_exceptions=False)
     assert res.exit_code == 0, res.output
     _verify(fault_harness, tmp_path / "ws", small_corpus, reference)
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path: Path) -> Any:
+    """A 1 MiB tmpfs (a real full disk), where this process may mount one (root); skipped elsewhere."""
+    import subprocess
+
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); needs root")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_saving_faiss_onto_a_full_disk_keeps_the_old_file_and_says_disk_full(small_tmpfs: Path) -> None:
+    """FAISS's own write (C stdio, not os.write) onto a real full filesystem: DiskFullError naming the file, the
+    temporary removed, the previous index file intact and loadable."""
+    from mmgen.index import resolve_preset
+    from mmgen.index.faiss_index import FaissIndex
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((6000, 64)).astype(np.float32)  # 1.5 MiB: more than the disk holds
+    path = small_tmpfs / "image.faiss"
+    small = FaissIndex(64, resolve_preset("flat"))
+    small.add(np.arange(100, dtype=np.int64), vectors[:100])
+    small.save(path)
+    before = path.read_bytes()
+    big = FaissIndex(64, resolve_preset("flat"))
+    big.add(np.arange(6000, dtype=np.int64), vectors)
+    with pytest.raises(DiskFullError, match=r"disk full while writing the FAISS index at .*image\.faiss"):
+        big.save(path)
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["image.faiss"]  # no half-written temporary left
+    assert path.read_bytes() == before and FaissIndex.load(path, 64, resolve_preset("flat")).count == 100
