@@ -1,0 +1,192 @@
+"""The fault and concurrency guarantees of test_kills.py and test_concurrency.py, on PostgreSQL.
+
+- `mmgen index` killed with SIGKILL at seeded moments, then run again: nothing lost, nothing twice,
+  vectors equal to a clean run's, `mmgen check` clean. Each cycle gets a fresh database and folder.
+- Two `mmgen index` processes at once on one workspace and database: the second waits for the
+  first's lock; their items never interleave; nothing lost or doubled; check clean.
+- Searches looping in another process (a fresh and a long-lived `Searcher`, each search recorded)
+  while `mmgen index` adds items: no search fails, every hit is a committed item, and its stored
+  vector gives the reported score.
+
+The store is read back with psycopg, and the vector files with numpy, independently of the code
+under test."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.postgres
+KILLS = 3
+MIN_DELAY_S = 0.3
+BATCH = 16
+
+
+def _pg() -> Any:
+    return sys.modules["mmgen_tests_pgserver"]
+
+
+def _mmgen(*args: str, wait: bool = True, script: Path | None = None, env: dict[str, str] | None = None) -> Any:
+    env = {**os.environ, "MMGEN_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, *([str(script)] if script else ["-m", "mmgen"]), *args]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _index_args(manifest: Path, ws: Path, url: str, encoder: str) -> list[str]:
+    return ["index", str(manifest), "--workspace", str(ws), "--db", url, "--encoder", encoder,
+            "--batch-size", str(BATCH), "--quiet", "--json"]  # fmt: skip
+
+
+def _items(url: str) -> list[tuple[int, str, str]]:
+    """(item id, corpus name, key) of every item, read with psycopg."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as con:
+        return [tuple(r) for r in con.execute(
+            "SELECT i.id, c.name, i.key FROM items i JOIN corpora c ON c.id = i.corpus_id ORDER BY i.id")]  # fmt: skip
+
+
+def _check(ws: Path, url: str) -> list[str]:
+    """`mmgen check --json`: what it found beyond info notes (empty when clean)."""
+    check = _mmgen("check", "--workspace", str(ws), "--db", url, "--json")
+    report = json.loads(check.stdout)
+    problems = [f"{p['severity']}:{p['code']}" for p in report.get("problems", []) if p["severity"] != "info"]
+    return problems if check.returncode == 0 and report["ok"] else problems + [f"rc {check.returncode}"]
+
+
+def _read(ws: Path, url: str) -> tuple[list[str], dict[tuple[str, str], np.ndarray], int]:
+    """(item keys, (key, modality) -> vector, index rows) of index `default`, read with psycopg and numpy."""
+    import psycopg
+
+    read_vectors = sys.modules["mmgen_faults_harness"].read_vectors  # tests/faults/harness.py, loaded by conftest
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as con:
+        keys = [r[0] for r in con.execute("SELECT key FROM items")]
+        rows = con.execute(
+            "SELECT r.modality, r.row_id, i.key FROM index_rows r JOIN items i ON i.id = r.item_id "
+            "JOIN indexes x ON x.id = r.index_id WHERE x.name = 'default'"
+        ).fetchall()
+    vectors = {m: read_vectors(ws / "default" / f"{m}.f32") for m in ("image", "text")}
+    by_key = {(key, m): vectors[m][rid] for m, rid, key in rows if rid < len(vectors[m])}
+    return keys, by_key, len(rows)
+
+
+def _corpus(folder: Path, build_tiny_workspace: Any, seed: int = 0) -> Path:
+    """The harness's seeded drawings, 8 concepts x 32 (tests/hashing/tiny_workspace.py)."""
+    module = sys.modules[build_tiny_workspace.__module__]
+    return module.write_corpus(folder, per_group=sys.modules["mmgen_faults_harness"].PER_GROUP, seed=seed)
+
+
+def test_killed_index_runs_on_postgres_lose_and_duplicate_nothing(
+    tmp_path: Path, pg_server_url: str, tiny_clip: Any, build_tiny_workspace: Any
+) -> None:
+    manifest = _corpus(tmp_path / "corpus", build_tiny_workspace)
+    records = [json.loads(line)["id"] for line in manifest.read_text(encoding="utf-8").splitlines()]
+    encoder = f"openclip:{tiny_clip.folder}"
+    with _pg().fresh_database(pg_server_url) as url:
+        started = time.monotonic()
+        clean = _mmgen(*_index_args(manifest, tmp_path / "clean", url, encoder))
+        wall = time.monotonic() - started
+        assert clean.returncode == 0, clean.stderr[-2000:]
+        _, reference, _ = _read(tmp_path / "clean", url)
+    assert len(reference) == 2 * len(records)
+
+    rng = random.Random(0)
+    outcomes = []
+    for cycle in range(KILLS):
+        ws = tmp_path / f"ws{cycle}"
+        delay = rng.uniform(MIN_DELAY_S, max(MIN_DELAY_S, wall))
+        with _pg().fresh_database(pg_server_url) as url:
+            proc = _mmgen(*_index_args(manifest, ws, url, encoder), wait=False)
+            time.sleep(delay)
+            finished_first = proc.poll() is not None
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stderr.close()
+            rerun = _mmgen(*_index_args(manifest, ws, url, encoder))
+            assert rerun.returncode == 0, f"cycle {cycle} (kill at {delay:.2f} s): {rerun.stderr[-2000:]}"
+            keys, got, n_rows = _read(ws, url)
+            problems = _check(ws, url)
+        assert sorted(keys) == sorted(set(keys)) and len(keys) == len(records), f"cycle {cycle}: items"
+        assert n_rows == len(got) == len(reference), f"cycle {cycle}: rows lost or doubled"
+        for key, vec in reference.items():
+            np.testing.assert_allclose(got[key], vec, atol=1e-5, err_msg=f"cycle {cycle}: {key}")
+        assert not problems, f"cycle {cycle}: {problems}"
+        outcomes.append("exited first" if finished_first else "killed")
+    assert outcomes.count("killed") >= 1, f"every run exited before its kill: {outcomes} (clean run {wall:.1f} s)"
+
+
+def test_two_indexers_at_once_on_postgres_wait_and_never_interleave(
+    tmp_path: Path, pg_server_url: str, tiny_clip: Any, build_tiny_workspace: Any
+) -> None:
+    first = _corpus(tmp_path / "corpus-a", build_tiny_workspace)
+    second = _corpus(tmp_path / "corpus-b", build_tiny_workspace, seed=1)
+    encoder, ws = f"openclip:{tiny_clip.folder}", tmp_path / "ws"
+    with _pg().fresh_database(pg_server_url) as url:
+        runs = [_mmgen(*_index_args(m, ws, url, encoder), wait=False) for m in (first, second)]
+        for proc in runs:
+            proc.wait(timeout=600)
+        errors = [proc.stderr.read().decode(errors="replace") for proc in runs]
+        for proc in runs:
+            proc.stderr.close()
+        assert [p.returncode for p in runs] == [0, 0], errors
+        items = _items(url)
+        problems = _check(ws, url)
+    by_corpus: dict[str, list[int]] = {}
+    for item_id, corpus, _ in items:
+        by_corpus.setdefault(corpus, []).append(item_id)
+    assert len(items) == len({(c, k) for _, c, k in items}) == 512  # 256 + 256, none twice
+    (a, b) = sorted(by_corpus.values(), key=min)
+    assert max(a) < min(b), "the two runs' items interleave"
+    assert not problems, problems
+
+
+def test_searches_while_indexing_on_postgres_fail_never_and_return_only_committed_items(
+    tmp_path: Path, pg_server_url: str, tiny_clip: Any, build_tiny_workspace: Any
+) -> None:
+    manifest = _corpus(tmp_path / "corpus", build_tiny_workspace)
+    lines = manifest.read_text(encoding="utf-8").splitlines(keepends=True)
+    encoder, ws = f"openclip:{tiny_clip.folder}", tmp_path / "ws"
+    out, stop = tmp_path / "searches.jsonl", tmp_path / "stop"
+    with _pg().fresh_database(pg_server_url) as url:
+        manifest.write_text("".join(lines[::4]), encoding="utf-8")  # a quarter of every concept first
+        assert _mmgen(*_index_args(manifest, ws, url, encoder)).returncode == 0
+        first_max_id = max(i for i, _, _ in _items(url))
+        manifest.write_text("".join(lines), encoding="utf-8")
+        loop = _mmgen(str(ws), str(out), str(stop), "a red circle", wait=False,
+                      script=Path(__file__).resolve().parent / "search_loop.py", env={"MMGEN_DB": url})  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while (not out.exists() or len(out.read_text().splitlines()) < 3) and loop.poll() is None:
+                assert time.monotonic() < deadline, "the search loop never started"
+                time.sleep(0.05)
+            indexing = _mmgen(*_index_args(manifest, ws, url, encoder))
+            time.sleep(0.3)
+        finally:
+            stop.touch()
+            loop.wait(timeout=120)
+        loop_err = loop.stderr.read().decode(errors="replace")
+        loop.stderr.close()
+        assert loop.returncode == 0, loop_err[-3000:]
+        assert indexing.returncode == 0, indexing.stderr[-3000:]
+        items = {i: k for i, _, k in _items(url)}
+        _, vectors, _ = _read(ws, url)
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    query = np.asarray(records[0]["query_vector"], dtype=np.float32)
+    errors = [r["error"] for r in records[1:] if "error" in r]
+    hits = [h for r in records[1:] if "hits" in r for h in r["hits"]]
+    wrong = [h for h in hits if items.get(h[0]) != h[1] or abs(float(query @ vectors[(h[1], h[2])]) - h[3]) > 1e-4]
+    assert not errors, errors[:2]
+    assert len(records) > 5 and hits and not wrong, wrong[:5]
+    assert any(h[0] > first_max_id for h in hits), "no search saw an item added while it ran"
