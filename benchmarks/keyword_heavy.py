@@ -101,7 +101,11 @@ def grid() -> list[Any]:
     from mmgen.hybrid import Retrieval
 
     rrf = [Retrieval("hybrid", "rrf", keyword_weight=w) for w in (1.0, 2.0, 4.0, 8.0)]
-    return rrf + [Retrieval("hybrid", "convex", alpha=a) for a in (0.1, 0.2, 0.3, 0.5, 0.7)]
+    convex = [Retrieval("hybrid", "convex", alpha=a) for a in (0.1, 0.2, 0.3, 0.5, 0.7)]
+    # Added in a second round, after the first test measurement (hybrid only tied keyword there): RRF whose
+    # equal-score runs share one rank, so the vector list orders BM25's ties (mmgen.hybrid._shared_ranks).
+    ties = [Retrieval("hybrid", "rrf", keyword_weight=w, shared_ties=True) for w in (1.0, 2.0, 4.0, 8.0)]
+    return rrf + convex + ties
 
 
 def run(manifest: Path, encoder: Any, hows: list[Any]) -> dict[str, dict[str, float]]:

@@ -50,6 +50,7 @@ class Retrieval:
     depth: int | None = None
     syntax: str = "plain"
     keyword_weight: float = DEFAULT_KEYWORD_WEIGHT  # rrf: the keyword list's weight (the vector list's is 1)
+    shared_ties: bool = False  # rrf: items with equal scores in a list share its best rank (competition ranking)
 
     def check(self) -> Retrieval:
         if self.kind not in RETRIEVALS:
@@ -73,7 +74,7 @@ class Retrieval:
             return self.kind
         if self.fusion == "convex":
             return f"hybrid convex a={self.alpha:g}"
-        return f"hybrid rrf kw={self.keyword_weight:g}"
+        return f"hybrid rrf kw={self.keyword_weight:g}" + (" ties" if self.shared_ties else "")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"retrieval": self.kind}
@@ -83,6 +84,8 @@ class Retrieval:
                 out["alpha"] = self.alpha
             else:
                 out["keyword_weight"] = self.keyword_weight
+                if self.shared_ties:
+                    out["shared_ties"] = True
         if self.kind != "vector":
             out["keyword_syntax"] = self.syntax
         return out
@@ -105,7 +108,8 @@ def fuse_ranked(
     kw_rank = {i: r for r, (i, _) in enumerate(keyword, 1)}
     ids = list(dict.fromkeys([i for i, _ in vector] + [i for i, _ in keyword]))
     if how.fusion == "rrf":
-        weights = ((vec_rank, 1.0), (kw_rank, how.keyword_weight))
+        shared = (_shared_ranks(vector), _shared_ranks(keyword)) if how.shared_ties else (vec_rank, kw_rank)
+        weights = ((shared[0], 1.0), (shared[1], how.keyword_weight))
         fused = {i: sum(w / (RRF_K + ranks[i]) for ranks, w in weights if i in ranks) for i in ids}
     else:
         vec_norm, kw_norm = _minmax(vector), _minmax(keyword)
@@ -128,6 +132,18 @@ def fuse(vector: Sequence[Hit], keyword: Sequence[Hit], how: Retrieval, k: int) 
         parts = {"fused": round(score, 6), "vector": _part(vec_rank.get(i)), "keyword": _part(kw_rank.get(i))}
         out.append(replace(base, score=score, parts=parts))
     return out
+
+
+def _shared_ranks(ranked: Sequence[tuple[int, float]]) -> dict[int, int]:
+    """Competition ranks of a best-first list: items with the same score share the best rank of their run
+    (BM25 gives every document with the same words and length one score; the other list then orders them)."""
+    ranks: dict[int, int] = {}
+    previous, rank = None, 0
+    for position, (item, score) in enumerate(ranked, 1):
+        if previous is None or float(score) != previous:
+            rank, previous = position, float(score)
+        ranks[item] = rank
+    return ranks
 
 
 def _part(found: tuple[int, Hit] | None) -> dict[str, Any] | None:

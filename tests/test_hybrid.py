@@ -150,3 +150,16 @@ def test_fuse_unit_cases() -> None:
     convex = fuse(vector, keyword, Retrieval("hybrid", "convex", 0.5), 2)
     # 1: 0.5 x 1 + 0; 3: 0 + 0.5 x 1 (a tie, broken by the better rank, then the id); 2: 0.5 x 0.875
     assert [h.id for h in convex] == [1, 3] and convex[0].score == pytest.approx(0.5)
+
+
+def test_shared_ties_let_the_vector_list_order_equal_keyword_scores() -> None:
+    from mmgen.hybrid import _shared_ranks, fuse_ranked
+
+    assert _shared_ranks([(7, 5.0), (8, 5.0), (9, 2.0), (10, 2.0), (11, 1.0)]) == {7: 1, 8: 1, 9: 3, 10: 3, 11: 5}
+    keyword = [(1, 3.0), (2, 3.0), (3, 3.0)]  # BM25's tie: same words, same length
+    vector = [(3, 0.4), (9, 0.3), (1, 0.2)]
+    plain = fuse_ranked(vector, keyword, Retrieval("hybrid"), 3)
+    tied = fuse_ranked(vector, keyword, Retrieval("hybrid", shared_ties=True), 3)
+    assert [i for i, _ in plain] == [1, 3, 2]  # keyword order 1, 2, 3 dominates at weight 4
+    assert [i for i, _ in tied] == [3, 1, 2]  # all three share keyword rank 1; the vector list decides
+    assert Retrieval("hybrid", shared_ties=True).label() == "hybrid rrf kw=4 ties"
