@@ -67,3 +67,19 @@ def test_missing_sentence_transformers_fails_cleanly(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # what an uninstalled package looks like
     with pytest.raises(MissingDependencyError, match="pip install sentence-transformers"):
         load_encoder(f"st:{tmp_path / 'model'}", device="cpu")
+
+
+def test_the_direct_path_of_small_batches_equals_encode(minilm: Encoder) -> None:
+    """Batches of up to DIRECT_MAX texts go straight through the modules; the vectors are `encode`'s."""
+    import torch
+
+    from mmgen.encoders.st import DIRECT_MAX
+
+    texts = ["a red apple", "", "an apple that is red, drawn in a flat style with a long caption", "ü ñ 漢字"]
+    direct = minilm.encode_text(texts, batch_size=DIRECT_MAX)
+    with torch.inference_mode():
+        reference = minilm._model.encode(texts, convert_to_numpy=True, normalize_embeddings=True,
+                                         show_progress_bar=False)  # fmt: skip
+    assert direct.dtype == np.float32 and direct.shape == reference.shape
+    np.testing.assert_allclose(direct, reference, atol=1e-6)
+    np.testing.assert_allclose(minilm.encode_text(texts[:1]), reference[:1], atol=1e-6)
