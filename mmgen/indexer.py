@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from mmgen.errors import DataError, DiskFullError
-from mmgen.catalog import DEFAULT_INDEX, open_index_hasher, open_or_create_index, sync_index
+from mmgen.catalog import DEFAULT_INDEX, open_index_hasher, open_or_create_index, sql_row_state, sync_index
 from mmgen.encoders.batch import Embedded, embed_batch
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.workspace import Workspace
@@ -183,6 +183,9 @@ class Indexer:
         self.store = store
         self.encoder = encoder
         self.opts = options
+        from mmgen.index.shards import shard_rows_limit
+
+        self._shard_rows = shard_rows_limit(options.shard_rows)  # a bad $MMGEN_SHARD_ROWS fails before any work
         self._synthetic = False  # set per source: its items are generated ones
         self.index_id, self.folder = open_or_create_index(
             ws, store, options.name, encoder, options.preset, reembed=options.reembed, shards=options.shards
@@ -311,12 +314,11 @@ class Indexer:
 
     def _auto_shard(self) -> str | None:
         """Without --shards: past the rows-per-shard limit, split the FAISS files into more shards (never fewer)."""
-        from mmgen.catalog import sql_row_state
-        from mmgen.index.shards import auto_shard_count, shard_rows_limit
+        from mmgen.index.shards import auto_shard_count
 
         if self.opts.shards is not None:
             return None
-        limit = shard_rows_limit(self.opts.shard_rows)
+        limit = self._shard_rows
         rows = max(sql_row_state(self.store, self.index_id, m)[0] for m in ("image", "text"))
         want = auto_shard_count(rows, self.folder.shards, limit)
         if want == self.folder.shards:

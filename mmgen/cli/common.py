@@ -127,8 +127,6 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
 
-
-
 MlflowOpt = Annotated[
     Optional[str],
     typer.Option(
