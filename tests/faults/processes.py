@@ -101,10 +101,10 @@ class Launcher:
         return json.loads(line)
 
     def start(self, argv: list[str], cwd: Path, tag: str, script: Path | None = None,
-              kill_at: str | None = None) -> Proc:  # fmt: skip
+              kill_at: str | None = None, env: dict[str, str] | None = None) -> Proc:  # fmt: skip
         """Start `mmgen ARGV` (or a Python script) in `cwd`, its output in the log folder; `kill_at`: a kill
-        point (forkserver.py) where the process SIGKILLs itself."""
-        env = {KILL_AT: kill_at} if kill_at else {}
+        point (forkserver.py) where the process SIGKILLs itself; `env`: more environment for this one."""
+        env = {**(env or {}), **({KILL_AT: kill_at} if kill_at else {})}
         with self._lock:
             self._n += 1
             n = self._n
@@ -127,9 +127,10 @@ class Launcher:
         reply = self._request(op="wait", pid=proc.pid, block=False)
         return reply["rc"] if reply["done"] else None
 
-    def run(self, argv: list[str], cwd: Path, tag: str, timeout: float = RUN_TIMEOUT_S) -> tuple[Proc, float]:
+    def run(self, argv: list[str], cwd: Path, tag: str, timeout: float = RUN_TIMEOUT_S,
+            env: dict[str, str] | None = None) -> tuple[Proc, float]:  # fmt: skip
         """Run a command to its end; returns it and its wall time."""
-        proc = self.start(argv, cwd, tag)
+        proc = self.start(argv, cwd, tag, env=env)
         rc = proc.wait(timeout)
         return proc, time.monotonic() - proc.started if rc is not None else 0.0
 

@@ -117,12 +117,14 @@ def test_migrating_leaves_logging_alone(db_url: str) -> None:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     probe = logging.getLogger("mmgen.tests.probe")
+    # alembic.ini would give "alembic" level INFO and a stderr handler. Compare with the state before,
+    # not with NOTSET: another library in the same process (MLflow's import) sets its own level and handler.
+    alembic = logging.getLogger("alembic")
+    alembic_state = (alembic.level, list(alembic.handlers))
     open_store(db_url).close()
     assert root.handlers == handlers and root.level == level
     assert not probe.disabled
-    alembic = logging.getLogger("alembic")  # alembic.ini would give it level INFO
-    assert alembic.level == logging.NOTSET
-    assert all(isinstance(h, logging.NullHandler) for h in alembic.handlers)
+    assert (alembic.level, list(alembic.handlers)) == alembic_state
 
 
 @pytest.mark.parametrize(
