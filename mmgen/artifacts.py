@@ -15,7 +15,6 @@ trainer that wrote it:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,22 +30,10 @@ MODEL_KINDS = ("encoder", "hasher", "captioner", "generator")
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write `data` as indented JSON to `path` atomically and durably (temporary file, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data, indent=2, sort_keys=False, default=str))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    from mmgen.durable import replacing
+
+    with replacing(path, f"{path.name}") as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str), encoding="utf-8")
 
 
 def read_model_manifest(path: Path, manifest_type: str, max_format: int, label: str, missing: str) -> dict[str, Any]:

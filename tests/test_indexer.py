@@ -95,7 +95,7 @@ def test_another_encoder_is_refused(tmp_path, text_folder, minilm, tiny_encoder)
         run_index(ws, tiny_encoder, str(text_folder))
 
 
-@pytest.mark.parametrize("kill_after_items", [40, 400])
+@pytest.mark.parametrize("kill_after_items", [40, pytest.param(400, marks=pytest.mark.slow)])  # tests/faults kills more
 def test_resume_after_sigkill(tmp_path, kill_after_items: int) -> None:
     folder = tmp_path / "corpus"
     folder.mkdir()

@@ -256,15 +256,13 @@ def save_openclip_checkpoint(
         preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     # Write beside and rename, so a crash never leaves a half-written checkpoint that loads.
-    tmp_weights = out / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp_weights))
-    tmp_config = out / (CONFIG_NAME + ".tmp")
-    tmp_config.write_text(
-        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2),
-        encoding="utf-8",
-    )
-    os.replace(tmp_weights, out / WEIGHTS_NAME)
-    os.replace(tmp_config, out / CONFIG_NAME)
+    from mmgen.durable import replacing
+
+    with replacing(out / WEIGHTS_NAME, "the encoder's weights") as tmp:
+        save_file(tensors, str(tmp))
+    with replacing(out / CONFIG_NAME, "the encoder's config") as tmp:
+        tmp.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2),
+                       encoding="utf-8")  # fmt: skip
     return out
 
 

@@ -187,13 +187,17 @@ def save_captioner(model: Any, vocab: Any, lexicon: Any, manifest: dict[str, Any
     """Write weights, output vocabulary, lexicon and manifest (with their checksum); returns the checksum."""
     from safetensors.torch import save_file
 
+    from mmgen.durable import replacing
     from mmgen.encoders.base import sha256_files
 
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(out_dir / WEIGHTS))
-    (out_dir / VOCAB).write_text(json.dumps([int(i) for i in vocab.ids]), encoding="utf-8")
-    (out_dir / LEXICON).write_text(json.dumps(lexicon.to_json()), encoding="utf-8")
+    with replacing(out_dir / WEIGHTS, "the captioner's weights") as tmp:
+        save_file(weights, str(tmp))
+    with replacing(out_dir / VOCAB, "the captioner's vocabulary") as tmp:
+        tmp.write_text(json.dumps([int(i) for i in vocab.ids]), encoding="utf-8")
+    with replacing(out_dir / LEXICON, "the captioner's lexicon") as tmp:
+        tmp.write_text(json.dumps(lexicon.to_json()), encoding="utf-8")
     checksum = sha256_files(artifact_files(out_dir), root=out_dir)
     write_json_atomic(out_dir / MANIFEST, {**manifest, "checksum": checksum})
     return checksum

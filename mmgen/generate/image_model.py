@@ -97,11 +97,10 @@ def save_generator(net: ConditionalUNet, out_dir: Path, manifest: dict[str, Any]
     from safetensors.torch import save_file
 
     from mmgen.data.checksums import file_sha256
+    from mmgen.durable import replacing
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (WEIGHTS + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.replace(out_dir / WEIGHTS)
+    with replacing(out_dir / WEIGHTS, "the generator's weights") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
     full = {
         "type": MANIFEST_TYPE,
         "format": MANIFEST_FORMAT,

@@ -115,10 +115,10 @@ def save_hasher(net: torch.nn.Module, manifest: dict[str, Any], folder: Path) ->
     """Write weights then manifest (with the weights' checksum) atomically; returns the saved hasher."""
     import torch
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (WEIGHTS + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-    os.replace(tmp, folder / WEIGHTS)
+    from mmgen.durable import replacing
+
+    with replacing(folder / WEIGHTS, "the hasher's weights") as tmp:
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
     manifest = {"method": AUTOENCODER, **manifest, "type": MANIFEST_TYPE, "format": MANIFEST_FORMAT,
                 "checksum": file_sha256(folder / WEIGHTS)}  # fmt: skip
     write_json_atomic(folder / "manifest.json", manifest)

@@ -11,7 +11,6 @@ concatenated, as the evaluation's on-the-fly baselines do: one FAISS `train` cal
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -130,10 +129,10 @@ def save_baseline(codec: FaissBaseline, manifest: dict[str, Any], folder: Path) 
     """Write the codec then the manifest (with the codec's checksum) atomically; returns the saved hasher."""
     import faiss
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (CODEC + ".tmp")
-    faiss.write_index(codec.index, str(tmp))
-    os.replace(tmp, folder / CODEC)
+    from mmgen.durable import replacing
+
+    with replacing(folder / CODEC, "the hasher's codec") as tmp:
+        faiss.write_index(codec.index, str(tmp))
     manifest = {**manifest, "method": codec.kind, "type": MANIFEST_TYPE, "format": MANIFEST_FORMAT,
                 "checksum": file_sha256(folder / CODEC)}  # fmt: skip
     write_json_atomic(folder / "manifest.json", manifest)

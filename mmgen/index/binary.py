@@ -82,20 +82,15 @@ class BinaryIndex(IndexVerbs):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         dead = dead_path(path)
+        from mmgen.durable import replacing
+
         if self.slotted and len(self._dead):
-            tmp_dead = dead.with_name(dead.name + ".tmp")
-            with open(tmp_dead, "wb") as fh:
+            with replacing(dead, "the binary codes' free slots") as tmp_dead, open(tmp_dead, "wb") as fh:
                 np.save(fh, self._dead)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_dead, dead)
         else:
             dead.unlink(missing_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        _faiss().write_index_binary(self.index, str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with replacing(path, "the binary codes") as tmp:
+            _faiss().write_index_binary(self.index, str(tmp))
 
     @staticmethod
     def delete_files(path: str | os.PathLike[str]) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mmgen.errors import VectorIndexError, disk_full_as_error
+from mmgen.errors import VectorIndexError
 from mmgen.index.base import IndexVerbs
 from mmgen.index.presets import Preset
 
@@ -57,23 +55,11 @@ class FaissIndex(IndexVerbs):
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: a killed save leaves the previous file intact."""
         faiss = _faiss()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with disk_full_as_error("the FAISS index", path):
-                try:
-                    faiss.write_index(self.index, str(tmp))
-                except RuntimeError as exc:  # FAISS reports a failed write with the C library's strerror
-                    if any(text in str(exc) for text in ("No space left on device", "Disk quota exceeded")):
-                        raise OSError(errno.ENOSPC, _last_line(exc), str(tmp)) from exc
-                    raise
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # the previous file stays whole; a half-written one never lies about
-            raise
-        os.replace(tmp, path)
+        from mmgen.durable import replacing
+
+        # The previous file stays whole on any failure; a half-written one never lies about.
+        with replacing(path, "the FAISS index") as tmp:
+            faiss.write_index(self.index, str(tmp))
 
     # ---- contents ----------------------------------------------------------------------
     @property

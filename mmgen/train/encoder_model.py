@@ -200,10 +200,10 @@ def caption_embeddings(
             tokens = trim_padding(tokenizer([captions[i] for i in idx])).to(device)
             out[idx] = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1).cpu()
     model.text.train(was_training)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(out, tmp)
-    tmp.replace(path)
+    from mmgen.durable import replacing
+
+    with replacing(path, "the caption embeddings cache", tmp=path.with_suffix(".tmp")) as tmp:
+        torch.save(out, tmp)
     return out.to(device)
 
 

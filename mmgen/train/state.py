@@ -65,15 +65,13 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write a training state atomically (a crash never leaves a half-written file that loads)."""
     import torch
 
+    from mmgen.durable import replacing
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    try:
-        torch.save({"version": STATE_VERSION, **state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path, "the training state", tmp=tmp) as temp:
+        torch.save({"version": STATE_VERSION, **state}, temp)
 
 
 def load_state(path: Path) -> dict[str, Any] | None:

@@ -62,6 +62,8 @@ def fault_summary() -> Iterator[dict[str, Any]]:
         data["timings_s"]["session"] = round(time.monotonic() - started, 1)
         data["summary"] = harness.summarize(data["records"])
         data["kill_points_summary"] = harness.summarize_points(data["kill_points"])
+        if data.get("pg_records"):
+            data["pg_summary"] = harness.summarize(data["pg_records"])
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Path(target).write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
@@ -85,6 +87,22 @@ def faults(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         fault_summary["setup"].update(h.windows_report())
     finally:
         launcher.close()
+
+
+@pytest.fixture(scope="session")
+def pg_faults(request: pytest.FixtureRequest, faults: Any, pg_server_url: str,
+              fault_summary: dict[str, Any]) -> Iterator[Any]:  # fmt: skip
+    """The same harness on PostgreSQL: every workspace's store is its own database on the test server
+    (cloned with the folder), the commands forked from the same preloaded server."""
+    pg = harness.PgDatabases(pg_server_url)
+    h = harness.Harness(faults.launcher, faults.root / "pg", faults.manifest, faults.encoder_a, faults.encoder_b,
+                        records=fault_summary.setdefault("pg_records", []), pg=pg,
+                        timings=fault_summary.setdefault("pg_timings_s", {}))  # fmt: skip
+    h.root.mkdir()
+    try:
+        yield h
+    finally:
+        pg.drop_all()
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,9 @@ import shutil
 import signal
 import sqlite3
 import struct
+import sys
 import threading
+import uuid
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +62,86 @@ _IN_PROCESS = threading.Lock()  # loads in the test process itself (the encoder 
 VECTOR_HEADER = struct.Struct("<8sII48x")
 
 
-def connect(ws: Path) -> sqlite3.Connection:
+class PgDatabases:
+    """The PostgreSQL variant: one database per workspace folder, created on first use, cloned with the
+    folder (CREATE DATABASE ... TEMPLATE), dropped at the end. Read back with psycopg."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self._urls: dict[Path, str] = {}
+        self._lock = threading.Lock()
+        _PG_REGISTRIES.append(self)
+
+    def _admin(self, sql: str) -> None:
+        sys.modules["mmgen_tests_pgserver"]._admin(self.server_url, sql)  # tests/pgserver.py
+
+    def _url(self, name: str) -> str:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
+
+    def url(self, ws: Path, template: Path | None = None) -> str:
+        """The database of `ws` (created, empty or as a copy of `template`'s, on first use)."""
+        ws = ws.resolve()
+        with self._lock:
+            if ws not in self._urls:
+                name = f"mmgen_fault_{uuid.uuid4().hex[:12]}"
+                source = self._urls[template.resolve()].rsplit("/", 1)[1] if template else None
+                if source:  # a template must have no sessions (an in-process store's pool may linger)
+                    self._admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}' "
+                                "AND pid <> pg_backend_pid()")  # fmt: skip
+                self._admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{source}"' if source else ""))
+                self._urls[ws] = self._url(name)
+            return self._urls[ws]
+
+    def get(self, ws: Path) -> str | None:
+        return self._urls.get(ws.resolve())
+
+    def drop_all(self) -> None:
+        for url in self._urls.values():
+            self._admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        self._urls.clear()
+
+
+class _PgConnection:
+    """psycopg behind the sqlite3 calls used here (`?` placeholders, autocommit reads)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.con = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self.con.execute(sql.replace("?", "%s"), params)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+_PG_REGISTRIES: list[PgDatabases] = []  # every PostgreSQL harness's workspaces (none: all SQLite)
+
+
+def pg_url(ws: Path) -> str | None:
+    return next((url for reg in _PG_REGISTRIES if (url := reg.get(ws)) is not None), None)
+
+
+def db_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+def has_store(ws: Path) -> bool:
+    return pg_url(ws) is not None or (ws / "mmgen.db").exists()
+
+
+def connect(ws: Path) -> Any:
+    """The workspace's store, read with sqlite3 (or psycopg for a PostgreSQL workspace)."""
+    url = pg_url(ws)
+    if url is not None:
+        return _PgConnection(url)
     con = sqlite3.connect(ws / "mmgen.db", timeout=30)
     con.execute("PRAGMA busy_timeout = 30000")
     return con
@@ -114,13 +195,13 @@ def snapshot(ws: Path) -> dict[str, Any]:
                 st = path.stat()
                 files[str(path.relative_to(ws))] = (st.st_size, st.st_mtime_ns)
     sql: dict[str, Any] = {}
-    if (ws / "mmgen.db").exists():
+    if has_store(ws):
         con = connect(ws)
         try:
             for table in ("items", "index_rows", "indexes", "models"):
                 try:
-                    sql[table] = con.execute(f"SELECT count(*), max(id) FROM {table}").fetchone()
-                except sqlite3.OperationalError:  # not migrated yet
+                    sql[table] = tuple(con.execute(f"SELECT count(*), max(id) FROM {table}").fetchone())
+                except db_errors():  # not migrated yet
                     sql[table] = (0, None)
         finally:
             con.close()
@@ -157,6 +238,7 @@ class Harness:
     encoder_a: str
     encoder_b: str
     records: list[dict[str, Any]] = field(default_factory=list)
+    pg: PgDatabases | None = None  # set: every workspace's store is a PostgreSQL database (else SQLite)
     point_records: list[dict[str, Any]] = field(default_factory=list)
     windows: dict[str, Any] = field(default_factory=dict)  # per command: the runs the kill window was fitted to
     timings: dict[str, float] = field(default_factory=dict)
@@ -188,7 +270,14 @@ class Harness:
         return [json.loads(line)["id"] for line in self.manifest.read_text(encoding="utf-8").splitlines()]
 
     def ws_args(self, ws: Path) -> list[str]:
-        return ["--workspace", str(ws)]
+        return ["--workspace", str(ws), *(["--db", self.pg.url(ws)] if self.pg else [])]
+
+    def copy_ws(self, src: Path, dst: Path) -> Path:
+        """A copy of a workspace: its folder, and its database where that is PostgreSQL."""
+        shutil.copytree(src, dst)
+        if self.pg:
+            self.pg.url(dst, template=src)
+        return dst
 
     def index_argv(self, ws: Path, *extra: str) -> list[str]:
         return ["index", str(self.manifest), *self.ws_args(ws), "--batch-size", str(BATCH), "--quiet", "--json", *extra]
@@ -212,7 +301,7 @@ class Harness:
         def build() -> dict[str, Any]:
             ws = self.root / "clean-a"
             _, seconds = self.run_ok(self.index_argv(ws, "--encoder", self.encoder_a), "clean-index")
-            shutil.copytree(ws, self.root / "indexed-a")
+            self.copy_ws(ws, self.root / "indexed-a")
             return {"ws": ws, "seconds": seconds, "vectors": read_index(ws).by_key()}
 
         return self._ref("index", build)
@@ -231,9 +320,7 @@ class Harness:
     def hash_start(self, scratch: Path) -> Path:
         """A fresh workspace holding only the trained hasher h32 (saved and registered)."""
         template = self._ref("hash-start", lambda: self._hash_template())
-        ws = scratch / "ws"
-        shutil.copytree(template, ws)
-        return ws
+        return self.copy_ws(template, scratch / "ws")
 
     def _hash_template(self) -> Path:
         from mmgen.artifacts import register_model
@@ -243,7 +330,7 @@ class Harness:
         ws = self.root / "hash-start"
         shutil.copytree(hasher["folder"], ws / "models" / "h32")
         manifest = json.loads((ws / "models" / "h32" / "manifest.json").read_text())
-        register_model(Workspace.resolve(ws), "hasher", "h32", ws / "models" / "h32", manifest["checksum"], manifest)
+        register_model(Workspace.resolve(ws, self.pg.url(ws) if self.pg else None), "hasher", "h32", ws / "models" / "h32", manifest["checksum"], manifest)
         return ws
 
     def clean_hash_index(self) -> dict[str, Any]:
@@ -258,7 +345,7 @@ class Harness:
         def build() -> dict[str, Any]:
             self.clean_index()
             ws = self.root / "clean-reembed"
-            shutil.copytree(self.root / "indexed-a", ws)
+            self.copy_ws(self.root / "indexed-a", ws)
             _, seconds = self.run_ok(self.index_argv(ws, "--reembed", "--encoder", self.encoder_b), "clean-reembed")
             return {"ws": ws, "seconds": seconds, "vectors": read_index(ws).by_key()}
 
@@ -290,7 +377,7 @@ class Harness:
     def _make(self, name: str) -> Command:
         a, b = self.encoder_a, self.encoder_b
         fresh = lambda scratch: scratch / "ws"
-        copy_indexed = lambda scratch: Path(shutil.copytree(self.root / "indexed-a", scratch / "ws"))
+        copy_indexed = lambda scratch: self.copy_ws(self.root / "indexed-a", scratch / "ws")
         if name == "index":
             ref = self.clean_index()
             return Command(name, fresh, lambda ws: self.index_argv(ws, "--encoder", a),
@@ -513,13 +600,13 @@ class Harness:
 
     def _detail(self, name: str, ws: Path, at_kill: dict[str, Any], shown: tuple[int, int] | None) -> str:
         parts = []
-        if name.startswith("index") and (ws / "mmgen.db").exists():
+        if name.startswith("index") and has_store(ws):
             try:
                 state = read_index(ws)
                 rows = {m: sum(r[0] == m for r in state.rows) for m in ("image", "text")}
                 written = {m: len(v) for m, v in state.vectors.items()}
                 parts.append(f"rows committed {rows}, vectors in files {written}, items {len(state.items)}")
-            except (sqlite3.Error, OSError, AssertionError, struct.error) as exc:
+            except (*db_errors(), OSError, AssertionError, struct.error) as exc:
                 parts.append(f"unreadable at the kill: {exc}")
         if shown:
             parts.append(f"progress shown {shown[0]}/{shown[1]}")

@@ -176,3 +176,59 @@ def test_saving_faiss_onto_a_full_disk_keeps_the_old_file_and_says_disk_full(sma
         big.save(path)
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["image.faiss"]  # no half-written temporary left
     assert path.read_bytes() == before and FaissIndex.load(path, 64, resolve_preset("flat")).count == 100
+
+
+def _fill_and_save(folder: Path, name: str, save_small: Callable[[Path], None], save_big: Callable[[Path], None],
+                   what: str) -> bytes:  # fmt: skip
+    """Save a small file, then a too-big one over it: DiskFullError naming it, no temporary, the small one whole."""
+    path = folder / name
+    save_small(path)
+    before = path.read_bytes()
+    with pytest.raises(DiskFullError, match=rf"disk full while writing {what} at .*{name}: free space"):
+        save_big(path)
+    assert sorted(p.name for p in folder.iterdir()) == [name]
+    assert path.read_bytes() == before
+    return before
+
+
+def test_a_training_state_onto_a_full_disk(small_tmpfs: Path) -> None:
+    """torch.save fails on a full disk with an opaque RuntimeError; it still reads as disk full."""
+    import torch
+
+    from mmgen.train.state import load_state, save_state
+
+    _fill_and_save(small_tmpfs, "state.pt", lambda p: save_state(p, {"step": 1, "w": torch.zeros(10)}),
+                   lambda p: save_state(p, {"step": 2, "w": torch.zeros(1_000_000)}), "the training state")  # fmt: skip
+    assert load_state(small_tmpfs / "state.pt")["step"] == 1
+
+
+def test_hasher_weights_and_manifest_onto_a_full_disk(small_tmpfs: Path) -> None:
+    """A model save (weights, then manifest) that runs out of room leaves the previous model loadable."""
+    from mmgen.hashing.model import NetConfig, build_net, load_hasher, save_hasher
+
+    folder = small_tmpfs / "h"
+    small, big = NetConfig(16, 32, 16), NetConfig(16, 32, 8192)  # 1.6 MB of float32: more than the disk holds
+    save_hasher(build_net(small), small.to_json(), folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(DiskFullError, match=r"disk full while writing the hasher's weights at .*hasher\.pt"):
+        save_hasher(build_net(big), big.to_json(), folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert load_hasher(str(folder), small_tmpfs).bits == 32
+
+
+def test_binary_codes_onto_a_full_disk(small_tmpfs: Path) -> None:
+    from mmgen.index import resolve_preset
+    from mmgen.index.binary import BinaryIndex
+
+    codes = np.random.default_rng(0).integers(0, 256, (200_000, 8), dtype=np.uint8)  # 1.6 MB of codes
+
+    def save(n: int) -> Callable[[Path], None]:
+        def one(path: Path) -> None:
+            index = BinaryIndex(64, resolve_preset(None, binary=True))
+            index.add(np.arange(n, dtype=np.int64), codes[:n])
+            index.save(path)
+
+        return one
+
+    _fill_and_save(small_tmpfs, "text.codes", save(100), save(len(codes)), "the binary codes")
+    assert BinaryIndex.load(small_tmpfs / "text.codes", 64, resolve_preset(None, binary=True)).count == 100

@@ -1,7 +1,9 @@
 """The fault and concurrency guarantees of test_kills.py and test_concurrency.py, on PostgreSQL.
 
-- `mmgen index` killed with SIGKILL at seeded moments, then run again: nothing lost, nothing twice,
-  vectors equal to a clean run's, `mmgen check` clean. Each cycle gets a fresh database and folder.
+- The five commands of test_kills.py (`index`, `index --hash`, `index --reembed`, `train encoder`,
+  `train hasher`) killed with SIGKILL at seeded moments and run again, through the same harness
+  (harness.py, fixture `pg_faults`): nothing lost, nothing twice, vectors and codes equal to a clean
+  run's, `mmgen check` clean, models that load. Each workspace's store is its own database.
 - Two `mmgen index` processes at once on one workspace and database: the second waits for the
   first's lock; their items never interleave; nothing lost or doubled; check clean.
 - Searches looping in another process (a fresh and a long-lived `Searcher`, each search recorded)
@@ -15,7 +17,6 @@ under test. The commands are real processes forked from the fault harness's prel
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -25,8 +26,9 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.postgres
-KILLS = 3
-MIN_DELAY_S = 0.1  # forked commands start in milliseconds (their imports are done in the fork server)
+COMMANDS = ("index", "index --hash", "index --reembed", "train encoder", "train hasher")  # as test_kills.py
+SHORT_KILLS = 3
+SLOW_KILLS = 20
 BATCH = 16
 
 
@@ -93,45 +95,23 @@ def _corpus(folder: Path, build_tiny_workspace: Any, seed: int = 0) -> Path:
     return module.write_corpus(folder, per_group=sys.modules["mmgen_faults_harness"].PER_GROUP, seed=seed)
 
 
-def test_killed_index_runs_on_postgres_lose_and_duplicate_nothing(
-    tmp_path: Path, pg_server_url: str, tiny_clip: Any, build_tiny_workspace: Any, faults: Any
-) -> None:
-    mmgen = Commands(faults, tmp_path)
-    manifest = _corpus(tmp_path / "corpus", build_tiny_workspace)
-    records = [json.loads(line)["id"] for line in manifest.read_text(encoding="utf-8").splitlines()]
-    encoder = f"openclip:{tiny_clip.folder}"
-    walls = []
-    for run in range(2):  # the first run warms caches (and is slower); kills are drawn within the faster one
-        with _pg().fresh_database(pg_server_url) as url:
-            started = time.monotonic()
-            clean = mmgen.run(*_index_args(manifest, tmp_path / f"clean{run}", url, encoder))
-            walls.append(time.monotonic() - started)
-            assert clean.rc == 0, clean.stderr()[-2000:]
-            if run == 0:
-                _, reference, _ = _read(tmp_path / "clean0", url)
-    wall = min(walls)
-    assert len(reference) == 2 * len(records)
+@pytest.mark.parametrize("name", COMMANDS)
+def test_killed_then_rerun_on_postgres_loses_and_duplicates_nothing(pg_faults: Any, name: str) -> None:
+    """test_kills.py's cycles, each workspace's store its own PostgreSQL database (cloned with the folder)."""
+    records = pg_faults.kill_cycles(name, range(SHORT_KILLS))
+    failed = [r for r in records if not r["ok"]]
+    assert not failed, f"{name} on PostgreSQL: {len(failed)} of {len(records)} kills broke a guarantee: {failed}"
+    assert all(r["lost"] == 0 and r["duplicates"] == 0 for r in records)
 
-    rng = random.Random(0)
-    outcomes = []
-    for cycle in range(KILLS):
-        ws = tmp_path / f"ws{cycle}"
-        delay = rng.uniform(MIN_DELAY_S, max(MIN_DELAY_S, wall))
-        with _pg().fresh_database(pg_server_url) as url:
-            proc = mmgen.start(*_index_args(manifest, ws, url, encoder))
-            finished_first = proc.wait_until(proc.started + delay) is not None
-            proc.kill()
-            rerun = mmgen.run(*_index_args(manifest, ws, url, encoder))
-            assert rerun.rc == 0, f"cycle {cycle} (kill at {delay:.2f} s): {rerun.stderr()[-2000:]}"
-            keys, got, n_rows = _read(ws, url)
-            problems = _check(mmgen, ws, url)
-        assert sorted(keys) == sorted(set(keys)) and len(keys) == len(records), f"cycle {cycle}: items"
-        assert n_rows == len(got) == len(reference), f"cycle {cycle}: rows lost or doubled"
-        for key, vec in reference.items():
-            np.testing.assert_allclose(got[key], vec, atol=1e-5, err_msg=f"cycle {cycle}: {key}")
-        assert not problems, f"cycle {cycle}: {problems}"
-        outcomes.append("exited first" if finished_first else "killed")
-    assert outcomes.count("killed") >= 1, f"every run exited before its kill: {outcomes} (clean runs {walls} s)"
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COMMANDS)
+def test_many_kills_on_postgres_lose_and_duplicate_nothing(pg_faults: Any, name: str) -> None:
+    records = pg_faults.kill_cycles(name, range(1000, 1000 + SLOW_KILLS))
+    failed = [r for r in records if not r["ok"]]
+    assert not failed, f"{name} on PostgreSQL: {len(failed)} of {len(records)} kills broke a guarantee: {failed}"
+    during = sum(r["landed"] == "during" for r in records)
+    assert during >= len(records) // 2, f"{name}: only {during} of {len(records)} kills landed mid-run"
 
 
 def test_two_indexers_at_once_on_postgres_wait_and_never_interleave(
