@@ -4,7 +4,6 @@ of an index for training leave them out unless asked, on SQLite and PostgreSQL."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from PIL import Image
 from sqlalchemy import select
