@@ -32,7 +32,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write `data` as indented JSON to `path` atomically and durably (temporary file, fsync, rename)."""
     from mmgen.durable import replacing
 
-    with replacing(path, f"{path.name}") as tmp:
+    with replacing(path, path.name) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str), encoding="utf-8")
 
 
