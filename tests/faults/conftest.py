@@ -58,9 +58,9 @@ def fault_summary() -> Iterator[dict[str, Any]]:
     started = time.monotonic()
     yield data
     target = os.environ.get("MMGEN_FAULTS_SUMMARY")
-    if target and (data["records"] or data["kill_points"] or data["concurrency"]):
+    if target and (data["records"] or data["kill_points"] or data["concurrency"] or data.get("pg_records")):
         data["timings_s"]["session"] = round(time.monotonic() - started, 1)
-        data["summary"] = harness.summarize(data["records"])
+        data["summary"] = harness.summarize(data["records"]) if data["records"] else None
         data["kill_points_summary"] = harness.summarize_points(data["kill_points"])
         if data.get("pg_records"):
             data["pg_summary"] = harness.summarize(data["pg_records"])

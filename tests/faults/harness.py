@@ -69,6 +69,7 @@ class PgDatabases:
     def __init__(self, server_url: str) -> None:
         self.server_url = server_url
         self._urls: dict[Path, str] = {}
+        self._template: str | None = None
         self._lock = threading.Lock()
         _PG_REGISTRIES.append(self)
 
@@ -80,13 +81,27 @@ class PgDatabases:
 
         return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
 
+    def _migrated(self) -> str:
+        """A migrated, empty database, the template of every new workspace's (a PostgreSQL deployment's
+        database is migrated once; Alembic's DDL there is transactional, so a kill mid-migration rolls back).
+        Without it most of a killed `index` run on a fresh database would be the migration itself."""
+        if self._template is None:
+            from mmgen.store.db import open_store
+
+            name = f"mmgen_fault_{uuid.uuid4().hex[:12]}"
+            self._admin(f'CREATE DATABASE "{name}"')
+            self._urls[Path(f"/template/{name}")] = self._url(name)  # dropped with the rest
+            open_store(self._url(name)).close()
+            self._template = name
+        return self._template
+
     def url(self, ws: Path, template: Path | None = None) -> str:
-        """The database of `ws` (created, empty or as a copy of `template`'s, on first use)."""
+        """The database of `ws` (created on first use: migrated and empty, or a copy of `template`'s)."""
         ws = ws.resolve()
         with self._lock:
             if ws not in self._urls:
                 name = f"mmgen_fault_{uuid.uuid4().hex[:12]}"
-                source = self._urls[template.resolve()].rsplit("/", 1)[1] if template else None
+                source = self._urls[template.resolve()].rsplit("/", 1)[1] if template else self._migrated()
                 if source:  # a template must have no sessions (an in-process store's pool may linger)
                     self._admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}' "
                                 "AND pid <> pg_backend_pid()")  # fmt: skip
