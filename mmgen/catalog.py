@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 
 from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
 from mmgen.index import IndexFolder, Preset, SyncReport, resolve_preset
@@ -54,6 +54,7 @@ def open_or_create_index(
     checksum = encoder.checksum()
     root = ws.index_dir(name)
     with store.session(write=True) as s:
+        _serialise_index(s, name)
         rec = s.scalar(select(IndexRecord).where(IndexRecord.name == name))
         if rec is not None and (reembed or rec.encoder_checksum != checksum):
             if not reembed:
@@ -69,6 +70,7 @@ def open_or_create_index(
             s.execute(delete(IndexRow).where(IndexRow.index_id == rec.id))
             s.delete(rec)
             s.commit()
+            _serialise_index(s, name)
             rec = None
         if rec is not None and not (root / "manifest.json").exists():
             has_rows = s.scalar(select(func.count(IndexRow.id)).where(IndexRow.index_id == rec.id))
@@ -78,6 +80,7 @@ def open_or_create_index(
                 )
             s.delete(rec)
             s.commit()
+            _serialise_index(s, name)
             rec = None
         if rec is None:
             preset = resolve_preset(preset_name, ws.root)
@@ -123,6 +126,13 @@ def open_or_create_index(
         if shards is not None:
             folder.set_shards(shards)
         return rec.id, folder
+
+
+def _serialise_index(s: Any, name: str) -> None:
+    """On PostgreSQL, hold a transaction-scoped advisory lock on the index name until the next commit, so two
+    processes creating the same index at once run one after the other (SQLite's BEGIN IMMEDIATE does that)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"mmgen-index:{name}"})
 
 
 def _discard_folder(root: Path) -> None:
