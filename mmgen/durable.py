@@ -27,7 +27,7 @@ def is_disk_full(exc: BaseException, folder: Path) -> bool:
     """Whether a failed write failed for want of space."""
     if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
         return True
-    if not isinstance(exc, Exception) or isinstance(exc, DiskFullError):
+    if not isinstance(exc, (OSError, RuntimeError)):  # the writers' own failures; not a caller's bug or Ctrl-C
         return False
     if any(text in str(exc) for text in DISK_FULL_TEXTS):
         return True

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from mmgen.durable import replacing
 from mmgen.errors import ManifestMismatchError, VectorIndexError
 from mmgen.index.base import IndexVerbs
 from mmgen.index.codes import check_bits, check_codes, choose_backend, hamming_knn
@@ -82,8 +83,6 @@ class BinaryIndex(IndexVerbs):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         dead = dead_path(path)
-        from mmgen.durable import replacing
-
         if self.slotted and len(self._dead):
             with replacing(dead, "the binary codes' free slots") as tmp_dead, open(tmp_dead, "wb") as fh:
                 np.save(fh, self._dead)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmgen import __version__
+from mmgen.durable import replacing
 from mmgen.errors import ManifestMismatchError, VectorIndexError
 from mmgen.index.faiss_index import FaissIndex
 from mmgen.index.presets import Preset
@@ -59,13 +60,8 @@ def _now() -> str:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with replacing(path, "the index manifest") as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 class IndexFolder:
