@@ -23,7 +23,7 @@ from sqlalchemy import delete, select
 
 from mmgen.errors import DataError, DiskFullError
 from mmgen.catalog import DEFAULT_INDEX, open_index_hasher, open_or_create_index, sql_row_state, sync_index
-from mmgen.encoders.batch import Embedded, embed_batch
+from mmgen.encoders.batch import TEXT_WINDOW, Embedded, embed_batch, prefill_texts
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.workspace import Workspace
 
@@ -354,6 +354,10 @@ class Indexer:
             batches = list(_batches(todo, self.opts.batch_size))
             pending = prefetch.submit(batches[0])
             for i, batch in enumerate(batches):
+                if i % max(1, TEXT_WINDOW // self.opts.batch_size) == 0:  # the window's texts in one sorted pass
+                    window = todo[i * self.opts.batch_size :][:TEXT_WINDOW]
+                    texts = [t.record.text for t in window if "text" in t.embed]
+                    self.report.time("encode", prefill_texts(self.encoder, texts, self._text_cache))
                 futures = pending
                 if i + 1 < len(batches):
                     pending = prefetch.submit(batches[i + 1])

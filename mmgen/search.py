@@ -454,7 +454,7 @@ class Searcher:
         from mmgen.store.repo import record_search
 
         with self.store.session() as s:
-            prompt = record_search(
+            prompt_id = record_search(
                 s,
                 text=result.query["text"],
                 image_uri=result.query["image"],
@@ -464,5 +464,5 @@ class Searcher:
                 user=user if user is not None else login_user(),
             )
             s.commit()
-            return int(prompt.id)
+            return prompt_id
 

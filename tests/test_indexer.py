@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -161,3 +162,21 @@ def test_reembed_rebuilds_with_another_encoder(tmp_path, image_folder, minilm, t
     folder = IndexFolder.open(ws.index_dir("default"))
     assert folder.manifest["encoder"] == tiny_encoder.name and folder.dim == tiny_encoder.dim
     assert faiss_counts(ws) == {"image": 12, "text": n_items}
+
+
+def test_texts_embedded_in_windows_equal_their_own_vectors(tmp_path, text_folder, minilm, monkeypatch) -> None:
+    """Windows of 4 texts over batches of 2 (windows and batches both end mid-source): every stored vector
+    is the encoder's own vector of that text."""
+    from mmgen import indexer as indexer_mod
+
+    monkeypatch.setattr(indexer_mod, "TEXT_WINDOW", 4)
+    ws = Workspace.resolve(tmp_path / "ws")
+    rep = run_index(ws, minilm, str(text_folder), batch_size=2)
+    assert rep.added == 30 and rep.timings["encode"] > 0
+    store = open_store(ws.db_url)
+    with store.session() as s:
+        rows = s.execute(select(IndexRow.row_id, Item.text).join(Item, Item.id == IndexRow.item_id)).all()
+    store.close()
+    folder = IndexFolder.open(ws.index_dir("default"))
+    stored = folder.vectors("text").get(np.array([r for r, _ in rows], dtype=np.int64))
+    np.testing.assert_allclose(stored, minilm.encode_text([t for _, t in rows], batch_size=1), atol=1e-5)

@@ -24,6 +24,14 @@ from mmgen.store import Store, open_store
 from mmgen.store.models import Feedback, Item, ModelRecord, Output, Prompt, Retrieval
 from mmgen.store.repo import get_or_create_corpus, record_search
 
+
+def _recorded(s: Any, **fields: Any) -> Prompt:
+    """The Prompt row `record_search` wrote (it returns the id)."""
+    prompt = s.get(Prompt, record_search(s, **fields))
+    assert prompt is not None
+    return prompt
+
+
 runner = CliRunner()
 # Names no path, text or parameter of the fixture contains, so finding one in an export means a leak.
 ALICE, BOB, CAROL = "alice.quimby", "bob.xandre", "carol.wyvern"
@@ -74,7 +82,7 @@ def world(store: Store, tmp_path: Path) -> World:
         gen = ModelRecord(kind="generator", name="tiny-gen", version="aaaa")
         s.add_all([*items, gen])
         s.flush()
-        a_search = record_search(s, text="a red circle", image_uri=None, params={"k": 2, "encoder": "st:x"},
+        a_search = _recorded(s, text="a red circle", image_uri=None, params={"k": 2, "encoder": "st:x"},
                                  hits=[(items[0].id, 0.9, "text"), (items[1].id, 0.4, "text")], latency_ms=1.0,
                                  user=ALICE)  # fmt: skip
         a_gen = Prompt(kind="generate", text="a red square", params={"seed": 1}, user=ALICE, parent_id=a_search.id)
@@ -83,7 +91,7 @@ def world(store: Store, tmp_path: Path) -> World:
         a_gen.outputs.append(Output(file_uri=_png(tmp_path / "elsewhere" / "a-x.png"), model_id=gen.id))
         s.add(a_gen)
         s.flush()
-        b_search = record_search(s, text="a blue circle", image_uri=None, params={"k": 1, "encoder": "st:x"},
+        b_search = _recorded(s, text="a blue circle", image_uri=None, params={"k": 1, "encoder": "st:x"},
                                  hits=[(items[2].id, 0.8, "text")], latency_ms=2.0, user=BOB)  # fmt: skip
         b_search.parent_id = a_search.id
         b_gen = Prompt(kind="generate", text="a blue square", params={"seed": 2}, user=BOB)

@@ -26,6 +26,14 @@ from mmgen.store import Store, open_store
 from mmgen.store.models import Feedback, Item, ModelRecord, Output, Prompt, Retrieval
 from mmgen.store.repo import get_or_create_corpus, record_search
 
+
+def _recorded(s: Any, **fields: Any) -> Prompt:
+    """The Prompt row `record_search` wrote (it returns the id)."""
+    prompt = s.get(Prompt, record_search(s, **fields))
+    assert prompt is not None
+    return prompt
+
+
 runner = CliRunner()
 ENCODER = "st:tiny-test"
 
@@ -70,10 +78,10 @@ def recorded(store: Store, tmp_path: Path) -> Recorded:
         cap = ModelRecord(kind="captioner", name="tiny-cap", version="bbbb")
         s.add_all([*items, gen, cap])
         s.flush()
-        old = record_search(s, text="a red circle", image_uri=None, params={"k": 3, "to": "image", "encoder": ENCODER},
+        old = _recorded(s, text="a red circle", image_uri=None, params={"k": 3, "to": "image", "encoder": ENCODER},
                             hits=[(items[0].id, 0.9, "image"), (items[2].id, 0.5, "image"), (items[1].id, 0.25, "image")],
                             latency_ms=12.5, user="ada")  # fmt: skip
-        new = record_search(s, text="a blue circle", image_uri=None, params={"k": 1, "to": "text", "encoder": ENCODER},
+        new = _recorded(s, text="a blue circle", image_uri=None, params={"k": 1, "to": "text", "encoder": ENCODER},
                             hits=[(items[1].id, 0.8, "text")], latency_ms=3.0, user="bob")  # fmt: skip
         caption = Prompt(kind="caption", image_uri=items[0].uri, params={"k": 2, "encoder": ENCODER}, user="ada")
         caption.retrievals = [Retrieval(rank=1, item_id=items[0].id, score=0.7, modality="text")]

@@ -33,8 +33,10 @@ class Encoder(ABC):
         self._checksum: str | None = None
         self._checksum_lock = threading.Lock()
 
-    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """Embed texts: float32 `(len(texts), dim)`, rows L2-normalised."""
+    def encode_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed texts: float32 `(len(texts), dim)`, rows L2-normalised.
+
+        The default batch is 64: on CPU, batches of 64 length-sorted texts embed faster than 256."""
         _check_batch_size(batch_size)
         if isinstance(texts, str):
             raise ConfigError("encode_text takes a sequence of strings, not one string")

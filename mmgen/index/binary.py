@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from mmgen.devices import faiss_threads_for
 from mmgen.durable import replacing
 from mmgen.errors import ManifestMismatchError, VectorIndexError
 from mmgen.index.base import IndexVerbs
@@ -252,7 +253,8 @@ class BinaryIndex(IndexVerbs):
             dist, pos = hamming_knn(queries, codes, min(k, self.count), device=device)
             return _pad(dist, np.where(pos >= 0, ids[np.maximum(pos, 0)], -1), k)
         self._apply_search_params()
-        dist, ids = self.index.search(queries, min(k, self.count))
+        with faiss_threads_for(len(queries)):
+            dist, ids = self.index.search(queries, min(k, self.count))
         return _pad(dist.astype(np.int32), ids.astype(np.int64), k)
 
     def _filtered(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

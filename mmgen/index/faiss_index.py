@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from mmgen.devices import faiss_threads_for
 from mmgen.errors import VectorIndexError
 from mmgen.index.base import IndexVerbs
 from mmgen.index.presets import Preset
@@ -143,11 +144,12 @@ class FaissIndex(IndexVerbs):
         if empty is not None:
             return empty
         params = self._search_params(allowed_ids)
-        if allowed_ids is None:
-            index = self._gpu_or_cpu()
-            scores, ids = index.search(queries, k) if params is None else index.search(queries, k, params=params)
-        else:
-            scores, ids = self.index.search(queries, k, params=params)
+        with faiss_threads_for(len(queries)):
+            if allowed_ids is None:
+                index = self._gpu_or_cpu()
+                scores, ids = index.search(queries, k) if params is None else index.search(queries, k, params=params)
+            else:
+                scores, ids = self.index.search(queries, k, params=params)
         return scores, ids
 
     def _search_params(self, allowed_ids: np.ndarray | None) -> Any | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -88,24 +88,29 @@ def record_search(
     latency_ms: float,
     user: str | None,
     model_id: int | None = None,
-) -> Prompt:
-    """Record one search: a `search` prompt, one retrieval per hit (rank from 1), and an output row.
+) -> int:
+    """Record one search: a `search` prompt, one retrieval per hit (rank from 1), and an output row; returns its id.
 
     `hits` are `(item_id, score, modality)` best first; the output's scores hold the hit count
-    and the top score.
+    and the top score. Three Core inserts, not the ORM's unit of work: this runs on every query.
     """
-    prompt = Prompt(kind="search", text=text, image_uri=image_uri, params=dict(params), user=user)
-    prompt.retrievals = [
-        Retrieval(rank=rank, item_id=int(item_id), score=float(score), modality=str(modality))
-        for rank, (item_id, score, modality) in enumerate(hits, start=1)
-    ]
+    values = {"kind": "search", "text": text, "image_uri": image_uri, "params": dict(params), "user": user}
+    prompt_id = int(s.execute(insert(Prompt).values(**values).returning(Prompt.id)).scalar_one())
+    if hits:
+        s.execute(
+            insert(Retrieval),
+            [
+                {"prompt_id": prompt_id, "rank": rank, "item_id": int(item_id), "score": float(score), "modality": str(modality)}
+                for rank, (item_id, score, modality) in enumerate(hits, start=1)
+            ],
+        )
     top = float(hits[0][1]) if hits else None
-    prompt.outputs = [
-        Output(scores={"k": len(hits), "top": top}, latency_ms=float(latency_ms), model_id=model_id)
-    ]
-    s.add(prompt)
-    s.flush()
-    return prompt
+    s.execute(
+        insert(Output).values(
+            prompt_id=prompt_id, scores={"k": len(hits), "top": top}, latency_ms=float(latency_ms), model_id=model_id
+        )
+    )
+    return prompt_id
 
 
 def items_for_rows(

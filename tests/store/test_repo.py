@@ -54,12 +54,12 @@ def test_record_search_writes_prompt_retrievals_and_output(store: Store) -> None
         s.add_all(items)
         s.flush()
         hits = [(items[2].id, 0.9, "image"), (items[0].id, 0.5, "text"), (items[1].id, 0.1, "image")]
-        prompt = record_search(
+        prompt_id = record_search(
             s, text="a bus", image_uri=None, params={"k": 3, "to": "image"}, hits=hits, latency_ms=12.5, user="ada"
         )
         s.commit()
     with store.session() as s:
-        loaded = s.get(Prompt, prompt.id)
+        loaded = s.get(Prompt, prompt_id)
         assert loaded is not None
         assert (loaded.kind, loaded.text, loaded.user, loaded.params) == ("search", "a bus", "ada", {"k": 3, "to": "image"})
         assert [(r.rank, r.item_id, r.modality) for r in loaded.retrievals] == [
@@ -75,9 +75,10 @@ def test_record_search_writes_prompt_retrievals_and_output(store: Store) -> None
 
 def test_record_search_without_hits(store: Store) -> None:
     with store.session() as s:
-        prompt = record_search(s, text=None, image_uri="q.png", params={}, hits=[], latency_ms=1.0, user=None)
+        prompt_id = record_search(s, text=None, image_uri="q.png", params={}, hits=[], latency_ms=1.0, user=None)
         s.commit()
-        assert prompt.retrievals == []
+        prompt = s.get(Prompt, prompt_id)
+        assert prompt is not None and prompt.retrievals == [] and prompt.image_uri == "q.png"
         assert s.scalars(select(Output.scores)).one() == {"k": 0, "top": None}
         assert s.scalar(select(func.count()).select_from(Retrieval)) == 0
 
