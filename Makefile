@@ -98,6 +98,7 @@ bench: data
 
 bench-peers: setup
 	$(BIN)/python benchmarks/compare_peers.py --json build/peers/compare-peers.json
+	$(BIN)/python benchmarks/compare_image_peers.py --json build/peers/compare-image-peers.json
 
 bench-encoder: data
 	$(BIN)/python benchmarks/bench_encoder.py --workspace build/bench-encoder --minutes 30
