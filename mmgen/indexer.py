@@ -352,11 +352,11 @@ class Indexer:
         prefetch = _Prefetcher(self.opts.workers, self.opts.image_side, self.opts.untrusted)
         try:
             batches = list(_batches(todo, self.opts.batch_size))
+            per_window = max(1, TEXT_WINDOW // self.opts.batch_size)
             pending = prefetch.submit(batches[0])
             for i, batch in enumerate(batches):
-                if i % max(1, TEXT_WINDOW // self.opts.batch_size) == 0:  # the window's texts in one sorted pass
-                    window = todo[i * self.opts.batch_size :][:TEXT_WINDOW]
-                    texts = [t.record.text for t in window if "text" in t.embed]
+                if i % per_window == 0:  # the texts of this batch and the next per_window - 1 in one sorted pass
+                    texts = [t.record.text for b in batches[i : i + per_window] for t in b if "text" in t.embed]
                     self.report.time("encode", prefill_texts(self.encoder, texts, self._text_cache))
                 futures = pending
                 if i + 1 < len(batches):
