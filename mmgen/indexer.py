@@ -391,60 +391,25 @@ class Indexer:
         self, corpus_id: int, batch: Sequence[_Todo], embed: list[list[str]], slots: dict[tuple[int, str], int]
     ) -> None:
         """One transaction per batch (a writer from its first read): upsert the items, replace their rows."""
+        from mmgen.store.ingest import BatchItem, write_batch
+
+        writes = []
+        for j, todo in enumerate(batch):
+            done = [m for m in embed[j] if (j, m) in slots]
+            if todo.existing_item is None and not done:
+                continue  # nothing usable yet: no item row, so the next run retries it
+            rec = todo.record
+            fields = dict(modality=_modality(rec), uri=rec.image, text=rec.text, sha256=todo.item_sha,
+                          group_key=rec.group, meta=rec.meta, synthetic=self._synthetic)  # fmt: skip
+            rows = {m: (slots[(j, m)], todo.modality_sha[m]) for m in done}
+            writes.append(BatchItem(key=rec.key, fields=fields, existing=todo.existing_item, rows=rows))
         with self.store.session(write=True) as s:
-            written: list[tuple[int, _Todo, Item, list[str]]] = []
-            existing = {
-                item.id: item
-                for item in s.scalars(select(Item).where(Item.id.in_([t.existing_item for t in batch if t.existing_item])))
-            }
-            for j, todo in enumerate(batch):
-                done = [m for m in embed[j] if (j, m) in slots]
-                if todo.existing_item is None and not done:
-                    continue  # nothing usable yet: no item row, so the next run retries it
-                rec = todo.record
-                fields = dict(
-                    modality=_modality(rec),
-                    uri=rec.image,
-                    text=rec.text,
-                    sha256=todo.item_sha,
-                    group_key=rec.group,
-                    meta=rec.meta,
-                    synthetic=self._synthetic,
-                )
-                item = existing.get(todo.existing_item) if todo.existing_item is not None else None
-                if item is None:
-                    item = Item(corpus_id=corpus_id, key=rec.key, **fields)
-                    s.add(item)
-                    self.report.added += 1
-                else:
-                    for name, value in fields.items():
-                        setattr(item, name, value)
-                    self.report.updated += 1
-                written.append((j, todo, item, done))
-            s.flush()  # assigns ids to the new items, in one round trip per batch
-            for modality in ("image", "text"):
-                replaced = [item.id for j, todo, item, done in written if modality in done and todo.existing_item]
-                if replaced:
-                    s.execute(
-                        delete(IndexRow).where(
-                            IndexRow.index_id == self.index_id,
-                            IndexRow.modality == modality,
-                            IndexRow.item_id.in_(replaced),
-                        )
-                    )
-            for j, todo, item, done in written:
-                for modality in done:
-                    s.add(
-                        IndexRow(
-                            index_id=self.index_id,
-                            modality=modality,
-                            row_id=slots[(j, modality)],
-                            item_id=item.id,
-                            sha256=todo.modality_sha[modality],
-                        )
-                    )
-                    self.report.vectors_added[modality] = self.report.vectors_added.get(modality, 0) + 1
+            written = write_batch(s, self.index_id, corpus_id, writes)
             s.commit()
+        self.report.added += written.added
+        self.report.updated += written.updated
+        for modality, n in written.vectors.items():
+            self.report.vectors_added[modality] = self.report.vectors_added.get(modality, 0) + n
 
     def _prune(self, corpus_id: int, keys: set[str]) -> None:
         with self.store.session(write=True) as s:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.engine import Row
 
 from mmgen.catalog import catch_up, catch_up_codes, pick_index_name, sql_row_state
 from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
@@ -261,7 +262,8 @@ class Searcher:
                 self._corpora = {int(i): n for i, n in s.execute(select(Corpus.id, Corpus.name))}
         return [self._hit(items[i], score, modality) for i, score in found if i in items]
 
-    def _hit(self, item: Item, score: float, modality: str) -> Hit:
+    def _hit(self, item: Item | Row[Any], score: float, modality: str) -> Hit:
+        """A hit from an item, or from a row of its fields (`mmgen.store.repo.hit_rows`)."""
         return Hit(id=item.id, score=float(score), modality=modality, text=item.text, uri=item.uri,
                    meta=dict(item.meta or {}), key=item.key, corpus=self._corpora.get(item.corpus_id, ""),
                    group=item.group_key)  # fmt: skip
@@ -296,12 +298,12 @@ class Searcher:
             return np.asarray(s.scalars(stmt).all(), dtype=np.int64)
 
     def _join(self, modality: str, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
-        from mmgen.store.repo import items_for_rows
+        from mmgen.store.repo import hit_rows
 
-        with self.store.session() as s:
-            items = items_for_rows(s, self.index_id, modality, ids.ravel().tolist())
+        with self.store.engine.connect() as conn:
+            items = hit_rows(conn, self.index_id, modality, ids.ravel().tolist())
             if any(item.corpus_id not in self._corpora for item in items.values()):
-                self._corpora = {int(i): n for i, n in s.execute(select(Corpus.id, Corpus.name))}
+                self._corpora = {int(i): n for i, n in conn.execute(select(Corpus.id, Corpus.name))}
         out: list[list[Hit]] = []
         for qs, qi in zip(scores, ids):
             # a row deleted since FAISS was saved is skipped, never guessed
