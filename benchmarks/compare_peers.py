@@ -53,15 +53,16 @@ def _minilm() -> str:
     return str(minilm_folder("compare_peers"))
 
 
-def worker_mmgen(workspace: str) -> None:
-    """Answer one query per stdin line with `{"ms", "encode_ms", "faiss_ms", "top"}` on stdout."""
+def worker_mmgen(workspace: str, background: bool = False) -> None:
+    """Answer one query per stdin line with `{"ms", "encode_ms", "faiss_ms", "top"}` on stdout; with
+    `background`, searches are recorded by the Searcher's writer thread after the answer."""
     from mmgen.search import Searcher
     from mmgen.store.db import open_store
     from mmgen.workspace import Workspace
 
     ws = Workspace.resolve(Path(workspace))
     store = open_store(ws.db_url)
-    searcher = Searcher(ws, store)
+    searcher = Searcher(ws, store, background_records=background)
     searcher.search(text="warm up", k=10)
     print("ready", flush=True)
     for line in sys.stdin:
@@ -69,12 +70,15 @@ def worker_mmgen(workspace: str) -> None:
         t0 = time.perf_counter()
         result = searcher.search(text=query, k=10)
         total = (time.perf_counter() - t0) * 1000
+        top = result.hits[0].text if result.hits else None
+        if background:  # the raw bounds are timed by the other mmgen worker
+            print(json.dumps({"ms": total, "top": top}), flush=True)
+            continue
         t1 = time.perf_counter()
         vec = searcher.encoder.encode_text([query])
         t2 = time.perf_counter()
         searcher._faiss("text").search(vec, 10)  # noqa: SLF001 - the raw FAISS bound
         t3 = time.perf_counter()
-        top = result.hits[0].text if result.hits else None
         reply = {"ms": total, "encode_ms": (t2 - t1) * 1000, "faiss_ms": (t3 - t2) * 1000, "top": top}
         print(json.dumps(reply), flush=True)
 
@@ -187,11 +191,15 @@ def index_times(texts: list[str], work: Path, txtai_python: Path, rounds: int) -
 
 
 def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dict[str, dict[str, float]]:
-    """Both query workers alive; each query goes to both, the order flipping every query."""
+    """Every query worker alive; each query goes to all of them, the order rotating every query."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     procs = {
         "mmgen Searcher.search": subprocess.Popen(
             [sys.executable, __file__, "--worker", "mmgen", str(work / "ws0")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        ),
+        "mmgen Searcher.search, recorded in the background": subprocess.Popen(
+            [sys.executable, __file__, "--worker", "mmgen-background", str(work / "ws0")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         ),
         "txtai Embeddings.search": subprocess.Popen(
@@ -209,7 +217,7 @@ def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dic
     for r in range(rounds):
         for i, q in enumerate(queries):
             tops = {}
-            for name in names if (i + r) % 2 == 0 else reversed(names):
+            for name in _rotated(names, i + r):
                 p = procs[name]
                 assert p.stdin is not None and p.stdout is not None
                 p.stdin.write(q + "\n")
@@ -229,6 +237,12 @@ def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dic
     out["mmgen raw bounds"] = {"encode_p50_ms": _pct(extra["encode_ms"], 50), "faiss_p50_ms": _pct(extra["faiss_ms"], 50)}
     out["same top hit"] = {"share": agree / max(1, rounds * len(queries))}
     return out
+
+
+def _rotated(names: list[str], shift: int) -> list[str]:
+    """`names` rotated by `shift`: each takes every place in the order equally often."""
+    shift %= len(names)
+    return names[shift:] + names[:shift]
 
 
 def _wait_http(port: int, path: str, proc: subprocess.Popen, name: str, timeout: float = 300) -> None:
@@ -261,6 +275,7 @@ def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -
     # `embeddings:` mounts the search routes; `path` loads the saved index (read-only)
     config.write_text(f"path: {work / 'txtai0'}\nwritable: false\nembeddings: {{}}\n", encoding="utf-8")
     ports = {"mmgen serve /api/search": free(), "txtai API /search": free()}
+    background = "mmgen serve /api/search, recorded in the background"  # the same server, `"record": "background"`
     procs = {
         "mmgen serve /api/search": subprocess.Popen(
             [sys.executable, "-m", "mmgen", "serve", "--workspace", str(work / "ws0"),
@@ -278,12 +293,13 @@ def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -
         _wait_http(ports["mmgen serve /api/search"], "/healthz", procs["mmgen serve /api/search"], "mmgen serve")
         _wait_http(ports["txtai API /search"], "/search?query=warm&limit=1", procs["txtai API /search"], "txtai API")
         conns = {n: http.client.HTTPConnection("127.0.0.1", port, timeout=120) for n, port in ports.items()}
+        conns[background] = http.client.HTTPConnection("127.0.0.1", ports["mmgen serve /api/search"], timeout=120)
 
         def ask(name: str, q: str) -> float:
             conn = conns[name]
             started = time.perf_counter()
             if name.startswith("mmgen"):
-                body = json.dumps({"text": q, "k": 10, "to": "text"})
+                body = json.dumps({"text": q, "k": 10, "to": "text", **({"record": "background"} if name == background else {})})
                 conn.request("POST", "/api/search", body=body, headers={"Content-Type": "application/json"})
             else:
                 conn.request("GET", "/search?" + urllib.parse.urlencode({"query": q, "limit": 10}))
@@ -294,13 +310,13 @@ def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -
             return (time.perf_counter() - started) * 1000
 
         for q in queries[:20]:  # warm-up, not timed
-            for name in procs:
+            for name in conns:
                 ask(name, q)
-        times: dict[str, list[float]] = {k: [] for k in procs}
-        names = list(procs)
+        times: dict[str, list[float]] = {k: [] for k in conns}
+        names = list(conns)
         for r in range(rounds):
             for i, q in enumerate(queries):
-                for name in names if (i + r) % 2 == 0 else reversed(names):
+                for name in _rotated(names, i + r):
                     times[name].append(ask(name, q))
     finally:
         for p in procs.values():
@@ -374,14 +390,17 @@ def main() -> None:
         print(f"| query raw bounds | mmgen encode / FAISS | p50 {bounds['encode_p50_ms']:.2f} / "
               f"{bounds['faiss_p50_ms']:.2f} ms (search overhead x{overhead:.2f}) |")  # fmt: skip
         share = results["query_duel"]["same top hit"]["share"]  # type: ignore[index]
-        print(f"| same top hit | both | {100 * share:.0f}% of queries |")
+        print(f"| same top hit | all workers | {100 * share:.0f}% of queries |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "--worker":
-        (worker_mmgen if sys.argv[2] == "mmgen" else worker_txtai)(sys.argv[3])
+        if sys.argv[2].startswith("mmgen"):
+            worker_mmgen(sys.argv[3], background=sys.argv[2] == "mmgen-background")
+        else:
+            worker_txtai(sys.argv[3])
     elif len(sys.argv) >= 4 and sys.argv[1] == "--txtai-index":
         txtai_index(sys.argv[2], sys.argv[3])
     else:

@@ -30,6 +30,7 @@ from mmgen.index import IndexFolder
 from mmgen.store.filters import Condition, Filters, as_filters
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.store.repo import login_user
+from mmgen.store.writer import RecordWriter
 from mmgen.versions import find_checksum, kept_version
 from mmgen.workspace import Workspace
 
@@ -103,8 +104,12 @@ class Searcher:
     """An opened index: encoder, FAISS files and store, reused across queries."""
 
     def __init__(
-        self, ws: Workspace, store: Store, index_name: str | None = None, encoder: str | None = None, device: str = "auto"
-    ) -> None:
+        self, ws: Workspace, store: Store, index_name: str | None = None, encoder: str | None = None,
+        device: str = "auto", background_records: bool = False,
+    ) -> None:  # fmt: skip
+        """`background_records`: `search` answers first and a writer thread records it after (its
+        `prompt_id` is set once written; `flush()` waits for every record, and so does the
+        interpreter's exit); without it each search is recorded before `search` returns."""
         from mmgen.encoders.factory import load_encoder
 
         self.ws = ws
@@ -142,6 +147,17 @@ class Searcher:
         self._codes_ready: set[str] = set()
         self._hasher: Hasher | None = None
         self._synthetic: tuple[float, bool] | None = None
+        self.writer: RecordWriter | None = None
+        if background_records:
+            import atexit
+
+            self.writer = RecordWriter()
+            atexit.register(self.writer.flush)  # no record lost at a normal exit
+
+    def flush(self) -> None:
+        """Wait until every search recorded in the background is written (a no-op without a writer)."""
+        if self.writer is not None:
+            self.writer.flush()
 
     def modalities(self) -> list[str]:
         """Modalities that have vectors in this index."""
@@ -355,9 +371,14 @@ class Searcher:
             **({"with_synthetic": True} if with_synthetic else {}),
         }
         result = SearchResult(query=query, hits=hits, latency_ms=latency)
-        if record:
+        if record and self.writer is not None:  # answered now, recorded by the writer thread
+            self.writer.submit(self._record_into, result)
+        elif record:
             result.prompt_id = self.record(result)
         return result
+
+    def _record_into(self, result: SearchResult) -> None:
+        result.prompt_id = self.record(result)
 
     def real_only(self, where: Filters, with_synthetic: bool) -> Filters:
         """`where`, plus `synthetic=false` when this index holds synthetic items and they are not wanted."""

@@ -34,7 +34,7 @@ import numpy as np
 
 from mmgen.errors import ConfigError, MmgenError, VectorIndexError
 from mmgen.serve.access import DEFAULT_CALLER, Caller, parse_token
-from mmgen.serve.writer import RecordWriter
+from mmgen.store.writer import RecordWriter
 
 if TYPE_CHECKING:
     from mmgen.search import Searcher
@@ -104,7 +104,7 @@ class Service:
         self.config = config
         self._open: dict[str, _Open] = {}
         self._lock = threading.Lock()
-        self.writer = RecordWriter() if config.background_records else None  # mmgen/serve/writer.py
+        self.writer = RecordWriter() if config.background_records else None  # mmgen/store/writer.py
 
     # ---- indexes -----------------------------------------------------------------------
     def index_names(self) -> list[str]:
@@ -220,6 +220,7 @@ class Service:
         mode = str(body.get("mode") or "float")
         how, group, dedup = _retrieval(body)
         parent = parent_of(self.store, body)
+        background = _record_mode(body) == "background" and self.writer is not None
         with opened.lock:
             started = time.perf_counter()
             if how.kind == "keyword":  # no vector needed: the words alone
@@ -239,8 +240,14 @@ class Service:
                      "encoder": searcher.encoder.name, "mode": mode,
                      **searcher.describe(how, mode, k, body.get("rerank"), group, dedup)}  # fmt: skip
             result = SearchResult(query=query, hits=hits, latency_ms=latency)
-            result.prompt_id = self.record(searcher, recorded, to, k, hits, latency, "api", query, user)
-        link_parent(self.store, result.prompt_id, parent)
+            args = (searcher, recorded, to, k, hits, latency, "api", query, user)
+            if not background:
+                result.prompt_id = self.record(*args)
+        if background:  # answered first (prompt_id null), recorded and linked by the writer thread
+            assert self.writer is not None
+            self.writer.submit(lambda: link_parent(self.store, self.record(*args), parent))
+        else:
+            link_parent(self.store, result.prompt_id, parent)
         return result.to_json()
 
     @staticmethod
@@ -339,6 +346,14 @@ def link_parent(store: Store, prompt_id: int | None, parent: int | None) -> None
         from mmgen.records import link
 
         link(store, prompt_id, parent)
+
+
+def _record_mode(body: dict[str, Any]) -> str:
+    """`record`: `sync` (default: recorded before the answer, which carries its `prompt_id`) or `background`."""
+    mode = body.get("record", "sync")
+    if mode not in ("sync", "background"):
+        raise HTTPError(400, f"record must be sync or background, not {mode!r}")
+    return str(mode)
 
 
 def _retrieval(body: dict[str, Any]) -> tuple[Any, bool, float | None]:

@@ -233,3 +233,24 @@ def test_knn_queries_are_recorded_after_answering_and_none_is_lost(served) -> No
         prompts = s.scalars(select(Prompt).order_by(Prompt.id))
         texts = [p.text for p in prompts if p.params.get("route") == "knn-service"]
     assert texts == [f"a red circle {i}" for i in range(12)] and service.writer.failed == 0  # all, in order
+
+
+def test_api_search_recorded_in_the_background_on_request(served) -> None:
+    from sqlalchemy import select
+
+    from mmgen.store.db import open_store
+    from mmgen.store.models import Prompt
+
+    live, ws, _ = served
+    service = live.server.config.app.state.service
+    status, now = live.request("/api/search", {"text": "a green square 0", "k": 2})
+    assert status == 200 and isinstance(now["prompt_id"], int)  # the default: recorded before the answer
+    for i in range(1, 6):
+        status, found = live.request("/api/search", {"text": f"a green square {i}", "k": 2, "record": "background"})
+        assert status == 200 and found["prompt_id"] is None and len(found["hits"]) == 2
+    service.writer.flush()
+    with open_store(ws.db_url) as store, store.session() as s:
+        texts = [p.text for p in s.scalars(select(Prompt).order_by(Prompt.id)) if p.params.get("route") == "api"]
+    assert [t for t in texts if t.startswith("a green square")] == [f"a green square {i}" for i in range(6)]
+    status, err = live.request("/api/search", {"text": "x", "record": "never"})
+    assert status == 400 and "record must be sync or background" in err["error"]

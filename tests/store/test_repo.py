@@ -15,6 +15,7 @@ from mmgen.store.repo import (
     filter_items_by_meta,
     get_or_create_corpus,
     get_or_create_index,
+    hit_rows,
     items_for_rows,
     record_search,
 )
@@ -168,3 +169,20 @@ def test_items_for_rows_maps_faiss_ids_through_sql(store: Store) -> None:
         filtered = items_for_rows(s, index.id, "image", [0, 3, 5], where={"tags": "vehicle"})
         assert sorted(item.key for item in filtered.values()) == ["bus", "car"]
         assert items_for_rows(s, index.id, "image", [-1]) == {}
+
+
+def test_hit_rows_reads_the_fields_of_a_hit(store: Store) -> None:
+    with store.session() as s:
+        _populate(s)
+        index = get_or_create_index(s, "main", params={}, **INDEX)
+        items = {i.key: i for i in s.scalars(select(Item))}
+        for row_id, key in [(5, "bus"), (0, "car")]:
+            s.add(IndexRow(index_id=index.id, modality="image", row_id=row_id, item_id=items[key].id, sha256="0"))
+        s.add(IndexRow(index_id=index.id, modality="text", row_id=0, item_id=items["dog"].id, sha256="0"))
+        s.flush()
+        rows = hit_rows(s, index.id, "image", [5, 0, -1, 42])
+        assert sorted(rows) == [0, 5]
+        bus = items["bus"]
+        assert (rows[5].id, rows[5].key, rows[5].meta, rows[5].corpus_id) == (bus.id, "bus", bus.meta, bus.corpus_id)
+        assert hit_rows(s, index.id, "text", [0])[0].key == "dog"
+        assert hit_rows(s, index.id, "image", [-1]) == {}

@@ -1,4 +1,4 @@
-"""The record writer of `mmgen serve`: searches recorded after they were answered, in one thread."""
+"""The record writer: searches recorded after they were answered, in one thread (`mmgen serve`, `Searcher(background_records=True)`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,46 @@
+"""`Searcher`: a search recorded before it returns, or by the writer thread after the answer
+(`background_records`), with the same record either way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from mmgen.search import Searcher
+from mmgen.store.db import open_store
+from mmgen.store.models import Output, Prompt, Retrieval
+
+
+def _record(store: Any, prompt_id: int) -> tuple[Any, ...]:
+    with store.session() as s:
+        prompt = s.get(Prompt, prompt_id)
+        assert prompt is not None
+        ranks = s.execute(select(Retrieval.rank, Retrieval.item_id).where(Retrieval.prompt_id == prompt_id)
+                          .order_by(Retrieval.rank)).all()  # fmt: skip
+        (k,) = s.scalars(select(Output.scores).where(Output.prompt_id == prompt_id)).all()
+        return prompt.kind, prompt.text, prompt.params, [tuple(r) for r in ranks], k["k"]
+
+
+def test_background_records_equal_the_synchronous_ones(tmp_path: Path, tiny_encoder: Any, build_tiny_workspace: Any) -> None:
+    ws, _ = build_tiny_workspace(tmp_path, tiny_encoder)
+    store = open_store(ws.db_url)
+    try:
+        now = Searcher(ws, store).search(text="a red circle", k=3)
+        assert now.prompt_id is not None  # written before search returned
+        later = Searcher(ws, store, background_records=True)
+        results = [later.search(text="a red circle", k=3) for _ in range(5)]
+        later.flush()
+        ids = [r.prompt_id for r in results]
+        assert all(i is not None for i in ids) and len(set(ids)) == 5  # every one written, none lost
+        assert [h.id for h in results[0].hits] == [h.id for h in now.hits]
+        for prompt_id in ids:
+            assert _record(store, prompt_id) == _record(store, now.prompt_id)  # type: ignore[arg-type]
+        unrecorded = later.search(text="a blue square", k=3, record=False)
+        later.flush()
+        assert unrecorded.prompt_id is None
+        with store.session() as s:
+            assert len(s.scalars(select(Prompt.id)).all()) == 6
+    finally:
+        store.close()
