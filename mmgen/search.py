@@ -159,6 +159,13 @@ class Searcher:
         if self.writer is not None:
             self.writer.flush()
 
+    def close(self) -> None:
+        """Write what is queued and stop the writer thread (searches after this record before returning)."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.flush()
+            writer.close()
+
     def modalities(self) -> list[str]:
         """Modalities that have vectors in this index."""
         return [m for m in ("image", "text") if sql_row_state(self.store, self.index_id, m)[0] > 0]

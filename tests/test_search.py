@@ -40,7 +40,9 @@ def test_background_records_equal_the_synchronous_ones(tmp_path: Path, tiny_enco
         unrecorded = later.search(text="a blue square", k=3, record=False)
         later.flush()
         assert unrecorded.prompt_id is None
+        later.close()  # drains the queue and stops the thread; later searches record at once
+        assert later.search(text="a red circle", k=3).prompt_id is not None
         with store.session() as s:
-            assert len(s.scalars(select(Prompt.id)).all()) == 6
+            assert len(s.scalars(select(Prompt.id)).all()) == 7
     finally:
         store.close()

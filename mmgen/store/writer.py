@@ -29,7 +29,8 @@ class RecordWriter:
 
         while True:
             job = self._queue.get()
-            if job is None:
+            if job is None:  # close(): marked done, so a later flush() does not wait for it
+                self._queue.task_done()
                 return
             fn, args = job
             try:
