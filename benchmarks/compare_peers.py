@@ -223,7 +223,7 @@ def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dic
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         ),
         "mmgen Searcher.search, txtai's IVF (same approximate FAISS search)": subprocess.Popen(
-            [sys.executable, __file__, "--worker", "mmgen", str(index_like_txtai(work, len(queries_texts(work))))],
+            [sys.executable, __file__, "--worker", "mmgen", str(index_like_txtai(work, len(indexed_texts(work))))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         ),
         "mmgen Searcher.search, recorded in the background": subprocess.Popen(
@@ -273,7 +273,7 @@ def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dic
     return out
 
 
-def queries_texts(work: Path) -> list[str]:
+def indexed_texts(work: Path) -> list[str]:
     """The indexed texts (written by `index_times`)."""
     return (work / "texts.txt").read_text(encoding="utf-8").splitlines()
 

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.engine import Row
 
 from mmgen.catalog import catch_up, catch_up_codes, pick_index_name, sql_row_state
 from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
@@ -35,6 +34,8 @@ from mmgen.versions import find_checksum, kept_version
 from mmgen.workspace import Workspace
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Row
+
     from mmgen.encoders.base import Encoder
     from mmgen.hashing.model import Hasher
     from mmgen.store.db import Store
@@ -163,8 +164,7 @@ class Searcher:
         """Write what is queued and stop the writer thread (searches after this record before returning)."""
         if self.writer is not None:
             writer, self.writer = self.writer, None
-            writer.flush()
-            writer.close()
+            writer.close()  # its stop mark queues after every record, so closing drains them
 
     def modalities(self) -> list[str]:
         """Modalities that have vectors in this index."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 
 from mmgen.store.models import IndexRow, Item
 
@@ -28,7 +28,7 @@ ITEM_FIELDS = ("modality", "uri", "text", "sha256", "group_key", "meta", "synthe
 _UPDATE_ITEMS = (
     update(_ITEMS)
     .where(_ITEMS.c.id == bindparam("item_id"))
-    .values({name: bindparam(f"new_{name}") for name in ITEM_FIELDS} | {"updated_at": func.now()})
+    .values({name: bindparam(f"new_{name}") for name in ITEM_FIELDS})  # updated_at: the column's onupdate
 )
 
 
