@@ -27,6 +27,7 @@ from mmgen.errors import ConfigError, ManifestMismatchError, VectorIndexError
 from mmgen.hybrid import Retrieval
 from mmgen.index import IndexFolder
 from mmgen.store.filters import Condition, Filters, as_filters
+from mmgen.store.hotpath import HitRow, QueryPath
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.store.repo import login_user
 from mmgen.store.writer import RecordWriter
@@ -115,6 +116,7 @@ class Searcher:
 
         self.ws = ws
         self.store = store
+        self.queries = QueryPath(store.engine)  # the join and record of every search (raw sqlite3 on SQLite)
         self.name = pick_index_name(store, index_name)
         with store.session() as s:
             rec = s.scalar(select(IndexRecord).where(IndexRecord.name == self.name))
@@ -285,7 +287,7 @@ class Searcher:
                 self._corpora = {int(i): n for i, n in s.execute(select(Corpus.id, Corpus.name))}
         return [self._hit(items[i], score, modality) for i, score in found if i in items]
 
-    def _hit(self, item: Item | Row[Any], score: float, modality: str) -> Hit:
+    def _hit(self, item: Item | HitRow | Row[Any], score: float, modality: str) -> Hit:
         """A hit from an item, or from a row of its fields (`mmgen.store.repo.hit_rows`)."""
         return Hit(id=item.id, score=float(score), modality=modality, text=item.text, uri=item.uri,
                    meta=dict(item.meta or {}), key=item.key, corpus=self._corpora.get(item.corpus_id, ""),
@@ -321,12 +323,10 @@ class Searcher:
             return np.asarray(s.scalars(stmt).all(), dtype=np.int64)
 
     def _join(self, modality: str, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
-        from mmgen.store.repo import hit_rows
-
-        with self.store.engine.connect() as conn:
-            items = hit_rows(conn, self.index_id, modality, ids.ravel().tolist())
-            if any(item.corpus_id not in self._corpora for item in items.values()):
-                self._corpora = {int(i): n for i, n in conn.execute(select(Corpus.id, Corpus.name))}
+        items = self.queries.hit_rows(self.index_id, modality, ids.ravel().tolist())
+        if any(item.corpus_id not in self._corpora for item in items.values()):
+            with self.store.session() as s:
+                self._corpora = {int(i): n for i, n in s.execute(select(Corpus.id, Corpus.name))}
         out: list[list[Hit]] = []
         for qs, qi in zip(scores, ids):
             # a row deleted since FAISS was saved is skipped, never guessed
@@ -481,18 +481,11 @@ class Searcher:
         """Record a search in the store (prompt, one retrieval per hit, latency); returns the prompt id.
 
         `user` defaults to the login name of the process."""
-        from mmgen.store.repo import record_search
-
-        with self.store.session() as s:
-            prompt_id = record_search(
-                s,
-                text=result.query["text"],
-                image_uri=result.query["image"],
-                params={k: v for k, v in result.query.items() if k not in ("text", "image")},
-                hits=[(h.id, h.score, h.modality) for h in result.hits],
-                latency_ms=result.latency_ms,
-                user=user if user is not None else login_user(),
-            )
-            s.commit()
-            return prompt_id
-
+        return self.queries.record_search(
+            text=result.query["text"],
+            image_uri=result.query["image"],
+            params={k: v for k, v in result.query.items() if k not in ("text", "image")},
+            hits=[(h.id, h.score, h.modality) for h in result.hits],
+            latency_ms=result.latency_ms,
+            user=user if user is not None else login_user(),
+        )

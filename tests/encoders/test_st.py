@@ -83,3 +83,20 @@ def test_the_direct_path_of_small_batches_equals_encode(minilm: Encoder) -> None
     assert direct.dtype == np.float32 and direct.shape == reference.shape
     np.testing.assert_allclose(direct, reference, atol=1e-6)
     np.testing.assert_allclose(minilm.encode_text(texts[:1]), reference[:1], atol=1e-6)
+
+
+def test_one_text_tokenised_by_the_rust_backend_equals_encode(minilm: Encoder) -> None:
+    """A single query skips `preprocess` for the Rust tokenizer's ids; the vectors stay `encode`'s, also after
+    a batch call has left the backend padding, and a text at the length limit falls back to `preprocess`."""
+    import torch
+
+    long = " ".join(["apple"] * 400)  # truncated at the model's limit: the fallback
+    texts = ["a red apple", "  Padded AND Upper  ", "", "ü ñ 漢字", "x" * 50, long]
+    assert minilm._single(long) is None  # type: ignore[attr-defined]
+    assert minilm._single("a red apple") is not None  # type: ignore[attr-defined]
+    minilm.encode_text(["one", "two words here"])  # a batch: the backend keeps its padding settings
+    with torch.inference_mode():
+        reference = minilm._model.encode(texts, convert_to_numpy=True, normalize_embeddings=True,
+                                         show_progress_bar=False)  # fmt: skip
+    for text, expected in zip(texts, reference):
+        np.testing.assert_allclose(minilm.encode_text([text])[0], expected, atol=1e-6)
