@@ -25,8 +25,15 @@ def _float_mode(
     searcher: Searcher, queries: np.ndarray, query_modality: str, to: str, k: int,
     allowed: np.ndarray | None, rerank: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (or the preset's approximate) inner-product top k on the float index."""
-    return searcher._faiss(to).search(queries, k, allowed_ids=allowed)  # fmt: skip
+    """Exact (or the preset's approximate) inner-product top k on the float index.
+
+    A preset with `"exact_rerank": F` (`flat-fp16`) holds rounded vectors: its best F x k are re-scored
+    exactly against the float vectors file, so scores are those of the flat preset."""
+    factor = int(searcher.folder.preset.search.get("exact_rerank", 0))
+    if factor < 1:
+        return searcher._faiss(to).search(queries, k, allowed_ids=allowed)  # fmt: skip
+    _, short = searcher._faiss(to).search(queries, factor * k, allowed_ids=allowed)
+    return rerank_exact(queries, short, searcher.folder.vectors(to), k)
 
 
 def _query_codes(searcher: Searcher, queries: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray | None]:

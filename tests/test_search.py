@@ -46,3 +46,38 @@ def test_background_records_equal_the_synchronous_ones(tmp_path: Path, tiny_enco
             assert len(s.scalars(select(Prompt.id)).all()) == 7
     finally:
         store.close()
+
+
+def test_the_fp16_preset_answers_with_the_flat_presets_hits_and_scores(
+    tmp_path: Path, tiny_encoder: Any, build_tiny_workspace: Any
+) -> None:
+    """flat-fp16 holds 16-bit vectors and re-scores its best 4k exactly: the same hits and float32 scores as flat,
+    with and without a filter, in both directions."""
+    import numpy as np
+
+    from mmgen.data.sources import open_sources
+    from mmgen.indexer import Indexer, IndexOptions
+    from mmgen.workspace import Workspace
+
+    import sys
+
+    manifest = sys.modules[build_tiny_workspace.__module__].write_corpus(tmp_path / "corpus", 5)
+    found = {}
+    for preset in ("flat", "flat-fp16"):
+        ws = Workspace.resolve(tmp_path / preset)
+        store = open_store(ws.db_url)
+        try:
+            Indexer(ws, store, tiny_encoder, IndexOptions(progress=False, preset=preset)).run(open_sources(str(manifest)))
+            searcher = Searcher(ws, store)
+            assert searcher.folder.preset.name == preset
+            found[preset] = [
+                [(h.key, h.score) for h in searcher.search(text=q, k=k, to=to, where=where, record=False).hits]
+                for q, k, to, where in [("a red circle", 5, "image", None), ("a blue square", 3, "text", None),
+                                        ("a red circle", 4, "image", {"color": "blue"}), ("x", 500, None, None)]
+            ]  # fmt: skip
+        finally:
+            store.close()
+    for flat, fp16 in zip(found["flat"], found["flat-fp16"]):
+        assert len(flat) == len(fp16) > 0
+        np.testing.assert_allclose([s for _, s in fp16], [s for _, s in flat], atol=1e-6)
+        assert {key for key, _ in fp16} == {key for key, _ in flat}
