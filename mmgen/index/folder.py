@@ -73,6 +73,7 @@ class IndexFolder:
         self.preset = Preset.from_json(manifest["preset"])
         self.dim = int(manifest["dim"])
         self._faiss: dict[str, FloatIndex] = {}
+        self._vectors: dict[str, VectorFile] = {}
         self._stale_reason: dict[str, str] = {}
         self._codes: dict[str, BinaryIndex] = {}
         self._codes_reason: dict[str, str] = {}
@@ -141,9 +142,12 @@ class IndexFolder:
 
     # ---- files -------------------------------------------------------------------------
     def vectors(self, modality: str) -> VectorFile:
-        """The durable vector file of one modality."""
+        """The durable vector file of one modality; kept, so its memory map is reused (it remaps when the file grows)."""
         _check_modality(modality)
-        return VectorFile(self.root / f"{modality}.f32", self.dim)
+        found = self._vectors.get(modality)
+        if found is None or not found.path.exists():
+            found = self._vectors[modality] = VectorFile(self.root / f"{modality}.f32", self.dim)
+        return found
 
     @property
     def shards(self) -> int:

@@ -34,6 +34,7 @@ class VectorFile:
         if self.path.exists() and self.path.stat().st_size >= HEADER.size:
             self._check_header()
         self._mmap: np.memmap | None = None
+        self._mapped: tuple[int, int] = (-1, -1)  # (inode, rows) of the file the memory map shows
 
     def _check_header(self) -> None:
         with open(self.path, "rb") as fh:
@@ -81,13 +82,19 @@ class VectorFile:
     def get(self, slots: np.ndarray) -> np.ndarray:
         """Rows at the given slots (memory-mapped read)."""
         slots = np.asarray(slots, dtype=np.int64)
-        n = len(self)
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        n = 0 if st is None else max(0, (st.st_size - HEADER.size) // self._row_bytes)
         if slots.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         if slots.min() < 0 or slots.max() >= n:
             raise VectorIndexError(f"{self.path}: slot out of range (have {n} rows)")
-        if self._mmap is None or self._mmap.shape[0] != n:
+        assert st is not None
+        if self._mmap is None or self._mapped != (st.st_ino, n):  # grown, or replaced by another file
             self._mmap = np.memmap(self.path, dtype=np.float32, mode="r", offset=HEADER.size, shape=(n, self.dim))
+            self._mapped = (st.st_ino, n)
         return np.array(self._mmap[slots])
 
 

@@ -190,3 +190,20 @@ def test_removing_from_an_ivf_index_keeps_the_other_ids_right() -> None:
     kept = np.setdiff1d(np.arange(400), np.arange(0, 200, 2))
     _, got = index.search(base[kept], 1)
     np.testing.assert_array_equal(got[:, 0], ids[kept])
+
+
+def test_a_kept_vector_file_follows_growth_and_replacement(tmp_path) -> None:
+    """IndexFolder keeps one VectorFile per modality for its memory map; it remaps when the file grows or
+    is replaced by another file (a rewrite by rename), never answering from the old map."""
+    folder = make_folder(tmp_path)
+    vectors = folder.vectors("image")
+    first = np.eye(DIM, dtype=np.float32)[:3]
+    vectors.append(first)
+    assert folder.vectors("image") is vectors
+    np.testing.assert_array_equal(vectors.get(np.array([2])), first[2:])
+    other = VectorFile(tmp_path / "other.f32", DIM)
+    other.append(first[::-1].copy())
+    (tmp_path / "other.f32").replace(vectors.path)  # same row count, new inode
+    np.testing.assert_array_equal(folder.vectors("image").get(np.array([0])), first[2:])
+    folder.vectors("image").append(np.ones((1, DIM), dtype=np.float32))
+    assert len(folder.vectors("image").get(np.arange(4))) == 4
