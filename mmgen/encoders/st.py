@@ -75,7 +75,8 @@ class SentenceTransformerEncoder(Encoder):
 
         first = self._model[0]
         backend = getattr(getattr(first, "tokenizer", None), "backend_tokenizer", None)
-        if backend is None or getattr(first, "do_lower_case", False):
+        limit = getattr(first, "max_seq_length", None)
+        if backend is None or not limit or getattr(first, "do_lower_case", False):
             return None
         if self._feature_keys is None:
             prepare = getattr(self._model, "preprocess", None) or self._model.tokenize
@@ -84,7 +85,7 @@ class SentenceTransformerEncoder(Encoder):
             return None
         found = backend.encode(text.strip())
         n = sum(found.attention_mask)  # the backend may pad (its settings are the last call's): padding is cut off
-        if found.overflowing or n >= int(first.max_seq_length):
+        if found.overflowing or n >= int(limit):
             return None  # truncated: left to `preprocess`, which truncates at the model's own limit
         tensors = {"input_ids": found.ids[:n], "token_type_ids": found.type_ids[:n], "attention_mask": [1] * n}
         return {k: torch.tensor([tensors[k]]) if v is None else v for k, v in self._feature_keys.items()}
