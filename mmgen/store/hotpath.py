@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
@@ -102,26 +103,17 @@ class QueryPath:
                 raise
         return prompt_id
 
-    def _driver(self, action: str) -> _Driver:
-        return _Driver(self.engine, action)
+    @contextmanager
+    def _driver(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A pooled connection's sqlite3 handle (the store's pragmas applied) for one block; driver errors
+        become StoreError."""
+        fairy = self.engine.raw_connection()
+        try:
+            yield fairy.driver_connection
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot {action} in {self._where()}: {exc}") from exc
+        finally:
+            fairy.close()  # back to the pool
 
     def _where(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
-
-
-class _Driver:
-    """A pooled connection's sqlite3 handle for one `with` block; driver errors become StoreError."""
-
-    def __init__(self, engine: Engine, action: str) -> None:
-        self.engine = engine
-        self.action = action
-        self.fairy: Any = None
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.fairy = self.engine.raw_connection()  # the pool's connection, with the store's pragmas applied
-        return self.fairy.driver_connection
-
-    def __exit__(self, kind: Any, exc: BaseException | None, _tb: Any) -> None:
-        self.fairy.close()  # back to the pool
-        if isinstance(exc, sqlite3.Error):
-            raise StoreError(f"cannot {self.action} in {self.engine.url.render_as_string(hide_password=True)}: {exc}") from exc
