@@ -63,6 +63,7 @@ class OpenClipEncoder(Encoder):
         self.tokenizer = tokenizer
         self._weight_files = weight_files
         self._pad_id = inert_pad_id(model)
+        self._fused: Any = None if self._pad_id is None else _fused_text_tower(model)
 
     def _encode_text(self, texts: list[str], batch_size: int) -> np.ndarray:
         import torch
@@ -76,8 +77,18 @@ class OpenClipEncoder(Encoder):
                 tokens = self.tokenizer([texts[i] for i in idx])
                 if self._pad_id is not None:
                     tokens = trim_padding(tokens, self._pad_id)
-                out[list(idx)] = self.model.encode_text(tokens.to(self.device)).float().cpu().numpy()
+                tokens = tokens.to(self.device)
+                if len(idx) == 1 and self._fused is not None and not self.model.training:
+                    out[list(idx)] = self._fused_query(tokens).float().cpu().numpy()
+                else:
+                    out[list(idx)] = self.model.encode_text(tokens).float().cpu().numpy()
         return out
+
+    def _fused_query(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`model.encode_text` of one trimmed text (no padding left) through the fused BERT layers
+        (`mmgen.encoders.fused`): the HF tower's mean pooling over all its tokens, then its projection."""
+        text = self.model.text
+        return text.proj(self._fused.hidden_states(tokens).mean(dim=1))
 
     def _encode_image(self, images: list[Image.Image], batch_size: int) -> np.ndarray:
         import torch
@@ -196,6 +207,18 @@ def inert_pad_id(model: Any) -> int | None:
         return None
     pad_id = getattr(text.config, "pad_token_id", None)
     return None if pad_id is None else int(pad_id)
+
+
+def _fused_text_tower(model: Any) -> Any:
+    """The fused layers of an HF BERT text tower with mean pooling (what mmgen trains), else None."""
+    from open_clip.hf_model import HFTextEncoder, MeanPooler
+
+    text = getattr(model, "text", None)
+    if not isinstance(text, HFTextEncoder) or type(text.pooler) is not MeanPooler or text.output_tokens:
+        return None
+    from mmgen.encoders.fused import fuse_bert
+
+    return fuse_bert(text.transformer)
 
 
 def resolve_text_markers(model_cfg: dict[str, Any], name: str = "model") -> dict[str, Any]:

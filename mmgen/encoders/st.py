@@ -19,6 +19,7 @@ _SKIPPED_FOLDERS = frozenset({"onnx", "openvino"})
 # Batches up to this size skip `SentenceTransformer.encode` (its length sort and conversions cost more than
 # the forward pass of a short query on CPU): `_forward`, tested equal to `encode`.
 DIRECT_MAX = 8
+_UNSET = object()
 
 
 class SentenceTransformerEncoder(Encoder):
@@ -34,6 +35,7 @@ class SentenceTransformerEncoder(Encoder):
         self._folder = Path(source) if Path(source).is_dir() else None
         self._model = _load(name, source, device)
         self._feature_keys: dict[str, Any] | None = None  # what `preprocess` returns (None: a tensor)
+        self._fused: Any = _UNSET  # the first module's fused BERT layers (None where they do not apply)
         dim = _embedding_dim(self._model)
         if not dim:
             raise ModelLoadError(f"encoder {name}: the model does not report its embedding dimension")
@@ -64,7 +66,16 @@ class SentenceTransformerEncoder(Encoder):
             prepare = getattr(model, "preprocess", None) or model.tokenize  # `tokenize` is deprecated in newer releases
             features = prepare(texts)
         features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
-        embeddings = model.forward(features)["sentence_embedding"]
+        mask = features.get("attention_mask")
+        fused = self._fused_layers() if len(texts) == 1 and mask is not None and bool(mask.all()) else None
+        if fused is None or model.training:
+            embeddings = model.forward(features)["sentence_embedding"]
+        else:  # the first module's output from the fused layers, then the model's own later modules
+            first = model[0]
+            features[getattr(first, "module_output_name", "token_embeddings")] = fused.hidden_states(features["input_ids"], features.get("token_type_ids"))
+            for module in list(model)[1:]:
+                features = module(features)
+            embeddings = features["sentence_embedding"]
         return torch.nn.functional.normalize(embeddings.float(), dim=1).cpu().numpy()
 
     def _single(self, text: str) -> dict[str, Any] | None:
@@ -89,6 +100,22 @@ class SentenceTransformerEncoder(Encoder):
             return None  # truncated: left to `preprocess`, which truncates at the model's own limit
         tensors = {"input_ids": found.ids[:n], "token_type_ids": found.type_ids[:n], "attention_mask": [1] * n}
         return {k: torch.tensor([tensors[k]]) if v is None else v for k, v in self._feature_keys.items()}
+
+    def _fused_layers(self) -> Any:
+        """The first module's BERT as fused layers (`mmgen.encoders.fused`), or None: another module or
+        architecture, or a model whose first module's output is not plainly the last hidden state."""
+        if self._fused is _UNSET:
+            from mmgen.encoders.fused import fuse_bert
+
+            first = self._model[0]
+            bert = getattr(first, "auto_model", None)
+            plain = {"method": "forward", "method_output_name": "last_hidden_state"}
+            text = (getattr(first, "modality_config", None) or {"text": plain}).get("text")
+            config = getattr(bert, "config", None)
+            self._fused = None
+            if bert is not None and text == plain and not getattr(config, "output_hidden_states", True):
+                self._fused = fuse_bert(bert)
+        return self._fused
 
     def _compute_checksum(self) -> str:
         if self._folder is None:  # loaded from a hub cache: identify the weights themselves

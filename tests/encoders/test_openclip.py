@@ -70,6 +70,8 @@ def test_minilm_tower_trimmed_matches_full_padding_in_input_order(minilm_clip_di
     reference /= np.linalg.norm(reference, axis=1, keepdims=True)
     for batch_size in (1, 3, 256):
         np.testing.assert_allclose(encoder.encode_text(MIXED_TEXTS, batch_size=batch_size), reference, atol=1e-5)
+    assert encoder._fused is not None  # type: ignore[attr-defined]  # batches of one: the fused BERT layers
+    np.testing.assert_allclose(encoder.encode_text(MIXED_TEXTS[-1:]), reference[-1:], atol=1e-5)
     order = np.random.default_rng(0).permutation(len(MIXED_TEXTS))
     shuffled = encoder.encode_text([MIXED_TEXTS[i] for i in order], batch_size=3)
     np.testing.assert_allclose(shuffled, reference[order], atol=1e-5)
