@@ -351,13 +351,23 @@ def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -
 
         def ask(name: str, q: str) -> float:
             conn = conns[name]
-            started = time.perf_counter()
-            if name.startswith("mmgen"):
-                body = json.dumps({"text": q, "k": 10, "to": "text", **({"record": "background"} if name == background else {})})
-                conn.request("POST", "/api/search", body=body, headers={"Content-Type": "application/json"})
-            else:
-                conn.request("GET", "/search?" + urllib.parse.urlencode({"query": q, "limit": 10}))
-            response = conn.getresponse()
+            for attempt in (0, 1):
+                started = time.perf_counter()
+                try:
+                    if name.startswith("mmgen"):
+                        extra = {"record": "background"} if name == background else {}
+                        body = json.dumps({"text": q, "k": 10, "to": "text", **extra})
+                        conn.request("POST", "/api/search", body=body, headers={"Content-Type": "application/json"})
+                    else:
+                        conn.request("GET", "/search?" + urllib.parse.urlencode({"query": q, "limit": 10}))
+                    response = conn.getresponse()
+                    break
+                except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                    # uvicorn closes a keep-alive connection idle for 5 s (a server warming up can make one
+                    # wait that long during the warm-up): reconnect, as a real client does, and time afresh
+                    conn.close()
+                    if attempt:
+                        raise
             response.read()
             if response.status != 200:
                 raise SystemExit(f"{name} answered {response.status} to {q!r}")
