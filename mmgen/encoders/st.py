@@ -72,7 +72,8 @@ class SentenceTransformerEncoder(Encoder):
             embeddings = model.forward(features)["sentence_embedding"]
         else:  # the first module's output from the fused layers, then the model's own later modules
             first = model[0]
-            features[getattr(first, "module_output_name", "token_embeddings")] = fused.hidden_states(features["input_ids"], features.get("token_type_ids"))
+            hidden = fused.hidden_states(features["input_ids"], features.get("token_type_ids"))
+            features[getattr(first, "module_output_name", "token_embeddings")] = hidden
             for module in list(model)[1:]:
                 features = module(features)
             embeddings = features["sentence_embedding"]
