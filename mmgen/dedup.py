@@ -14,7 +14,7 @@ ends are further apart than the threshold. Exact copies score 1 and so are in a 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,8 @@ class DedupReport:
     hashes: dict[int, str] = field(default_factory=dict)  # first item of an exact group -> its sha256
     refs: dict[int, ItemRef] = field(default_factory=dict)  # every item of a group
     seconds: dict[str, float] = field(default_factory=dict)
+    # the picture check of near pairs (PictureCheck.summary()); None when it did not run
+    picture_check: dict[str, Any] | None = None
 
     def duplicates(self, kind: str) -> int:
         """Items that are not the first of their group: what removing the copies would save."""
@@ -90,6 +92,7 @@ class DedupReport:
             },
             "exact": [{"size": len(g), "sha256": self.hashes.get(g[0]), "items": items(g)} for g in self.exact],
             "near": [{"size": len(g), "items": items(g)} for g in self.near],
+            "picture_check": self.picture_check,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
         }
 
@@ -121,12 +124,14 @@ def exact_groups(store: Store, index_id: int, modality: str = "image") -> list[l
 
 def near_groups(
     vectors: np.ndarray, item_ids: Sequence[int] | np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-    chunk: int = RANGE_CHUNK,
+    chunk: int = RANGE_CHUNK, confirm: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> list[list[int]]:  # fmt: skip
     """Connected components of the pairs with cosine >= threshold: groups of 2 or more item ids, largest first.
 
     `vectors` are (n, d) float32 L2-normalised rows, `item_ids[i]` the item of row i. Each group
-    is sorted by item id; groups of one size are ordered by their first id.
+    is sorted by item id; groups of one size are ordered by their first id. `confirm(left, right)`,
+    when given, sees each chunk of pairs (row arrays) and returns a bool per pair: only the pairs
+    it keeps join groups (`mmgen.dedup_pixels.PictureCheck`).
     """
     threshold = check_threshold(threshold)
     vectors, ids = _check_rows(vectors, item_ids)
@@ -137,6 +142,9 @@ def near_groups(
         return []
     labels = np.arange(n, dtype=np.int64)
     for left, right in range_pairs(vectors, threshold, chunk):
+        if confirm is not None:
+            keep = np.asarray(confirm(left, right), dtype=bool)
+            left, right = left[keep], right[keep]
         _union(labels, left, right)
     return _components(labels, ids)
 
@@ -183,14 +191,22 @@ def collapse(hits_vectors: np.ndarray, threshold: float) -> list[int]:
 
 def find_duplicates(
     ws: Workspace, store: Store, index: str | None = None, threshold: float = DEFAULT_THRESHOLD,
-    exact_only: bool = False, modality: str = "image",
+    exact_only: bool = False, modality: str = "image", check_pictures: bool = True,
+    min_structure: float | None = None,
 ) -> DedupReport:  # fmt: skip
-    """Exact and (unless `exact_only`) near duplicate groups among one index's items of one modality."""
+    """Exact and (unless `exact_only`) near duplicate groups among one index's items of one modality.
+
+    For images, `check_pictures` confirms each near pair by its two pictures' structure score
+    (`mmgen.dedup_pixels`; at least `min_structure`, default `DEFAULT_MIN_STRUCTURE`): two styles of
+    one concept whose vectors are close but whose drawings differ are not copies.
+    """
     import time
 
+    from mmgen.dedup_pixels import DEFAULT_MIN_STRUCTURE, PictureCheck, check_min_structure
     from mmgen.index.rows import load_vectors, pick_index_name
 
     threshold = check_threshold(threshold)
+    bound = check_min_structure(DEFAULT_MIN_STRUCTURE if min_structure is None else min_structure)
     modality = _check_modality(modality)
     name = pick_index_name(store, index)
     started = time.perf_counter()
@@ -205,9 +221,13 @@ def find_duplicates(
     hashed = _hash_groups(store, loaded.index_id, modality)
     seconds["exact"] = time.perf_counter() - started
     near: list[list[int]] = []
+    checker = None
     if not exact_only:
         started = time.perf_counter()
-        near = near_groups(np.ascontiguousarray(rows.vectors, dtype=np.float32), rows.item_ids, threshold)
+        if check_pictures and modality == "image":
+            checker = PictureCheck([loaded.items[int(i)].uri for i in rows.item_ids], bound)
+        near = near_groups(np.ascontiguousarray(rows.vectors, dtype=np.float32), rows.item_ids, threshold,
+                           confirm=checker)  # fmt: skip
         seconds["near"] = time.perf_counter() - started
     exact = [g for _, g in hashed]
     grouped = sorted({i for g in itertools.chain(exact, near) for i in g})
@@ -215,6 +235,7 @@ def find_duplicates(
     return DedupReport(
         index=name, modality=modality, threshold=threshold, items=len(rows), exact=exact, near=near,
         exact_only=exact_only, hashes={g[0]: h for h, g in hashed}, refs=refs, seconds=seconds,
+        picture_check=checker.summary() if checker is not None else None,
     )  # fmt: skip
 
 

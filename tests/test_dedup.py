@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from mmgen.cli import app
 from mmgen.dedup import collapse, exact_groups, find_duplicates, near_groups
+from mmgen.dedup_pixels import DEFAULT_MIN_STRUCTURE
 from mmgen.errors import ConfigError
 
 runner = CliRunner()
@@ -172,7 +173,10 @@ def test_cli_json_shape(dup_ws) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert set(out) == {"index", "modality", "threshold", "exact_only", "items", "counts", "exact", "near",
-                        "seconds", "sheet"}  # fmt: skip
+                        "picture_check", "seconds", "sheet"}  # fmt: skip
+    check = out["picture_check"]
+    assert set(check) == {"min_structure", "pairs", "dropped", "unchecked", "unreadable"}
+    assert check["min_structure"] == DEFAULT_MIN_STRUCTURE and check["pairs"] >= 10 and check["unreadable"] == []
     assert out["index"] == "default" and out["modality"] == "image" and out["threshold"] == TINY_THRESHOLD
     assert out["items"] == 48 and out["exact_only"] is False and out["sheet"] is None
     assert out["counts"]["exact_groups"] == 1 and out["counts"]["exact_duplicates"] == 3
@@ -183,6 +187,65 @@ def test_cli_json_shape(dup_ws) -> None:
     assert exact["items"][1]["key"] == "copy0" and exact["items"][1]["text"] == "copy 0 of a green circle"
     near_keys = [{i["key"] for i in g["items"]} for g in out["near"]]
     assert {"stripes", *CHANGED} in near_keys
+
+
+def _shapes(report: Any, group: list[int]) -> set[str]:
+    keys = [report.refs[i].key for i in group]
+    return {shape for shape in ("circle", "square", "stripes") for key in keys if shape in key}
+
+
+def test_the_picture_check_splits_close_vectors_of_different_drawings(dup_ws) -> None:
+    """The tiny encoder puts circles, squares and stripes within 0.99 of each other; their pictures differ."""
+    from mmgen.store.db import open_store
+
+    with open_store(dup_ws["ws"].db_url) as store:
+        loose = find_duplicates(dup_ws["ws"], store, threshold=0.99, check_pictures=False)
+        checked = find_duplicates(dup_ws["ws"], store, threshold=0.99)
+        strict = find_duplicates(dup_ws["ws"], store, threshold=0.99, min_structure=1.0)
+    assert loose.picture_check is None
+    assert any(len(_shapes(loose, g)) > 1 for g in loose.near)
+    assert checked.near and all(len(_shapes(checked, g)) == 1 for g in checked.near)
+    summary = checked.picture_check
+    assert summary["dropped"] > 0 and summary["unchecked"] == 0 and summary["pairs"] > summary["dropped"]
+    stripes = [g for g in checked.near if dup_ws["ids"]["stripes"] in g]
+    assert {checked.refs[i].key for i in stripes[0]} == {"stripes", *CHANGED}  # its copies pass the check
+    assert strict.picture_check["dropped"] > summary["dropped"]
+
+
+def test_a_moved_file_keeps_its_pairs_unchecked(tmp_path: Path, tiny_encoder, build_tiny_workspace) -> None:
+    from PIL import Image
+
+    from mmgen.data.sources import open_sources
+    from mmgen.indexer import Indexer, IndexOptions
+    from mmgen.store.db import open_store
+
+    ws, _ = build_tiny_workspace(tmp_path / "ws", tiny_encoder)
+    extra = tmp_path / "copies"
+    extra.mkdir()
+    stripes = _stripes()
+    stripes.save(extra / "stripes.png")
+    stripes.resize((80, 80), Image.Resampling.BICUBIC).save(extra / "stripes-up2.png")
+    with open_store(ws.db_url) as store:
+        Indexer(ws, store, tiny_encoder, IndexOptions(progress=False)).run(open_sources(str(extra)))
+        (extra / "stripes-up2.png").rename(tmp_path / "moved.png")
+        report = find_duplicates(ws, store, threshold=TINY_THRESHOLD)
+    ids = {ref.key: ref.id for ref in report.refs.values()}
+    assert any({ids["stripes"], ids["stripes-up2"]} <= set(g) for g in report.near)
+    assert report.picture_check["unchecked"] >= 1 and report.picture_check["unreadable"] == [str(extra / "stripes-up2.png")]
+    res = _dedup(ws, "--threshold", str(TINY_THRESHOLD))
+    assert res.exit_code == 0 and "kept unchecked (1 files unreadable)" in res.stdout
+    res = _dedup(ws, "--min-structure", "1.5")
+    assert res.exit_code == 2 and "[-1, 1]" in res.stderr and "Traceback" not in res.output
+    res = _dedup(ws, "--threshold", str(TINY_THRESHOLD), "--no-picture-check", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["picture_check"] is None
+
+
+def test_the_help_states_the_default_bound() -> None:
+    import typer
+
+    command = typer.main.get_command(app).commands["dedup"]  # type: ignore[attr-defined]
+    (option,) = [p for p in command.params if p.name == "min_structure"]
+    assert f"[default: {DEFAULT_MIN_STRUCTURE}]" in option.help
 
 
 def test_cli_prints_groups_and_draws_a_sheet(dup_ws) -> None:

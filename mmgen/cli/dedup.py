@@ -35,6 +35,18 @@ def dedup_cmd(
     modality: Annotated[
         str, typer.Option("--modality", help="image (the files) or text (the captions).")
     ] = "image",
+    picture_check: Annotated[
+        bool,
+        typer.Option(
+            "--picture-check/--no-picture-check",
+            help="Images: confirm each near pair by the two pictures' grey-level structure (drops two styles of "
+            "one concept drawn differently); a pair whose file cannot be read is kept on its cosine.",
+        ),
+    ] = True,
+    min_structure: Annotated[
+        Optional[float],
+        typer.Option("--min-structure", help="The picture check's bound: structure correlation in [-1, 1] [default: 0.9]."),
+    ] = None,
     sheet: Annotated[
         Optional[Path],
         typer.Option("--sheet", help="Also draw the largest groups (near ones, or exact with --exact-only) as a PNG."),
@@ -48,7 +60,8 @@ def dedup_cmd(
 
     --json prints {"index", "modality", "threshold", "exact_only", "items", "counts": {"exact_groups",
     "exact_duplicates", "near_groups", "near_duplicates"}, "exact": [{"size", "sha256", "items"}],
-    "near": [{"size", "items"}], "seconds"}; each item is {"id", "corpus", "key", "text", "uri"}.
+    "near": [{"size", "items"}], "picture_check": {"min_structure", "pairs", "dropped", "unchecked",
+    "unreadable"} or null, "seconds"}; each item is {"id", "corpus", "key", "text", "uri"}.
     """
     with _errors():
         from mmgen.dedup import check_threshold, find_duplicates
@@ -60,7 +73,8 @@ def dedup_cmd(
             raise ConfigError("--sheet draws pictures: it needs --modality image")
         ws = _workspace(workspace, db)
         with open_store(ws.db_url) as store:
-            report = find_duplicates(ws, store, index, threshold, exact_only=exact_only, modality=modality)
+            report = find_duplicates(ws, store, index, threshold, exact_only=exact_only, modality=modality,
+                                     check_pictures=picture_check, min_structure=min_structure)  # fmt: skip
         sheet_path = _write_sheet(report, sheet, limit) if sheet is not None else None
     if as_json:
         _print_json({**report.to_json(), "sheet": str(sheet_path) if sheet_path else None})
@@ -75,7 +89,13 @@ def _print_report(report: DedupReport, limit: int) -> None:
     near = "skipped (--exact-only)" if report.exact_only else _counts(report, "near")
     echo(f"index {report.index}: {report.items} {report.modality} items")
     echo(f"  exact copies (same sha256): {_counts(report, 'exact')}")
-    echo(f"  near copies (cosine >= {report.threshold:g}): {near}")
+    check = report.picture_check
+    confirmed = f", pictures' structure >= {check['min_structure']:g}" if check else ""
+    echo(f"  near copies (cosine >= {report.threshold:g}{confirmed}): {near}")
+    if check and check["pairs"]:
+        echo(f"  picture check: {check['dropped']} of {check['pairs']} close pairs dropped (drawn differently)"
+             + (f", {check['unchecked']} kept unchecked ({len(check['unreadable'])} files unreadable)"
+                if check["unchecked"] else ""))  # fmt: skip
     sections = [("exact", report.exact)] + ([] if report.exact_only else [("near", report.near)])
     for kind, groups in sections:
         shown = groups if limit == 0 else groups[:limit]
