@@ -415,8 +415,10 @@ def main() -> None:
     print("\n## duplicate pairs at each method's default threshold")
     print("| method | threshold | found | precision | recall | F1 | false pos. (same concept / unrelated) |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    bound = mm["picture_check"]["min_structure"]
-    for label, thr, m in ((label_mm, f"cosine >= {MMGEN_DEFAULT}, picture check >= {bound} (default)", mm_default),
+    check = mm["picture_check"]
+    bound = f"structure >= {check['min_structure']}" + (
+        f", hues <= {check['max_hue_turn']:g} degrees apart" if check["max_hue_turn"] is not None else "")
+    for label, thr, m in ((label_mm, f"cosine >= {MMGEN_DEFAULT}, pictures' {bound} (default)", mm_default),
                           (label_mm, f"cosine >= {MMGEN_DEFAULT} only (--no-picture-check)", mm_cosine),
                           (label_ph, f"Hamming <= {PHASH_DEFAULT}", ph_default)):  # fmt: skip
         print(f"| {label} | {thr} | {m['found']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "

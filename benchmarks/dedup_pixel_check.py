@@ -41,6 +41,11 @@ def main() -> None:
     ap.add_argument("--variants", default="32:1.0,0.9:grey+chroma 32:1.0,0.9:grey 16:1.0,0.9:grey+chroma "
                     "48:1.0,0.9:grey+chroma 32:1.0:grey+chroma 32:1.0,0.95,0.9,0.85:grey+chroma",
                     help="structure: SIDE:SCALES:MAPS signatures to compare (mmgen.dedup_pixels.signature)")
+    ap.add_argument("--hue-bounds", default="",
+                    help="structure: also keep a pair only when its hue turn is at most each of these degrees "
+                         "(mmgen.dedup_pixels.hue_turn), at each of --hue-structure bounds; e.g. 180,90,60,45")
+    ap.add_argument("--hue-structure", default="0.85,0.9,0.92", help="structure bounds of the hue tables")
+    ap.add_argument("--hue-min-length", type=float, default=0.05, help="hue vectors shorter than this are not compared")
     args = ap.parse_args()
 
     from mmgen.compat import ensure_torchvision
@@ -66,18 +71,25 @@ def main() -> None:
     pairs = [(at[a], at[b]) for lo, hi in range_pairs(vectors, args.threshold) for a, b in zip(lo.tolist(), hi.tolist())]
     print(f"# {len(pairs)} pairs at cosine >= {args.threshold}; {truth} duplicate pairs in the set")
 
+    sources = sum(1 for e in entries if e["kind"] == "source")
+
     def kind_of(a: int, b: int) -> tuple[bool, str]:
         ea, eb = entries[a], entries[b]
         dup = ea["family"] >= 0 and ea["family"] == eb["family"]
-        return dup, "duplicate" if dup else ("fp other style" if ea["concept"] == eb["concept"] else "fp unrelated")
+        if dup:  # source against copy: the copy's transform; two copies: "copies"
+            kinds = {ea["kind"], eb["kind"]} - {"source"}
+            return True, kinds.pop() if len(kinds) == 1 else "copies"
+        return False, "fp other style" if ea["concept"] == eb["concept"] else "fp unrelated"
 
     def table(title: str, scored: list[tuple[float, bool, str]], bounds: tuple[float, ...], keep_above: bool) -> None:
-        print(f"\n## {title}: | bound | kept | precision | recall | false positives |")
+        print(f"\n## {title}: | bound | kept | precision | recall | false positives | recall source-copy by transform |")
         for bound in bounds:
             kept = [s for s in scored if (s[0] >= bound if keep_above else s[0] <= bound)]
             tp = sum(s[1] for s in kept)
             fps = dict(collections.Counter(s[2] for s in kept if not s[1]))
-            print(f"| {bound} | {len(kept)} | {tp / max(1, len(kept)):.3f} | {tp / max(1, truth):.3f} | {fps} |")
+            per = collections.Counter(s[2] for s in kept if s[1] and s[2] != "copies")
+            per_s = " ".join(f"{t} {n / max(1, sources):.2f}" for t, n in sorted(per.items()))
+            print(f"| {bound} | {len(kept)} | {tp / max(1, len(kept)):.3f} | {tp / max(1, truth):.3f} | {fps} | {per_s} |")
 
     def picture(i: int) -> Image.Image:
         with Image.open(args.work / "images" / entries[i]["name"]) as im:
@@ -103,18 +115,27 @@ def main() -> None:
         return
 
     from mmgen.data.images import load_image
-    from mmgen.dedup_pixels import DECODE_SIDE, signature, structure_score
+    from mmgen.dedup_pixels import DECODE_SIDE, hue_turn, hue_vector, signature, structure_score
 
     variants = [v.split(":") for v in args.variants.split()]
     for side_s, scales_s, channels_s in variants:
         side, scales, channels = int(side_s), tuple(float(x) for x in scales_s.split(",")), channels_s.split("+")
-        signatures = {}
+        signatures, hues = {}, {}
         for i in sorted({i for pair in pairs for i in pair}):
-            # decoded as `mmgen dedup` decodes it
-            signatures[i] = signature(load_image(args.work / "images" / entries[i]["name"], DECODE_SIDE), side, scales, channels)
+            img = load_image(args.work / "images" / entries[i]["name"], DECODE_SIDE)  # as `mmgen dedup` decodes it
+            signatures[i] = signature(img, side, scales, channels)
+            hues[i] = hue_vector(img)
         scored = [(structure_score(signatures[a], signatures[b], side), *kind_of(a, b)) for a, b in pairs]
         table(f"structure {side} px, scales {scales}, maps {channels_s}: score at least", scored,
               STRUCTURE_BOUNDS, keep_above=True)  # fmt: skip
+        if args.hue_bounds:
+            turns = [hue_turn(hues[a], hues[b], args.hue_min_length) for a, b in pairs]
+            for bound in (float(x) for x in args.hue_structure.split(",")):
+                passed = [(t, ok, kind) for (score, ok, kind), t in zip(scored, turns) if score >= bound]
+                # an unmeasured turn (NaN: no one hue on a side) passes, as in PictureCheck
+                as_turn = [(0.0 if np.isnan(t) else t, ok, kind) for t, ok, kind in passed]
+                table(f"structure {side} px, {channels_s} >= {bound}, then hue turn at most", as_turn,
+                      tuple(float(x) for x in args.hue_bounds.split(",")), keep_above=False)  # fmt: skip
 
 
 if __name__ == "__main__":
