@@ -1,12 +1,19 @@
 """Near-duplicate detection side by side: mmgen's cosine threshold against imagededup's PHash, on one seeded set.
 
-    python benchmarks/dedup_bench.py [--sources 300] [--seed 0] [--encoder mmgen:bench-product]
+    python benchmarks/dedup_bench.py [--sources 300] [--seed 0] [--distinct 0.03] [--encoder mmgen:bench-product]
         [--models-dir build/bench/models] [--peers build/peers] [--work build/dedup-bench]
         [--json build/logs/dedup_bench.json]
 
 The set is made from the project's emoji data (`mmgen data fetch emoji` and `emoji-styles`): base
 concepts only (no skin-tone variant, flag or component), each picture decoded as mmgen decodes it
-(RGB on white) and no two pictures with the same pixels. For each of `--sources` concepts drawn in
+(RGB on white), no two pictures with the same pixels and, with `--distinct D` (default 0.03), no two
+that look the same: a picture whose 64 px thumbnail differs from an already drawn one's (as drawn or
+mirrored) by a mean absolute RGB difference under D (about 8 of 255 levels) is left out. Such
+pairs exist in the emoji data (OpenMoji glyphs whose colour version is black lines only, one
+Fluent high-contrast pattern for two concepts) and no method can tell them from copies; they were
+found among the false positives of the development set (seed 1), and the rule was fixed before
+the test set (seed 0) was measured with it. `--distinct 0` builds the earlier set (identical
+pixels only). For each of `--sources` concepts drawn in
 two or more styles, one style's picture is the source and five copies of it are made:
 resized to 50%, re-encoded as JPEG quality 70, centre-cropped to 90%, recoloured (hue turned
 20-40 degrees, brightness x0.85-0.95 or x1.05-1.15) and mirrored. The same concept in up to
@@ -116,9 +123,52 @@ def _transform(im: Any, kind: str, rng: random.Random) -> tuple[Any, str]:
     raise ValueError(kind)
 
 
+class _Looks:
+    """Thumbnails of the pictures kept so far: is a new one different enough to the eye from all of them?
+
+    Two pictures look the same when the mean absolute RGB difference of their 64 px thumbnails (on
+    white, box-resized, values in [0, 1]; as drawn or mirrored) is under `distinct`. A 16 px
+    thumbnail's difference is never larger, so it rules out most pairs before the 64 px one is taken.
+    """
+
+    SIDES = (16, 64)
+
+    def __init__(self, distinct: float) -> None:
+        self.distinct = distinct
+        self.small: list[Any] = []
+        self.large: list[Any] = []
+        self.rejected = 0
+
+    def add_if_new(self, im: Any) -> bool:
+        import numpy as np
+        from PIL import Image
+
+        if self.distinct <= 0:
+            return True
+        small, large = (np.asarray(im.resize((s, s), Image.Resampling.BOX), dtype=np.float32).ravel() / 255
+                        for s in self.SIDES)  # fmt: skip
+        if self.small:
+            mirrored = small.reshape(16, 16, 3)[:, ::-1].ravel()
+            kept = np.stack(self.small)
+            near = np.minimum(np.abs(kept - small).mean(axis=1), np.abs(kept - mirrored).mean(axis=1)) < self.distinct
+            large_m = large.reshape(64, 64, 3)[:, ::-1].ravel()
+            for i in np.flatnonzero(near).tolist():
+                other = self.large[i]
+                if min(np.abs(other - large).mean(), np.abs(other - large_m).mean()) < self.distinct:
+                    self.rejected += 1
+                    return False
+        self.small.append(small)
+        self.large.append(large)
+        return True
+
+
 def build_set(folder: Path, n_sources: int, other_styles: int, unrelated: int, seed: int,
-              data_dir: Path | None) -> tuple[list[Entry], dict[str, Any]]:  # fmt: skip
-    """Write the set's pictures into `folder`; returns its entries and a summary."""
+              data_dir: Path | None, distinct: float = 0.0) -> tuple[list[Entry], dict[str, Any]]:  # fmt: skip
+    """Write the set's pictures into `folder`; returns its entries and a summary.
+
+    No two pictures drawn from the data have the same pixels, nor (with `distinct` > 0) look the
+    same by `_Looks`; the copies are made from the sources after that.
+    """
     from mmgen.data.images import load_image
 
     by_concept, missing = _base_records(data_dir)
@@ -129,11 +179,12 @@ def build_set(folder: Path, n_sources: int, other_styles: int, unrelated: int, s
     folder.mkdir(parents=True)
     seen: set[str] = set()
     entries: list[Entry] = []
+    looks = _Looks(distinct)
 
     def load_new(record: Any) -> Any | None:
         im = load_image(record.image, max_side=256)
         digest = hashlib.sha256(im.tobytes() + repr(im.size).encode()).hexdigest()
-        if digest in seen:
+        if digest in seen or not looks.add_if_new(im):
             return None
         seen.add(digest)
         return im
@@ -180,7 +231,8 @@ def build_set(folder: Path, n_sources: int, other_styles: int, unrelated: int, s
     for e in entries:
         kinds[e.kind] = kinds.get(e.kind, 0) + 1
     summary = {"images": len(entries), "sources": len(used), "by_kind": kinds, "styles_missing": missing,
-               "concepts_available": len(by_concept)}  # fmt: skip
+               "concepts_available": len(by_concept), "distinct": distinct,
+               "left_out_as_lookalikes": looks.rejected}  # fmt: skip
     return entries, summary
 
 
@@ -369,6 +421,10 @@ def main() -> None:
     ap.add_argument("--sources", type=int, default=300, help="source pictures (each with 5 transformed copies)")
     ap.add_argument("--other-styles", type=int, default=2, help="other styles of each source's concept (negatives)")
     ap.add_argument("--unrelated", type=int, default=300, help="pictures of concepts not drawn (negatives)")
+    ap.add_argument("--distinct", type=float, default=0.03,
+                    help="leave out a picture that looks the same as one already drawn: mean absolute RGB "
+                         "difference of 64 px thumbnails (as drawn or mirrored) under this; 0: only identical "
+                         "pixels are left out (the set before session 15)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--encoder", default="mmgen:bench-product")
     ap.add_argument("--models-dir", type=Path, default=_default_models_dir())
@@ -387,8 +443,11 @@ def main() -> None:
                          no_deps=[IMAGEDEDUP], with_deps=["PyWavelets", "matplotlib"])  # fmt: skip
     images = args.work / "images"
     t0 = time.perf_counter()
-    entries, summary = build_set(images, args.sources, args.other_styles, args.unrelated, args.seed, args.data_dir)
+    entries, summary = build_set(images, args.sources, args.other_styles, args.unrelated, args.seed, args.data_dir,
+                                 args.distinct)
     truth = truth_pairs(entries)
+    print(f"# set: pictures that look the same (64 px difference < {args.distinct}) left out: "
+          f"{summary['left_out_as_lookalikes']}")
     print(f"# set: {summary['images']} pictures ({summary['by_kind']}), {len(truth)} duplicate pairs, "
           f"built in {time.perf_counter() - t0:.1f} s; styles not fetched: {summary['styles_missing'] or 'none'}")  # fmt: skip
     names = [e.name for e in entries]
@@ -415,10 +474,8 @@ def main() -> None:
     print("\n## duplicate pairs at each method's default threshold")
     print("| method | threshold | found | precision | recall | F1 | false pos. (same concept / unrelated) |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    check = mm["picture_check"]
-    bound = f"structure >= {check['min_structure']}" + (
-        f", hues <= {check['max_hue_turn']:g} degrees apart" if check["max_hue_turn"] is not None else "")
-    for label, thr, m in ((label_mm, f"cosine >= {MMGEN_DEFAULT}, pictures' {bound} (default)", mm_default),
+    bound = mm["picture_check"]["min_structure"]
+    for label, thr, m in ((label_mm, f"cosine >= {MMGEN_DEFAULT}, picture check >= {bound} (default)", mm_default),
                           (label_mm, f"cosine >= {MMGEN_DEFAULT} only (--no-picture-check)", mm_cosine),
                           (label_ph, f"Hamming <= {PHASH_DEFAULT}", ph_default)):  # fmt: skip
         print(f"| {label} | {thr} | {m['found']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "

@@ -38,14 +38,8 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--analysis", choices=("structure", "diff"), default="structure")
     ap.add_argument("--sides", default="16,32,64", help="diff: thumbnail sides")
-    ap.add_argument("--variants", default="32:1.0,0.9:grey+chroma 32:1.0,0.9:grey 16:1.0,0.9:grey+chroma "
-                    "48:1.0,0.9:grey+chroma 32:1.0:grey+chroma 32:1.0,0.95,0.9,0.85:grey+chroma",
+    ap.add_argument("--variants", default="16:1.0,0.9:grey+chroma 24:1.0,0.9:grey+chroma 32:1.0,0.9:grey+chroma",
                     help="structure: SIDE:SCALES:MAPS signatures to compare (mmgen.dedup_pixels.signature)")
-    ap.add_argument("--hue-bounds", default="",
-                    help="structure: also keep a pair only when its hue turn is at most each of these degrees "
-                         "(mmgen.dedup_pixels.hue_turn), at each of --hue-structure bounds; e.g. 180,90,60,45")
-    ap.add_argument("--hue-structure", default="0.85,0.9,0.92", help="structure bounds of the hue tables")
-    ap.add_argument("--hue-min-length", type=float, default=0.05, help="hue vectors shorter than this are not compared")
     args = ap.parse_args()
 
     from mmgen.compat import ensure_torchvision
@@ -115,28 +109,18 @@ def main() -> None:
         return
 
     from mmgen.data.images import load_image
-    from mmgen.dedup_pixels import DECODE_SIDE, hue_turn, hue_vector, signature, structure_score
+    from mmgen.dedup_pixels import DECODE_SIDE, signature, structure_score
 
     variants = [v.split(":") for v in args.variants.split()]
     for side_s, scales_s, channels_s in variants:
         side, scales, channels = int(side_s), tuple(float(x) for x in scales_s.split(",")), channels_s.split("+")
-        signatures, hues = {}, {}
+        signatures = {}
         for i in sorted({i for pair in pairs for i in pair}):
-            img = load_image(args.work / "images" / entries[i]["name"], DECODE_SIDE)  # as `mmgen dedup` decodes it
-            signatures[i] = signature(img, side, scales, channels)
-            hues[i] = hue_vector(img)
+            # decoded as `mmgen dedup` decodes it
+            signatures[i] = signature(load_image(args.work / "images" / entries[i]["name"], DECODE_SIDE), side, scales, channels)
         scored = [(structure_score(signatures[a], signatures[b], side), *kind_of(a, b)) for a, b in pairs]
         table(f"structure {side} px, scales {scales}, maps {channels_s}: score at least", scored,
               STRUCTURE_BOUNDS, keep_above=True)  # fmt: skip
-        if args.hue_bounds:
-            turns = [hue_turn(hues[a], hues[b], args.hue_min_length) for a, b in pairs]
-            for bound in (float(x) for x in args.hue_structure.split(",")):
-                passed = [(t, ok, kind) for (score, ok, kind), t in zip(scored, turns) if score >= bound]
-                # an unmeasured turn (NaN: no one hue on a side) passes, as in PictureCheck
-                as_turn = [(0.0 if np.isnan(t) else t, ok, kind) for t, ok, kind in passed]
-                table(f"structure {side} px, {channels_s} >= {bound}, then hue turn at most", as_turn,
-                      tuple(float(x) for x in args.hue_bounds.split(",")), keep_above=False)  # fmt: skip
-
 
 if __name__ == "__main__":
     main()

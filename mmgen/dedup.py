@@ -192,30 +192,21 @@ def collapse(hits_vectors: np.ndarray, threshold: float) -> list[int]:
 def find_duplicates(
     ws: Workspace, store: Store, index: str | None = None, threshold: float = DEFAULT_THRESHOLD,
     exact_only: bool = False, modality: str = "image", check_pictures: bool = True,
-    min_structure: float | None = None, max_hue_turn: float | None = None,
+    min_structure: float | None = None,
 ) -> DedupReport:  # fmt: skip
     """Exact and (unless `exact_only`) near duplicate groups among one index's items of one modality.
 
     For images, `check_pictures` confirms each near pair by its two pictures' structure score
     (`mmgen.dedup_pixels`; at least `min_structure`, default `DEFAULT_MIN_STRUCTURE`): two styles of
-    one concept whose vectors are close but whose drawings differ are not copies; nor are two pictures
-    of one shape whose hues are more than `max_hue_turn` degrees apart (default `DEFAULT_MAX_HUE_TURN`;
-    180 compares no hues).
+    one concept whose vectors are close but whose drawings differ are not copies.
     """
     import time
 
-    from mmgen.dedup_pixels import (
-        DEFAULT_MAX_HUE_TURN,
-        DEFAULT_MIN_STRUCTURE,
-        PictureCheck,
-        check_max_hue_turn,
-        check_min_structure,
-    )
+    from mmgen.dedup_pixels import DEFAULT_MIN_STRUCTURE, PictureCheck, check_min_structure
     from mmgen.index.rows import load_vectors, pick_index_name
 
     threshold = check_threshold(threshold)
     bound = check_min_structure(DEFAULT_MIN_STRUCTURE if min_structure is None else min_structure)
-    hue_bound = check_max_hue_turn(DEFAULT_MAX_HUE_TURN if max_hue_turn is None else max_hue_turn)
     modality = _check_modality(modality)
     name = pick_index_name(store, index)
     started = time.perf_counter()
@@ -234,7 +225,7 @@ def find_duplicates(
     if not exact_only:
         started = time.perf_counter()
         if check_pictures and modality == "image":
-            checker = PictureCheck([loaded.items[int(i)].uri for i in rows.item_ids], bound, max_hue_turn=hue_bound)
+            checker = PictureCheck([loaded.items[int(i)].uri for i in rows.item_ids], bound)
         near = near_groups(np.ascontiguousarray(rows.vectors, dtype=np.float32), rows.item_ids, threshold,
                            confirm=checker)  # fmt: skip
         seconds["near"] = time.perf_counter() - started

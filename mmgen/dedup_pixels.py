@@ -35,29 +35,14 @@ from mmgen.errors import ConfigError, ImageLoadError
 if TYPE_CHECKING:
     from PIL import Image
 
-SIDE = 32  # signature pixels per side
+SIDE = 16  # signature pixels per side
 SCALES = (1.0, 0.9)  # centre crops compared (fractions of the foreground box's side)
 CHANNELS = ("grey", "chroma")
 DECODE_SIDE = 128  # pictures are decoded this small for their signature
 FOREGROUND_TOLERANCE = 40  # levels (any of R, G, B) from the border colour still background (JPEG rings reach ~25)
 FLAT = 2.0  # a map whose standard deviation is under this many levels has no contrast
 # Chosen on the development set (benchmarks/dedup_pixel_check.py, seed 1); see the README.
-DEFAULT_MIN_STRUCTURE = 0.9
-DEFAULT_MAX_HUE_TURN: float | None = None  # degrees; None: hues are not compared
-HUE_MIN_LENGTH = 0.05  # a hue vector shorter than this (grey, or many colours) has no one hue to compare
-
-
-def check_max_hue_turn(value: float | None) -> float | None:
-    """The hue bound as degrees in [0, 180], or None (no hue check); ConfigError otherwise."""
-    if value is None:
-        return None
-    try:
-        bound = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"the hue bound must be an angle in degrees in [0, 180], not {value!r}") from None
-    if not 0.0 <= bound <= 180.0:
-        raise ConfigError(f"the hue bound is an angle in degrees in [0, 180], not {value!r}")
-    return bound
+DEFAULT_MIN_STRUCTURE = 0.85
 
 
 def check_min_structure(value: float) -> float:
@@ -110,13 +95,6 @@ def signature(
     return rows
 
 
-def _foreground(px: np.ndarray, tolerance: int = FOREGROUND_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
-    """(mask of the pixels more than `tolerance` from the border's median colour, that colour) of an int16 RGB array."""
-    border = np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])
-    background = np.median(border, axis=0).astype(np.int16)
-    return (np.abs(px - background) > tolerance).any(axis=2), background
-
-
 def crop_to_foreground(rgb: Image.Image, tolerance: int = FOREGROUND_TOLERANCE, pad: float = 0.04) -> Image.Image:
     """An RGB picture cropped to the pixels more than `tolerance` from its border's median colour, square-padded in it.
 
@@ -125,7 +103,9 @@ def crop_to_foreground(rgb: Image.Image, tolerance: int = FOREGROUND_TOLERANCE, 
     from PIL import Image
 
     px = np.asarray(rgb, dtype=np.int16)
-    mask, background = _foreground(px, tolerance)
+    border = np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])
+    background = np.median(border, axis=0).astype(np.int16)
+    mask = (np.abs(px - background) > tolerance).any(axis=2)
     if not mask.any():
         return rgb
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -135,35 +115,6 @@ def crop_to_foreground(rgb: Image.Image, tolerance: int = FOREGROUND_TOLERANCE, 
     out = Image.new("RGB", (side, side), tuple(int(v) for v in background))
     out.paste(rgb.crop((left, top, right, bottom)), ((side - width) // 2, (side - height) // 2))
     return out
-
-
-def hue_vector(img: Image.Image, tolerance: int = FOREGROUND_TOLERANCE) -> np.ndarray:
-    """The foreground's chroma-weighted mean hue, as a 2-vector: its angle is the hue, its length how much one hue there is.
-
-    The length is the mean over foreground pixels of chroma / 255 times e^(i hue), so a black-and-white
-    or many-coloured picture has a short vector; turning every hue by an angle turns the vector by it.
-    """
-    px = np.asarray(img.convert("RGB"), dtype=np.int16)
-    mask, _ = _foreground(px, tolerance)
-    fg = px[mask].astype(np.float32)
-    if not len(fg):
-        return np.zeros(2, dtype=np.float32)
-    r, g, b = fg[:, 0], fg[:, 1], fg[:, 2]
-    top, chroma = fg.max(axis=1), np.ptp(fg, axis=1)
-    safe = np.maximum(chroma, 1e-6)
-    sector = np.where(top == r, ((g - b) / safe) % 6, np.where(top == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    angle = sector * (np.pi / 3)
-    weight = chroma / 255.0
-    return np.array([np.mean(weight * np.cos(angle)), np.mean(weight * np.sin(angle))], dtype=np.float32)
-
-
-def hue_turn(a: np.ndarray, b: np.ndarray, min_length: float) -> float:
-    """Degrees between two hue vectors; NaN when either is shorter than `min_length` (no one hue to compare)."""
-    la, lb = float(np.hypot(*a)), float(np.hypot(*b))
-    if la < min_length or lb < min_length:
-        return float("nan")
-    cos = float(np.dot(a, b)) / (la * lb)
-    return float(np.degrees(np.arccos(min(1.0, max(-1.0, cos)))))
 
 
 def structure_score(a: np.ndarray, b: np.ndarray, side: int = SIDE) -> float:
@@ -187,15 +138,14 @@ def structure_score(a: np.ndarray, b: np.ndarray, side: int = SIDE) -> float:
 
 def load_signature(
     uri: str | None, side: int = SIDE, scales: Sequence[float] = SCALES, channels: Sequence[str] = CHANNELS
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(structure signature, hue vector) of the picture at `uri`, or None when there is no file or it cannot be decoded."""
+) -> np.ndarray | None:
+    """The signature of the picture at `uri`, or None when there is no file or it cannot be decoded."""
     from mmgen.data.images import load_image
 
     if not uri:
         return None
     try:
-        img = load_image(uri, max_side=DECODE_SIDE)
-        return signature(img, side, scales, channels), hue_vector(img)
+        return signature(load_image(uri, max_side=DECODE_SIDE), side, scales, channels)
     except (ImageLoadError, OSError):
         return None
 
@@ -203,24 +153,20 @@ def load_signature(
 class PictureCheck:
     """Confirms near pairs by their pictures; called once per chunk of pairs, it decodes each picture once.
 
-    `uris[row]` is the file of vector row `row`. A pair is kept when its structure score is at least
-    `min_structure` and, where `max_hue_turn` is set and both pictures have one hue, their hues are at
-    most that many degrees apart. Only signatures are kept, `2 * len(scales) * side**2` float16 values
-    (8 KB at the defaults) and a hue vector per picture met in a pair; pictures are decoded in
+    `uris[row]` is the file of vector row `row`. Only signatures are kept, `2 * len(scales) * side**2`
+    float16 values (2 KB at the defaults) per picture met in a pair; pictures are decoded in
     `workers` threads (SVGs render in a subprocess, so threads overlap them).
     """
 
     def __init__(
         self, uris: Sequence[str | None], min_structure: float = DEFAULT_MIN_STRUCTURE, side: int = SIDE,
         scales: Sequence[float] = SCALES, channels: Sequence[str] = CHANNELS, workers: int | None = None,
-        max_hue_turn: float | None = DEFAULT_MAX_HUE_TURN,
     ) -> None:  # fmt: skip
         self.uris = uris
         self.min_structure = check_min_structure(min_structure)
-        self.max_hue_turn = check_max_hue_turn(max_hue_turn)
         self.side, self.scales, self.channels = side, tuple(scales), tuple(channels)
         self.workers = workers or min(8, (os.cpu_count() or 1) * 2)
-        self.signatures: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+        self.signatures: dict[int, np.ndarray | None] = {}
         self.pairs = self.dropped = self.unchecked = 0
 
     def __call__(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -240,17 +186,14 @@ class PictureCheck:
             with ThreadPoolExecutor(max_workers=min(self.workers, len(todo))) as pool:
                 loaded = pool.map(lambda r: load_signature(self.uris[r], self.side, self.scales, self.channels), todo)
                 for row, sig in zip(todo, loaded):
-                    self.signatures[row] = None if sig is None else (sig[0].astype(np.float16), sig[1])
+                    self.signatures[row] = None if sig is None else sig.astype(np.float16)
         scores = np.full(len(left), np.nan, dtype=np.float32)
-        hue_ok = np.ones(len(left), dtype=bool)
         for i, (a, b) in enumerate(zip(left.tolist(), right.tolist())):
             sa, sb = self.signatures[a], self.signatures[b]
             if sa is not None and sb is not None:
-                scores[i] = structure_score(sa[0], sb[0], self.side)
-                if self.max_hue_turn is not None:
-                    hue_ok[i] = not hue_turn(sa[1], sb[1], HUE_MIN_LENGTH) > self.max_hue_turn  # NaN passes
+                scores[i] = structure_score(sa, sb, self.side)
         unchecked = np.isnan(scores)
-        keep = unchecked | ((scores >= self.min_structure) & hue_ok)
+        keep = unchecked | (scores >= self.min_structure)
         if record:
             self.pairs += len(keep)
             self.dropped += int((~keep).sum())
@@ -263,5 +206,5 @@ class PictureCheck:
 
     def summary(self) -> dict[str, Any]:
         """What was checked: the bound, pairs seen, dropped and kept unchecked, unreadable files."""
-        return {"min_structure": self.min_structure, "max_hue_turn": self.max_hue_turn, "pairs": self.pairs,
-                "dropped": self.dropped, "unchecked": self.unchecked, "unreadable": self.unreadable()}  # fmt: skip
+        return {"min_structure": self.min_structure, "pairs": self.pairs, "dropped": self.dropped,
+                "unchecked": self.unchecked, "unreadable": self.unreadable()}  # fmt: skip

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from mmgen.cli import app
 from mmgen.dedup import collapse, exact_groups, find_duplicates, near_groups
-from mmgen.dedup_pixels import DEFAULT_MAX_HUE_TURN, DEFAULT_MIN_STRUCTURE
+from mmgen.dedup_pixels import DEFAULT_MIN_STRUCTURE
 from mmgen.errors import ConfigError
 
 runner = CliRunner()
@@ -175,7 +175,7 @@ def test_cli_json_shape(dup_ws) -> None:
     assert set(out) == {"index", "modality", "threshold", "exact_only", "items", "counts", "exact", "near",
                         "picture_check", "seconds", "sheet"}  # fmt: skip
     check = out["picture_check"]
-    assert set(check) == {"min_structure", "max_hue_turn", "pairs", "dropped", "unchecked", "unreadable"}
+    assert set(check) == {"min_structure", "pairs", "dropped", "unchecked", "unreadable"}
     assert check["min_structure"] == DEFAULT_MIN_STRUCTURE and check["pairs"] >= 10 and check["unreadable"] == []
     assert out["index"] == "default" and out["modality"] == "image" and out["threshold"] == TINY_THRESHOLD
     assert out["items"] == 48 and out["exact_only"] is False and out["sheet"] is None
@@ -236,10 +236,6 @@ def test_a_moved_file_keeps_its_pairs_unchecked(tmp_path: Path, tiny_encoder, bu
     assert res.exit_code == 0 and "kept unchecked (1 files unreadable)" in res.stdout
     res = _dedup(ws, "--min-structure", "1.5")
     assert res.exit_code == 2 and "[-1, 1]" in res.stderr and "Traceback" not in res.output
-    res = _dedup(ws, "--max-hue-turn", "270")
-    assert res.exit_code == 2 and "[0, 180]" in res.stderr and "Traceback" not in res.output
-    res = _dedup(ws, "--threshold", str(TINY_THRESHOLD), "--max-hue-turn", "45", "--json")
-    assert res.exit_code == 0 and json.loads(res.stdout)["picture_check"]["max_hue_turn"] == 45
     res = _dedup(ws, "--threshold", str(TINY_THRESHOLD), "--no-picture-check", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["picture_check"] is None
 
@@ -250,8 +246,6 @@ def test_the_help_states_the_default_bound() -> None:
     command = typer.main.get_command(app).commands["dedup"]  # type: ignore[attr-defined]
     (option,) = [p for p in command.params if p.name == "min_structure"]
     assert f"[default: {DEFAULT_MIN_STRUCTURE}]" in option.help
-    (hue,) = [p for p in command.params if p.name == "max_hue_turn"]
-    assert f"[default: {180 if DEFAULT_MAX_HUE_TURN is None else f'{DEFAULT_MAX_HUE_TURN:g}'}]" in hue.help
 
 
 def test_cli_prints_groups_and_draws_a_sheet(dup_ws) -> None:

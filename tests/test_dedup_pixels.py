@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 
 from mmgen.dedup_pixels import (
-    DEFAULT_MAX_HUE_TURN,
     DEFAULT_MIN_STRUCTURE,
     SIDE,
     PictureCheck,
-    check_max_hue_turn,
     check_min_structure,
-    hue_turn,
-    hue_vector,
     load_signature,
     signature,
     structure_score,
@@ -109,48 +105,11 @@ def test_picture_check_decodes_each_file_once_and_keeps_unreadable_pairs(tmp_pat
     assert keep.tolist() == [True, True, True, True]
     assert check.signatures[0] is first  # not decoded again
     summary = check.summary()
-    assert summary == {"min_structure": DEFAULT_MIN_STRUCTURE, "max_hue_turn": DEFAULT_MAX_HUE_TURN, "pairs": 7, "dropped": 2, "unchecked": 4,
+    assert summary == {"min_structure": DEFAULT_MIN_STRUCTURE, "pairs": 7, "dropped": 2, "unchecked": 4,
                        "unreadable": [uris[3], uris[4]]}  # fmt: skip
     scores, _ = check.scores(np.array([0]), np.array([1]))
     assert 0.95 <= scores[0] <= 1.0 and check.summary()["pairs"] == 7  # scores() alone counts nothing
     assert load_signature(None) is None and load_signature(uris[3]) is None
-    maps, hue = load_signature(uris[0])
-    assert maps.shape == (2, 2, SIDE * SIDE) and hue.shape == (2,)
+    assert load_signature(uris[0]).shape == (2, 2, SIDE * SIDE)
     with pytest.raises(ConfigError, match="one length"):
         check(np.array([0, 1]), np.array([1]))
-
-
-def _square(colour: tuple[int, int, int]) -> Any:
-    from PIL import Image, ImageDraw
-
-    im = Image.new("RGB", (64, 64), (255, 255, 255))
-    ImageDraw.Draw(im).rectangle([10, 10, 54, 54], fill=colour)
-    return im
-
-
-def test_hue_vectors_turn_with_the_hue_and_grey_has_none() -> None:
-    from PIL import ImageEnhance
-
-    red, orange, blue = hue_vector(_square((220, 40, 40))), hue_vector(_square((230, 120, 40))), hue_vector(_square((40, 90, 220)))
-    assert hue_turn(red, red, 0.05) == pytest.approx(0.0, abs=0.01)
-    assert 20 < hue_turn(red, orange, 0.05) < 40 and hue_turn(red, blue, 0.05) > 120
-    darker = hue_vector(ImageEnhance.Brightness(_square((220, 40, 40))).enhance(0.85))
-    assert hue_turn(red, darker, 0.05) < 2  # a brightness change keeps the hue
-    grey = hue_vector(_square((90, 90, 90)))
-    assert np.hypot(*grey) < 0.05 and np.isnan(hue_turn(red, grey, 0.05))
-    assert not hue_vector(_square((255, 255, 255))).any()  # no foreground at all
-
-
-def test_the_hue_bound_drops_a_square_of_another_colour(tmp_path: Path) -> None:
-    colours = {"red": (220, 40, 40), "red2": (200, 30, 30), "blue": (40, 90, 220), "grey": (90, 90, 90), "dark": (40, 40, 40)}
-    for name, colour in colours.items():
-        _square(colour).save(tmp_path / f"{name}.png")
-    uris = [str(tmp_path / f"{n}.png") for n in colours]
-    pairs = np.array([0, 0, 3]), np.array([1, 2, 4])
-    assert PictureCheck(uris, max_hue_turn=None)(*pairs).tolist() == [True, True, True]  # one shape: structure passes
-    check = PictureCheck(uris, max_hue_turn=60)
-    assert check(*pairs).tolist() == [True, False, True]  # greys have no hue to compare: kept
-    assert check.summary()["max_hue_turn"] == 60 and check.summary()["dropped"] == 1
-    for bad in (-1, 200, "wide"):
-        with pytest.raises(ConfigError, match=r"\[0, 180\]"):
-            check_max_hue_turn(bad)

@@ -45,16 +45,7 @@ def dedup_cmd(
     ] = True,
     min_structure: Annotated[
         Optional[float],
-        typer.Option("--min-structure", help="The picture check's bound: structure correlation in [-1, 1] [default: 0.9]."),
-    ] = None,
-    max_hue_turn: Annotated[
-        Optional[float],
-        typer.Option(
-            "--max-hue-turn",
-            help="The picture check's hue bound: two pictures of one shape whose hues are more than this many "
-            "degrees apart are not copies (pictures without one hue are not compared); 180: hues are not compared "
-            "[default: 180].",
-        ),
+        typer.Option("--min-structure", help="The picture check's bound: structure correlation in [-1, 1] [default: 0.85]."),
     ] = None,
     sheet: Annotated[
         Optional[Path],
@@ -69,8 +60,8 @@ def dedup_cmd(
 
     --json prints {"index", "modality", "threshold", "exact_only", "items", "counts": {"exact_groups",
     "exact_duplicates", "near_groups", "near_duplicates"}, "exact": [{"size", "sha256", "items"}],
-    "near": [{"size", "items"}], "picture_check": {"min_structure", "max_hue_turn", "pairs", "dropped",
-    "unchecked", "unreadable"} or null, "seconds"}; each item is {"id", "corpus", "key", "text", "uri"}.
+    "near": [{"size", "items"}], "picture_check": {"min_structure", "pairs", "dropped", "unchecked",
+    "unreadable"} or null, "seconds"}; each item is {"id", "corpus", "key", "text", "uri"}.
     """
     with _errors():
         from mmgen.dedup import check_threshold, find_duplicates
@@ -83,8 +74,7 @@ def dedup_cmd(
         ws = _workspace(workspace, db)
         with open_store(ws.db_url) as store:
             report = find_duplicates(ws, store, index, threshold, exact_only=exact_only, modality=modality,
-                                     check_pictures=picture_check, min_structure=min_structure,
-                                     max_hue_turn=max_hue_turn)  # fmt: skip
+                                     check_pictures=picture_check, min_structure=min_structure)  # fmt: skip
         sheet_path = _write_sheet(report, sheet, limit) if sheet is not None else None
     if as_json:
         _print_json({**report.to_json(), "sheet": str(sheet_path) if sheet_path else None})
@@ -101,8 +91,6 @@ def _print_report(report: DedupReport, limit: int) -> None:
     echo(f"  exact copies (same sha256): {_counts(report, 'exact')}")
     check = report.picture_check
     confirmed = f", pictures' structure >= {check['min_structure']:g}" if check else ""
-    if check and check["max_hue_turn"] is not None and check["max_hue_turn"] < 180:
-        confirmed += f", hues <= {check['max_hue_turn']:g} degrees apart"
     echo(f"  near copies (cosine >= {report.threshold:g}{confirmed}): {near}")
     if check and check["pairs"]:
         echo(f"  picture check: {check['dropped']} of {check['pairs']} close pairs dropped (drawn differently)"
