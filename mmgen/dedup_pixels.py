@@ -18,8 +18,9 @@ The score is unchanged by a resize, a re-encode, a brightness change, a hue turn
 moves little under a small crop, while a drawing filled in (or emptied), another pose or another
 layout lowers it. A pair is kept when its score is at least `min_structure`.
 
-Pictures that cannot be read (a moved file, an item with no file) cannot be checked: their pairs
-are kept on the cosine alone and counted as unchecked.
+Pictures that cannot be read (a moved file, an item with no file) cannot be checked, nor can two
+pictures without any contrast (blank, or one flat colour): their pairs are kept on the cosine alone
+and counted as unchecked.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ class PictureCheck:
         scores = np.full(len(left), np.nan, dtype=np.float32)
         for i, (a, b) in enumerate(zip(left.tolist(), right.tolist())):
             sa, sb = self.signatures[a], self.signatures[b]
-            if sa is not None and sb is not None:
+            if sa is not None and sb is not None and (sa.any() or sb.any()):  # two blank pictures: cosine alone
                 scores[i] = structure_score(sa, sb, self.side)
         unchecked = np.isnan(scores)
         keep = unchecked | (scores >= self.min_structure)

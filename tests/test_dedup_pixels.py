@@ -110,6 +110,11 @@ def test_picture_check_decodes_each_file_once_and_keeps_unreadable_pairs(tmp_pat
     scores, _ = check.scores(np.array([0]), np.array([1]))
     assert 0.95 <= scores[0] <= 1.0 and check.summary()["pairs"] == 7  # scores() alone counts nothing
     assert load_signature(None) is None and load_signature(uris[3]) is None
+    Image.new("RGB", (40, 40), (255, 255, 255)).save(tmp_path / "blank.png")
+    Image.new("RGB", (90, 90), (250, 250, 250)).save(tmp_path / "blank2.png")
+    blanks = PictureCheck([str(tmp_path / "blank.png"), str(tmp_path / "blank2.png")])
+    assert blanks(np.array([0]), np.array([1])).tolist() == [True]  # no structure to judge: the cosine decides
+    assert blanks.summary()["unchecked"] == 1 and blanks.summary()["unreadable"] == []
     assert load_signature(uris[0]).shape == (2, 2, SIDE * SIDE)
     with pytest.raises(ConfigError, match="one length"):
         check(np.array([0, 1]), np.array([1]))

@@ -39,8 +39,8 @@ def dedup_cmd(
         bool,
         typer.Option(
             "--picture-check/--no-picture-check",
-            help="Images: confirm each near pair by the two pictures' grey-level structure (drops two styles of "
-            "one concept drawn differently); a pair whose file cannot be read is kept on its cosine.",
+            help="Images: confirm each near pair by the two pictures' structure, grey and chroma maps (drops two styles of "
+            "one concept drawn differently); a pair whose file cannot be read, or of two blank pictures, is kept on its cosine.",
         ),
     ] = True,
     min_structure: Annotated[
