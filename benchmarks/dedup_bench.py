@@ -139,19 +139,24 @@ class _Looks:
         self.large: list[Any] = []
         self.rejected = 0
 
-    def add_if_new(self, im: Any) -> bool:
+    @staticmethod
+    def _thumbnails(im: Any, side: int) -> tuple[Any, Any]:
+        """The picture's side x side thumbnail as a flat [0, 1] row, and its mirror's."""
         import numpy as np
         from PIL import Image
 
+        px = np.asarray(im.resize((side, side), Image.Resampling.BOX), dtype=np.float32) / 255
+        return px.ravel(), px[:, ::-1].ravel()
+
+    def add_if_new(self, im: Any) -> bool:
+        import numpy as np
+
         if self.distinct <= 0:
             return True
-        small, large = (np.asarray(im.resize((s, s), Image.Resampling.BOX), dtype=np.float32).ravel() / 255
-                        for s in self.SIDES)  # fmt: skip
+        (small, small_m), (large, large_m) = (self._thumbnails(im, side) for side in self.SIDES)
         if self.small:
-            mirrored = small.reshape(16, 16, 3)[:, ::-1].ravel()
             kept = np.stack(self.small)
-            near = np.minimum(np.abs(kept - small).mean(axis=1), np.abs(kept - mirrored).mean(axis=1)) < self.distinct
-            large_m = large.reshape(64, 64, 3)[:, ::-1].ravel()
+            near = np.minimum(np.abs(kept - small).mean(axis=1), np.abs(kept - small_m).mean(axis=1)) < self.distinct
             for i in np.flatnonzero(near).tolist():
                 other = self.large[i]
                 if min(np.abs(other - large).mean(), np.abs(other - large_m).mean()) < self.distinct:

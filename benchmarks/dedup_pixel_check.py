@@ -122,5 +122,6 @@ def main() -> None:
         table(f"structure {side} px, scales {scales}, maps {channels_s}: score at least", scored,
               STRUCTURE_BOUNDS, keep_above=True)  # fmt: skip
 
+
 if __name__ == "__main__":
     main()

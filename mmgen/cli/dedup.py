@@ -39,13 +39,16 @@ def dedup_cmd(
         bool,
         typer.Option(
             "--picture-check/--no-picture-check",
-            help="Images: confirm each near pair by the two pictures' structure, grey and chroma maps (drops two styles of "
-            "one concept drawn differently); a pair whose file cannot be read, or of two blank pictures, is kept on its cosine.",
+            help="Images: confirm each near pair by the two pictures' structure, grey and chroma maps (drops "
+            "two styles of one concept drawn differently); a pair whose file cannot be read, or of two blank "
+            "pictures, is kept on its cosine.",
         ),
     ] = True,
     min_structure: Annotated[
         Optional[float],
-        typer.Option("--min-structure", help="The picture check's bound: structure correlation in [-1, 1] [default: 0.85]."),
+        typer.Option(
+            "--min-structure", help="The picture check's bound: structure correlation in [-1, 1] [default: 0.85]."
+        ),
     ] = None,
     sheet: Annotated[
         Optional[Path],
