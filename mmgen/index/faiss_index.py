@@ -180,10 +180,23 @@ class FaissIndex(IndexVerbs):
         if self._gpu_index is None and faiss_gpu_count() > 0 and "HNSW" not in self.preset.factory:
             faiss = _faiss()
             try:
-                self._gpu_index = faiss.index_cpu_to_all_gpus(self.index)
+                self._gpu_index = faiss.index_cpu_to_all_gpus(self.gpu_source())
             except RuntimeError:  # an index type without a GPU implementation: search on CPU
                 self._gpu_index = self.index
         return self._gpu_index if self._gpu_index is not None else self.index
+
+    def gpu_source(self) -> Any:
+        """The index a GPU copy is made from: this one, except a flat scalar-quantised index (`flat-fp16`),
+        which FAISS cannot put on a GPU: its decoded vectors in a float `IDMap2,Flat`, which scores each row
+        as the CPU scan does (q . x rounded), so a certified re-rank holds on either device."""
+        faiss = _faiss()
+        inner = faiss.downcast_index(self.index.index)
+        if not isinstance(inner, faiss.IndexScalarQuantizer) or self.index.ntotal == 0:
+            return self.index
+        flat = faiss.index_factory(self.dim, "IDMap2,Flat", inner.metric_type)
+        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        flat.add_with_ids(inner.reconstruct_n(0, inner.ntotal), ids)
+        return flat
 
     def _apply_build_params(self, index: Any) -> None:
         faiss = _faiss()

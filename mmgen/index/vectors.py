@@ -35,6 +35,7 @@ class VectorFile:
             self._check_header()
         self._mmap: np.memmap | None = None
         self._mapped: tuple[int, int] = (-1, -1)  # (inode, rows) of the file the memory map shows
+        self._norms: tuple[int, int, float] = (-1, 0, 0.0)  # (inode, rows read, their largest norm)
 
     def _check_header(self) -> None:
         with open(self.path, "rb") as fh:
@@ -96,6 +97,21 @@ class VectorFile:
             self._mmap = np.memmap(self.path, dtype=np.float32, mode="r", offset=HEADER.size, shape=(n, self.dim))
             self._mapped = (st.st_ino, n)
         return np.array(self._mmap[slots])
+
+    def max_norm(self, chunk: int = 65536) -> float:
+        """The largest Euclidean norm of any row (0.0 when empty); read once, then only rows appended since."""
+        n = len(self)
+        if n == 0:
+            return 0.0
+        inode = os.stat(self.path).st_ino
+        seen_inode, done, best = self._norms
+        if seen_inode != inode or done > n:  # another file (replaced or rebuilt): read it all
+            done, best = 0, 0.0
+        for start in range(done, n, chunk):
+            rows = self.get(np.arange(start, min(n, start + chunk), dtype=np.int64))
+            best = max(best, float(np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64).max())))
+        self._norms = (inode, n, best)
+        return best
 
 
 def _write_all(fd: int, data: bytes) -> None:

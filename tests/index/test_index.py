@@ -207,3 +207,22 @@ def test_a_kept_vector_file_follows_growth_and_replacement(tmp_path) -> None:
     np.testing.assert_array_equal(folder.vectors("image").get(np.array([0])), first[2:])
     folder.vectors("image").append(np.ones((1, DIM), dtype=np.float32))
     assert len(folder.vectors("image").get(np.arange(4))) == 4
+
+
+def test_the_fp16_index_gives_a_gpu_copy_source_that_scores_its_rounded_vectors() -> None:
+    """FAISS has no GPU flat scalar quantiser, so a GPU copy of `flat-fp16` is made from a float Flat of the
+    decoded vectors: same ids, same scores as the CPU scan (run here on CPU, the copy's source itself)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = rng.choice(10_000, 300, replace=False).astype(np.int64)
+    fp16 = FaissIndex(DIM, resolve_preset("flat-fp16"))
+    fp16.add(ids, x)
+    source = fp16.gpu_source()
+    assert source is not fp16.index and source.ntotal == 300
+    want_s, want_i = fp16.search(x[:5], 7)
+    got_s, got_i = source.search(x[:5], 7)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_s, want_s, atol=1e-6)
+    flat = FaissIndex(DIM, resolve_preset("flat"))
+    assert flat.gpu_source() is flat.index  # every other index goes to the GPU as it is
