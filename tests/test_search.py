@@ -1,5 +1,5 @@
-"""`Searcher`: a search recorded before it returns, or by the writer thread after the answer
-(`background_records`), with the same record either way."""
+"""`Searcher`: a search recorded by the writer thread after the answer (`background_records`, the default) or
+before it returns, with the same record either way."""
 
 from __future__ import annotations
 
@@ -27,12 +27,11 @@ def test_background_records_equal_the_synchronous_ones(tmp_path: Path, tiny_enco
     ws, _ = build_tiny_workspace(tmp_path, tiny_encoder)
     store = open_store(ws.db_url)
     try:
-        now = Searcher(ws, store).search(text="a red circle", k=3)
-        assert now.prompt_id is not None  # written before search returned
-        later = Searcher(ws, store, background_records=True)
+        now = Searcher(ws, store, background_records=False).search(text="a red circle", k=3)
+        assert now._prompt_id is not None  # written before search returned
+        later = Searcher(ws, store)
         results = [later.search(text="a red circle", k=3) for _ in range(5)]
-        later.flush()
-        ids = [r.prompt_id for r in results]
+        ids = [r.prompt_id for r in results]  # each read waits for its own record
         assert all(i is not None for i in ids) and len(set(ids)) == 5  # every one written, none lost
         assert [h.id for h in results[0].hits] == [h.id for h in now.hits]
         for prompt_id in ids:
@@ -44,6 +43,30 @@ def test_background_records_equal_the_synchronous_ones(tmp_path: Path, tiny_enco
         assert later.search(text="a red circle", k=3).prompt_id is not None
         with store.session() as s:
             assert len(s.scalars(select(Prompt.id)).all()) == 7
+    finally:
+        store.close()
+
+
+def test_a_background_record_that_fails_leaves_no_prompt_id_and_no_wait(
+    tmp_path: Path, tiny_encoder: Any, build_tiny_workspace: Any
+) -> None:
+    """The store refuses the record (its prompts table is gone): the answer stands, `prompt_id` is None at
+    once, the writer counts the failure, and the next search is answered too."""
+    ws, _ = build_tiny_workspace(tmp_path, tiny_encoder)
+    store = open_store(ws.db_url)
+    try:
+        searcher = Searcher(ws, store)
+        assert searcher.writer is None  # started by the first search that records
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE prompts RENAME TO prompts_away")
+        broken = searcher.search(text="a red circle", k=3)
+        assert broken.hits and broken.prompt_id is None
+        searcher.flush()
+        assert searcher.writer is not None and searcher.writer.failed == 1
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE prompts_away RENAME TO prompts")
+        assert searcher.search(text="a red circle", k=3).prompt_id is not None
+        searcher.close()
     finally:
         store.close()
 

@@ -163,12 +163,15 @@ def _check_faiss(folder: IndexFolder, modality: str, live: np.ndarray, usable: n
                            **where, action=Action("faiss", name, modality)))  # fmt: skip
     count = sum(index.count for _, index in loaded)
     sample = _sample(np.intersect1d(usable, ids[np.isin(ids % n, list(placed))]), opts.sample)
-    if len(sample) and not any(part in folder.preset.factory for part in _LOSSY):
+    factory = folder.preset.factory
+    fp16 = factory == "SQfp16"  # flat-fp16: each value is the file's within fp16 rounding (2^-11 relative)
+    if len(sample) and (fp16 or not any(part in factory for part in _LOSSY)):
         try:
             held = np.stack([placed[int(i) % n].index.reconstruct(int(i)) for i in sample])
         except RuntimeError:  # an index type that cannot reconstruct (IVF without a direct map)
             return count
-        wrong = sample[~np.isclose(held, folder.vectors(modality).get(sample), atol=1e-5).all(axis=1)]
+        rtol = 2.0**-10 if fp16 else 1e-5
+        wrong = sample[~np.isclose(held, folder.vectors(modality).get(sample), atol=1e-5, rtol=rtol).all(axis=1)]
         if len(wrong):
             report.add(Problem("faiss-wrong-vectors", ERROR, f"{len(wrong)} of {len(sample)} sampled vectors in "
                                f"{shown} differ from {modality}.f32", "the cache was damaged: searches rank by "

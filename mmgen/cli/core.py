@@ -254,7 +254,7 @@ def search_cmd(
                 from mmgen.records import require_prompt
 
                 require_prompt(store, parent)
-            searcher = Searcher(ws, store, index, encoder=encoder, device=device)
+            searcher = Searcher(ws, store, index, encoder=encoder, device=device, background_records=False)
             result = searcher.search(
                 text=query, image=image, to=to, k=k, where=filters,
                 mode=mode or ("rerank" if rerank is not None else "float"), rerank=rerank,

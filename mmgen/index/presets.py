@@ -15,7 +15,7 @@ from mmgen.errors import ConfigError, UnknownNameError
 from mmgen.resources import presets_path
 
 PACKAGE_PRESETS = presets_path()
-DEFAULT_PRESET = "flat"
+DEFAULT_PRESET = "flat-fp16"
 DEFAULT_BINARY_PRESET = "binary-flat"
 
 

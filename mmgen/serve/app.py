@@ -136,7 +136,7 @@ class Service:
                 if state == current.state:
                     current.checked = now
                     return current
-            searcher = Searcher(self.ws, self.store, name, device=self.config.device)
+            searcher = Searcher(self.ws, self.store, name, device=self.config.device, background_records=False)
             state = tuple(sql_row_state(self.store, searcher.index_id, m) for m in ("image", "text"))
             self._open[name] = _Open(searcher, state, time.monotonic())
             return self._open[name]

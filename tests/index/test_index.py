@@ -27,7 +27,7 @@ def brute_force(base: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.
 def test_presets_are_discoverable_and_unknown_names_list_choices() -> None:
     presets = list_presets()
     assert {"flat", "hnsw32", "ivf1024-flat", "ivf4096-pq48"} <= set(presets)
-    assert resolve_preset(None).factory == "Flat"
+    assert resolve_preset(None).factory == "SQfp16"  # flat-fp16, the default
     assert resolve_preset("IVF8,Flat").factory == "IVF8,Flat"
     with pytest.raises(UnknownNameError, match="flat"):
         resolve_preset("no-such-preset")
@@ -226,3 +226,20 @@ def test_the_fp16_index_gives_a_gpu_copy_source_that_scores_its_rounded_vectors(
     np.testing.assert_allclose(got_s, want_s, atol=1e-6)
     flat = FaissIndex(DIM, resolve_preset("flat"))
     assert flat.gpu_source() is flat.index  # every other index goes to the GPU as it is
+
+
+@pytest.mark.gpu
+def test_an_fp16_index_searched_on_a_gpu_answers_as_on_the_cpu() -> None:
+    from mmgen.devices import faiss_gpu_count
+
+    if faiss_gpu_count() == 0:
+        pytest.skip("faiss sees no GPU")
+    x = unit(2000, seed=5)
+    on_gpu, on_cpu = FaissIndex(DIM, resolve_preset("flat-fp16")), FaissIndex(DIM, resolve_preset("flat-fp16"))
+    for index in (on_gpu, on_cpu):
+        index.add(np.arange(2000, dtype=np.int64), x)
+    got_s, got_i = on_gpu.search(x[:50], 10)  # every query at once: FAISS's GPU copy
+    assert on_gpu._gpu_index is not None and on_gpu._gpu_index is not on_gpu.index
+    want_s, want_i = on_cpu.index.search(x[:50], 10)
+    np.testing.assert_allclose(got_s, want_s, atol=1e-5)
+    assert (got_i == want_i).mean() > 0.99  # near-equal scores may swap places
