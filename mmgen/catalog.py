@@ -140,7 +140,7 @@ def _discard_folder(root: Path) -> None:
     if not root.is_dir():
         return
     for path in root.iterdir():
-        if path.is_file() and (path.suffix in (".f32", ".faiss", ".ivfdata", ".tmp") or path.name == "manifest.json"):
+        if path.is_file() and (path.suffix in (".f32", ".maxnorm", ".faiss", ".ivfdata", ".tmp") or path.name == "manifest.json"):
             path.unlink()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -37,6 +38,7 @@ class FaissIndex(IndexVerbs):
             raise VectorIndexError(f"FAISS index has dimension {index.d}, expected {self.dim}")
         self.index = index
         self._gpu_index: Any | None = None
+        self._plain = False  # True once this index is known to need no search parameters
 
     # ---- persistence -------------------------------------------------------------------
     @classmethod
@@ -155,10 +157,14 @@ class FaissIndex(IndexVerbs):
     def _search_params(self, allowed_ids: np.ndarray | None) -> Any | None:
         faiss = _faiss()
         settings = self.preset.search
+        if allowed_ids is None and self._plain:
+            return None  # a flat index searched whole: nothing to set (the common query, checked once)
         sel = None
         if allowed_ids is not None:
             sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
         inner = faiss.downcast_index(self.index.index)
+        if sel is None and not isinstance(inner, faiss.IndexHNSW) and faiss.try_extract_index_ivf(inner) is None:
+            self._plain = True  # `self.index` is set once, so its kind never changes
         if isinstance(inner, faiss.IndexHNSW):
             params = faiss.SearchParametersHNSW()
             params.efSearch = int(settings.get("efSearch", 64))
@@ -175,9 +181,7 @@ class FaissIndex(IndexVerbs):
         return params
 
     def _gpu_or_cpu(self) -> Any:
-        from mmgen.devices import faiss_gpu_count
-
-        if self._gpu_index is None and faiss_gpu_count() > 0 and "HNSW" not in self.preset.factory:
+        if self._gpu_index is None and _gpus() > 0 and "HNSW" not in self.preset.factory:
             faiss = _faiss()
             try:
                 self._gpu_index = faiss.index_cpu_to_all_gpus(self.gpu_source())
@@ -204,6 +208,14 @@ class FaissIndex(IndexVerbs):
         ef = self.preset.build.get("efConstruction")
         if ef is not None and isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efConstruction = int(ef)
+
+
+@functools.cache
+def _gpus() -> int:
+    """GPUs FAISS can use, asked once per process (every search asks)."""
+    from mmgen.devices import faiss_gpu_count
+
+    return faiss_gpu_count()
 
 
 def _renumber_ivf(ivf: Any, kept: np.ndarray) -> None:

@@ -145,7 +145,8 @@ class IndexFolder:
         """The durable vector file of one modality; kept, so its memory map is reused (it remaps when the file grows)."""
         _check_modality(modality)
         found = self._vectors.get(modality)
-        if found is None or not found.path.exists():
+        # once mapped, a file replaced under it is noticed by `get` (another inode): no stat on every search
+        if found is None or (found.mapped is None and not found.path.exists()):
             found = self._vectors[modality] = VectorFile(self.root / f"{modality}.f32", self.dim)
         return found
 

@@ -35,7 +35,8 @@ class VectorFile:
             self._check_header()
         self._mmap: np.memmap | None = None
         self._mapped: tuple[int, int] = (-1, -1)  # (inode, rows) of the file the memory map shows
-        self._norms: tuple[int, int, float] = (-1, 0, 0.0)  # (inode, rows read, their largest norm)
+        self._norms: tuple[int, int, float] = (-1, 0, 0.0)  # (fingerprint, rows covered, their largest norm)
+        self._seen: tuple[tuple[int, int], float] = ((-1, -1), 0.0)  # (inode, size) at the last max_norm, its answer
 
     def _check_header(self) -> None:
         with open(self.path, "rb") as fh:
@@ -78,6 +79,7 @@ class VectorFile:
                         os.ftruncate(fh.fileno(), size)
                     raise
         self._mmap = None
+        self._note_appended(start, vectors)
         return np.arange(start, start + len(vectors), dtype=np.int64)
 
     def get(self, slots: np.ndarray) -> np.ndarray:
@@ -98,20 +100,87 @@ class VectorFile:
             self._mapped = (st.st_ino, n)
         return np.array(self._mmap[slots])
 
+    @property
+    def mapped(self) -> np.memmap | None:
+        """The memory map `get` reads through (None before the first read or after an append)."""
+        return self._mmap
+
     def max_norm(self, chunk: int = 65536) -> float:
-        """The largest Euclidean norm of any row (0.0 when empty); read once, then only rows appended since."""
-        n = len(self)
+        """The largest Euclidean norm of any row (0.0 when empty).
+
+        Kept in a small sidecar (`NAME.f32.maxnorm`: rows covered, their largest norm, and a checksum of the
+        first rows so a replaced file is not taken for this one) that `append` extends; only rows past what
+        it covers are read, so a large index pays for the full read once, if ever."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return 0.0
+        if self._seen[0] == (st.st_ino, st.st_size):  # unchanged since the last call: every query's case
+            return self._seen[1]
+        n = max(0, (st.st_size - HEADER.size) // self._row_bytes)
         if n == 0:
             return 0.0
-        inode = os.stat(self.path).st_ino
-        seen_inode, done, best = self._norms
-        if seen_inode != inode or done > n:  # another file (replaced or rebuilt): read it all
+        done, best = self._norms[1:] if self._norms[0] == self._fingerprint() else self._read_sidecar()
+        if done > n:
             done, best = 0, 0.0
         for start in range(done, n, chunk):
-            rows = self.get(np.arange(start, min(n, start + chunk), dtype=np.int64))
-            best = max(best, float(np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64).max())))
-        self._norms = (inode, n, best)
+            best = max(best, _largest_norm(self.get(np.arange(start, min(n, start + chunk), dtype=np.int64))))
+        if done != n:
+            self._write_sidecar(n, best)
+        self._seen = ((st.st_ino, st.st_size), best)
         return best
+
+    @property
+    def sidecar(self) -> Path:
+        return self.path.with_name(self.path.name + ".maxnorm")
+
+    def _fingerprint(self) -> int:
+        """A checksum of the first rows: who this file is (rows are never rewritten, only appended)."""
+        import zlib
+
+        with open(self.path, "rb") as fh:
+            return zlib.crc32(fh.read(HEADER.size + FINGERPRINT_ROWS * self._row_bytes))
+
+    def _read_sidecar(self) -> tuple[int, float]:
+        import json
+
+        try:
+            info = json.loads(self.sidecar.read_text(encoding="utf-8"))
+            if int(info["fingerprint"]) == self._fingerprint() and int(info["rows"]) >= FINGERPRINT_ROWS:
+                return int(info["rows"]), float(info["max_norm"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # missing, unreadable or another file's: read the rows again
+        return 0, 0.0
+
+    def _write_sidecar(self, rows: int, best: float) -> None:
+        import json
+
+        fingerprint = self._fingerprint()
+        self._norms = (fingerprint, rows, best)
+        if rows < FINGERPRINT_ROWS:  # too few rows to tell this file from another: cheap to read again
+            return
+        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({"rows": rows, "max_norm": best, "fingerprint": fingerprint}), encoding="utf-8")
+            os.replace(tmp, self.sidecar)
+        except OSError:  # a read-only workspace: this process keeps it in memory
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _note_appended(self, start: int, vectors: np.ndarray) -> None:
+        """After an append: extend the sidecar when it covered every row before these (else max_norm reads)."""
+        fingerprint, done, best = self._norms
+        if done != start or fingerprint != self._fingerprint():
+            done, best = self._read_sidecar()
+        if done == start and len(vectors):
+            self._write_sidecar(start + len(vectors), max(best, _largest_norm(vectors)))
+
+
+FINGERPRINT_ROWS = 16
+
+
+def _largest_norm(rows: np.ndarray) -> float:
+    return float(np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64).max())) if len(rows) else 0.0
 
 
 def _write_all(fd: int, data: bytes) -> None:

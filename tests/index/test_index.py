@@ -243,3 +243,24 @@ def test_an_fp16_index_searched_on_a_gpu_answers_as_on_the_cpu() -> None:
     want_s, want_i = on_cpu.index.search(x[:50], 10)
     np.testing.assert_allclose(got_s, want_s, atol=1e-5)
     assert (got_i == want_i).mean() > 0.99  # near-equal scores may swap places
+
+
+def test_the_largest_norm_is_kept_beside_the_vector_file_and_never_trusted_for_another_file(tmp_path) -> None:
+    path = tmp_path / "v.f32"
+    rows = unit(20, seed=6)
+    VectorFile(path, DIM).append(rows)
+    sidecar = path.with_name("v.f32.maxnorm")
+    assert json.loads(sidecar.read_text())["rows"] == 20
+    assert VectorFile(path, DIM).max_norm() == pytest.approx(1.0, abs=1e-6)  # a new reader starts from it
+    older = sidecar.read_bytes()
+    VectorFile(path, DIM).append(3 * rows[:2])
+    assert json.loads(sidecar.read_text())["rows"] == 22
+    sidecar.write_bytes(older)  # as if killed between the append and the sidecar: the rows past it are read
+    assert VectorFile(path, DIM).max_norm() == pytest.approx(3.0, abs=1e-5)
+    assert json.loads(sidecar.read_text())["rows"] == 22
+
+    kept = sidecar.read_bytes()
+    path.unlink()
+    VectorFile(path, DIM).append(np.concatenate([7 * rows[:1], rows]))  # another file under the same name
+    sidecar.write_bytes(kept)  # with the first file's sidecar: its first rows differ, so it is not believed
+    assert VectorFile(path, DIM).max_norm() == pytest.approx(7.0, abs=1e-5)
