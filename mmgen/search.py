@@ -51,6 +51,26 @@ log = logging.getLogger(__name__)
 SYNTHETIC_CHECK_S = 2.0
 
 
+_WRITER: tuple[int, RecordWriter] | None = None  # (pid, the process's record writer)
+_WRITER_LOCK = threading.Lock()
+
+
+def shared_writer() -> RecordWriter:
+    """The one record-writer thread of this process, shared by every `Searcher` that records in the
+    background (so opening many Searchers starts no more threads), flushed at the interpreter's exit. A
+    forked child, which inherits the object but not the thread, starts its own."""
+    global _WRITER
+    import os
+
+    with _WRITER_LOCK:
+        if _WRITER is None or _WRITER[0] != os.getpid():
+            import atexit
+
+            _WRITER = (os.getpid(), RecordWriter())
+            atexit.register(_WRITER[1].flush)  # no record lost at a normal exit
+        return _WRITER[1]
+
+
 class Searcher:
     """An opened index: encoder, FAISS files and store, reused across queries."""
 
@@ -109,11 +129,12 @@ class Searcher:
             self.writer.flush()
 
     def close(self) -> None:
-        """Write what is queued and stop the writer thread (searches after this record before returning)."""
+        """Wait for what is queued; searches after this record before returning. (The writer thread is the
+        process's, shared by every Searcher, and stays.)"""
         self._background = False
         if self.writer is not None:
             writer, self.writer = self.writer, None
-            writer.close()  # its stop mark queues after every record, so closing drains them
+            writer.flush()
 
     def modalities(self) -> list[str]:
         """Modalities that have vectors in this index."""
@@ -334,10 +355,7 @@ class Searcher:
 
     def _writer(self) -> RecordWriter:
         if self.writer is None:
-            import atexit
-
-            self.writer = RecordWriter()
-            atexit.register(self.writer.flush)  # no record lost at a normal exit
+            self.writer = shared_writer()
         return self.writer
 
     def _record_into(self, result: SearchResult) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from mmgen.search import Searcher
+from mmgen.search import Searcher, shared_writer
 from mmgen.store.db import open_store
 from mmgen.store.models import Output, Prompt, Retrieval
 
@@ -39,7 +39,7 @@ def test_background_records_equal_the_synchronous_ones(tmp_path: Path, tiny_enco
         unrecorded = later.search(text="a blue square", k=3, record=False)
         later.flush()
         assert unrecorded.prompt_id is None
-        later.close()  # drains the queue and stops the thread; later searches record at once
+        later.close()  # waits for the queue; later searches record at once
         assert later.search(text="a red circle", k=3).prompt_id is not None
         with store.session() as s:
             assert len(s.scalars(select(Prompt.id)).all()) == 7
@@ -56,13 +56,16 @@ def test_a_background_record_that_fails_leaves_no_prompt_id_and_no_wait(
     store = open_store(ws.db_url)
     try:
         searcher = Searcher(ws, store)
-        assert searcher.writer is None  # started by the first search that records
+        assert searcher.writer is None  # taken by the first search that records
+        assert searcher.search(text="a red circle", k=3).prompt_id is not None
+        assert searcher.writer is shared_writer() and Searcher(ws, store).writer is None  # one thread per process
+        failed = searcher.writer.failed
         with store.engine.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE prompts RENAME TO prompts_away")
         broken = searcher.search(text="a red circle", k=3)
         assert broken.hits and broken.prompt_id is None
         searcher.flush()
-        assert searcher.writer is not None and searcher.writer.failed == 1
+        assert searcher.writer.failed == failed + 1
         with store.engine.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE prompts_away RENAME TO prompts")
         assert searcher.search(text="a red circle", k=3).prompt_id is not None

@@ -1,4 +1,5 @@
-"""The record writer: searches recorded after they were answered, in one thread (`mmgen serve`, `Searcher(background_records=True)`)."""
+"""The record writer: searches recorded after they were answered, in one thread (`mmgen serve`'s own, and
+one per process shared by every `Searcher` that records in the background)."""
 
 from __future__ import annotations
 
