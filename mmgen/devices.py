@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 
@@ -30,8 +31,9 @@ def torch_device(preference: str = "auto") -> str:
     return "cpu"
 
 
+@functools.cache
 def faiss_gpu_count() -> int:
-    """Number of GPUs faiss can use (0 for faiss-cpu builds)."""
+    """Number of GPUs faiss can use (0 for faiss-cpu builds); asked once per process (every search asks)."""
     import faiss
 
     get = getattr(faiss, "get_num_gpus", None)

@@ -30,7 +30,7 @@ from mmgen.store.filters import Condition, Filters, as_filters
 from mmgen.store.hotpath import HitRow, QueryPath
 from mmgen.store.models import Corpus, IndexRecord, IndexRow, Item
 from mmgen.store.repo import login_user
-from mmgen.store.writer import RecordWriter
+from mmgen.store.writer import RecordWriter, shared_writer
 from mmgen.versions import find_checksum, kept_version
 from mmgen.workspace import Workspace
 
@@ -49,26 +49,6 @@ log = logging.getLogger(__name__)
 # How long a search trusts its last look for synthetic items in the index (a server stays up while
 # `mmgen index outputs` adds some).
 SYNTHETIC_CHECK_S = 2.0
-
-
-_WRITER: tuple[int, RecordWriter] | None = None  # (pid, the process's record writer)
-_WRITER_LOCK = threading.Lock()
-
-
-def shared_writer() -> RecordWriter:
-    """The one record-writer thread of this process, shared by every `Searcher` that records in the
-    background (so opening many Searchers starts no more threads), flushed at the interpreter's exit. A
-    forked child, which inherits the object but not the thread, starts its own."""
-    global _WRITER
-    import os
-
-    with _WRITER_LOCK:
-        if _WRITER is None or _WRITER[0] != os.getpid():
-            import atexit
-
-            _WRITER = (os.getpid(), RecordWriter())
-            atexit.register(_WRITER[1].flush)  # no record lost at a normal exit
-        return _WRITER[1]
 
 
 class Searcher:
@@ -120,7 +100,7 @@ class Searcher:
         self._codes_ready: set[str] = set()
         self._hasher: Hasher | None = None
         self._synthetic: tuple[float, bool] | None = None
-        self.writer: RecordWriter | None = None  # started by the first search recorded in the background
+        self.writer: RecordWriter | None = None  # the process's writer, taken by the first background record
         self._background = background_records
 
     def flush(self) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from mmgen.search import Searcher, shared_writer
+from mmgen.search import Searcher
 from mmgen.store.db import open_store
 from mmgen.store.models import Output, Prompt, Retrieval
+from mmgen.store.writer import shared_writer
 
 
 def _record(store: Any, prompt_id: int) -> tuple[Any, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -181,7 +180,9 @@ class FaissIndex(IndexVerbs):
         return params
 
     def _gpu_or_cpu(self) -> Any:
-        if self._gpu_index is None and _gpus() > 0 and "HNSW" not in self.preset.factory:
+        from mmgen.devices import faiss_gpu_count
+
+        if self._gpu_index is None and faiss_gpu_count() > 0 and "HNSW" not in self.preset.factory:
             faiss = _faiss()
             try:
                 self._gpu_index = faiss.index_cpu_to_all_gpus(self.gpu_source())
@@ -208,14 +209,6 @@ class FaissIndex(IndexVerbs):
         ef = self.preset.build.get("efConstruction")
         if ef is not None and isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efConstruction = int(ef)
-
-
-@functools.cache
-def _gpus() -> int:
-    """GPUs FAISS can use, asked once per process (every search asks)."""
-    from mmgen.devices import faiss_gpu_count
-
-    return faiss_gpu_count()
 
 
 def _renumber_ivf(ivf: Any, kept: np.ndarray) -> None:

@@ -35,7 +35,6 @@ class VectorFile:
             self._check_header()
         self._mmap: np.memmap | None = None
         self._mapped: tuple[int, int] = (-1, -1)  # (inode, rows) of the file the memory map shows
-        self._norms: tuple[int, int, float] = (-1, 0, 0.0)  # (fingerprint, rows covered, their largest norm)
         self._seen: tuple[tuple[int, int], float] = ((-1, -1), 0.0)  # (inode, size) at the last max_norm, its answer
 
     def _check_header(self) -> None:
@@ -120,7 +119,7 @@ class VectorFile:
         n = max(0, (st.st_size - HEADER.size) // self._row_bytes)
         if n == 0:
             return 0.0
-        done, best = self._norms[1:] if self._norms[0] == self._fingerprint() else self._read_sidecar()
+        done, best = self._read_sidecar()
         if done > n:
             done, best = 0, 0.0
         for start in range(done, n, chunk):
@@ -155,13 +154,12 @@ class VectorFile:
     def _write_sidecar(self, rows: int, best: float) -> None:
         import json
 
-        fingerprint = self._fingerprint()
-        self._norms = (fingerprint, rows, best)
         if rows < FINGERPRINT_ROWS:  # too few rows to tell this file from another: cheap to read again
             return
         tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
         try:
-            tmp.write_text(json.dumps({"rows": rows, "max_norm": best, "fingerprint": fingerprint}), encoding="utf-8")
+            info = {"rows": rows, "max_norm": best, "fingerprint": self._fingerprint()}
+            tmp.write_text(json.dumps(info), encoding="utf-8")
             os.replace(tmp, self.sidecar)
         except OSError:  # a read-only workspace: this process keeps it in memory
             with contextlib.suppress(OSError):
@@ -169,9 +167,7 @@ class VectorFile:
 
     def _note_appended(self, start: int, vectors: np.ndarray) -> None:
         """After an append: extend the sidecar when it covered every row before these (else max_norm reads)."""
-        fingerprint, done, best = self._norms
-        if done != start or fingerprint != self._fingerprint():
-            done, best = self._read_sidecar()
+        done, best = self._read_sidecar()
         if done == start and len(vectors):
             self._write_sidecar(start + len(vectors), max(best, _largest_norm(vectors)))
 

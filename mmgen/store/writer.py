@@ -50,3 +50,23 @@ class RecordWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=60)
+
+
+_WRITER: tuple[int, RecordWriter] | None = None  # (pid, the process's record writer)
+_WRITER_LOCK = threading.Lock()
+
+
+def shared_writer() -> RecordWriter:
+    """The one record-writer thread of this process, shared by every `Searcher` that records in the
+    background (so opening many Searchers starts no more threads), flushed at the interpreter's exit. A
+    forked child, which inherits the object but not the thread, starts its own."""
+    global _WRITER
+    import os
+
+    with _WRITER_LOCK:
+        if _WRITER is None or _WRITER[0] != os.getpid():
+            import atexit
+
+            _WRITER = (os.getpid(), RecordWriter())
+            atexit.register(_WRITER[1].flush)  # no record lost at a normal exit
+        return _WRITER[1]
