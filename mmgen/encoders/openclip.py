@@ -78,17 +78,22 @@ class OpenClipEncoder(Encoder):
                 if self._pad_id is not None:
                     tokens = trim_padding(tokens, self._pad_id)
                 tokens = tokens.to(self.device)
-                if len(idx) == 1 and self._fused is not None and not self.model.training:
-                    out[list(idx)] = self._fused_query(tokens).float().cpu().numpy()
+                fused = self._fused is not None and not self.model.training
+                if fused and (len(idx) == 1 or self._fused.batches):
+                    out[list(idx)] = self._fused_text(tokens).float().cpu().numpy()
                 else:
                     out[list(idx)] = self.model.encode_text(tokens).float().cpu().numpy()
         return out
 
-    def _fused_query(self, tokens: torch.Tensor) -> torch.Tensor:
-        """`model.encode_text` of one trimmed text (no padding left) through the fused BERT layers
-        (`mmgen.encoders.fused`): the HF tower's mean pooling over all its tokens, then its projection."""
+    def _fused_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`model.encode_text` of trimmed texts through the fused BERT layers (`mmgen.encoders.fused`), as the
+        HF tower computes it: pad ids masked in attention and in its mean pooling, then its projection."""
+        from types import SimpleNamespace
+
         text = self.model.text
-        return text.proj(self._fused.hidden_states(tokens).mean(dim=1))
+        mask = (tokens != self._pad_id).long()
+        hidden = self._fused.hidden_states(tokens, None, mask)
+        return text.proj(text.pooler(SimpleNamespace(last_hidden_state=hidden), mask))
 
     def _encode_image(self, images: list[Image.Image], batch_size: int) -> np.ndarray:
         import torch

@@ -17,7 +17,8 @@ _MODEL_SUFFIXES = frozenset({".json", ".safetensors", ".bin", ".pt", ".pth", ".t
 # Alternative exports of the same weights that sentence-transformers does not load by default.
 _SKIPPED_FOLDERS = frozenset({"onnx", "openvino"})
 # Batches up to this size skip `SentenceTransformer.encode` (its length sort and conversions cost more than
-# the forward pass of a short query on CPU): `_forward`, tested equal to `encode`.
+# the forward pass of a short query on CPU): `_forward`, tested equal to `encode`. Larger ones do too where
+# the fused layers take padded batches (oneDNN's), batched as `encode` batches them.
 DIRECT_MAX = 8
 _UNSET = object()
 
@@ -45,8 +46,17 @@ class SentenceTransformerEncoder(Encoder):
         import torch
 
         with torch.inference_mode():
-            if len(texts) <= min(batch_size, DIRECT_MAX):
+            direct = getattr(self._model, "default_prompt_name", None) is None  # `encode` would add a prompt
+            if direct and len(texts) <= min(batch_size, DIRECT_MAX):
                 return self._forward(texts)
+            fused = self._fused_layers() if direct and not self._model.training else None
+            if fused is not None and fused.batches:  # `encode`'s batches (longest first) on the fused layers
+                order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+                out = np.empty((len(texts), self.dim), dtype=np.float32)
+                for start in range(0, len(order), batch_size):
+                    at = order[start : start + batch_size]
+                    out[at] = self._forward([texts[i] for i in at])
+                return out
             return self._model.encode(
                 texts,
                 batch_size=batch_size,
@@ -56,8 +66,8 @@ class SentenceTransformerEncoder(Encoder):
             )
 
     def _forward(self, texts: list[str]) -> np.ndarray:
-        """One small batch straight through the model's modules (what `encode` does per batch), without
-        `encode`'s sorting, prompt and conversion steps: the path of a single query."""
+        """One batch straight through the model's modules (what `encode` does per batch), without `encode`'s
+        sorting, prompt and conversion steps: the path of a single query, and of batches on oneDNN's layers."""
         import torch
 
         model = self._model
@@ -67,12 +77,14 @@ class SentenceTransformerEncoder(Encoder):
             features = prepare(texts)
         features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
         mask = features.get("attention_mask")
-        fused = self._fused_layers() if len(texts) == 1 and mask is not None and bool(mask.all()) else None
-        if fused is None or model.training:
+        fused = self._fused_layers() if mask is not None and not model.training else None
+        if fused is not None and not fused.batches and (len(texts) > 1 or not bool(mask.all())):
+            fused = None  # the native kernel takes one unpadded text
+        if fused is None:
             embeddings = model.forward(features)["sentence_embedding"]
         else:  # the first module's output from the fused layers, then the model's own later modules
             first = model[0]
-            hidden = fused.hidden_states(features["input_ids"], features.get("token_type_ids"))
+            hidden = fused.hidden_states(features["input_ids"], features.get("token_type_ids"), mask)
             features[getattr(first, "module_output_name", "token_embeddings")] = hidden
             for module in list(model)[1:]:
                 features = module(features)

@@ -135,7 +135,8 @@ def test_weights_changed_in_place_or_moved_are_followed(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["onednn", "native"])
-def test_fused_layers_refuse_batches_and_training(backend: str) -> None:
+def test_padded_batches_equal_the_model_s_own_and_training_is_refused(backend: str) -> None:
+    """A padded batch: oneDNN's layers mask the padding keys; the native kernel hands it to the eager layers."""
     import torch
 
     from mmgen.encoders.fused import fuse_bert, onednn_usable
@@ -144,8 +145,16 @@ def test_fused_layers_refuse_batches_and_training(backend: str) -> None:
     if backend == "onednn" and not onednn_usable(bert):
         pytest.skip("this PyTorch has no oneDNN")
     fused = fuse_bert(bert, backend)
-    with pytest.raises(ValueError, match="one unpadded text"):
-        fused.hidden_states(torch.tensor([[1, 2], [3, 4]]))
+    assert fused.batches == (backend == "onednn")
+    ids = torch.tensor([[1, 7, 3, 44, 9, 2], [1, 5, 2, 0, 0, 0], [1, 2, 0, 0, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.inference_mode():
+        reference = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        ours = fused.hidden_states(ids, None, mask)
+        unpadded = fused.hidden_states(ids[:2, :3])
+    keep = mask.bool()
+    torch.testing.assert_close(ours[keep], reference[keep], atol=1e-5, rtol=1e-5)  # padding rows are not read
+    torch.testing.assert_close(unpadded, bert(input_ids=ids[:2, :3]).last_hidden_state, atol=1e-5, rtol=1e-5)
     bert.train()
     with pytest.raises(RuntimeError, match="training mode"):
         fused.hidden_states(torch.tensor([[1, 2]]))
@@ -170,3 +179,21 @@ def test_one_st_query_takes_the_fused_layers_and_equals_encode(minilm: Encoder) 
         assert counts.get("mkldnn::_linear_pointwise") == 24 and "aten::_transformer_encoder_layer_fwd" not in counts
     else:  # each layer is one native call
         assert counts.get("aten::_transformer_encoder_layer_fwd") == 6
+
+
+def test_st_batches_take_oneDNN_s_layers_and_equal_encode(minilm: Encoder) -> None:
+    """More texts than the direct path takes, of uneven lengths (so padded batches), in encode's batching."""
+    import torch
+
+    fused = minilm._fused_layers()  # type: ignore[attr-defined]
+    if not fused.batches:
+        pytest.skip("this PyTorch has no oneDNN")
+    texts = [("a red apple " * (i % 7 + 1)).strip() + f" {i}" for i in range(37)] + ["ü ñ 漢字", "x" * 3000]
+    with torch.inference_mode():
+        reference = minilm._model.encode(texts, batch_size=16, convert_to_numpy=True, normalize_embeddings=True,
+                                         show_progress_bar=False)  # fmt: skip
+    with torch.profiler.profile() as prof:
+        ours = minilm.encode_text(texts, batch_size=16)
+    np.testing.assert_allclose(ours, reference, atol=1e-6)
+    counts = {e.key: e.count for e in prof.key_averages()}
+    assert counts.get("mkldnn::_linear_pointwise") == 3 * 24  # three batches of 16, 16 and 7

@@ -70,7 +70,12 @@ def test_minilm_tower_trimmed_matches_full_padding_in_input_order(minilm_clip_di
     reference /= np.linalg.norm(reference, axis=1, keepdims=True)
     for batch_size in (1, 3, 256):
         np.testing.assert_allclose(encoder.encode_text(MIXED_TEXTS, batch_size=batch_size), reference, atol=1e-5)
-    assert encoder._fused is not None  # type: ignore[attr-defined]  # batches of one: the fused BERT layers
+    fused = encoder._fused  # type: ignore[attr-defined]
+    assert fused is not None  # batches of one take the fused BERT layers, padded batches too on oneDNN's
+    if fused.batches:
+        with torch.profiler.profile() as prof:
+            encoder.encode_text(MIXED_TEXTS, batch_size=256)
+        assert {e.key: e.count for e in prof.key_averages()}.get("mkldnn::_linear_pointwise") == 24
     np.testing.assert_allclose(encoder.encode_text(MIXED_TEXTS[-1:]), reference[-1:], atol=1e-5)
     order = np.random.default_rng(0).permutation(len(MIXED_TEXTS))
     shuffled = encoder.encode_text([MIXED_TEXTS[i] for i in order], batch_size=3)
