@@ -128,16 +128,23 @@ class _PackedLayer:
         self.heads, self.width, self.eps = config.num_attention_heads, config.hidden_size, config.layer_norm_eps
 
     def __call__(self, h: Any, mask: Any | None = None) -> Any:
-        """`mask`: None (no padding) or bool `(batch, 1, 1, n)`, False on the padding keys."""
+        """`mask`: None (no padding) or `(batch, 1, 1, n)` added to the attention scores, the float minimum on
+        padding keys (as `transformers` masks them).
+
+        Attention is written out (scores, softmax, weighted values): for these short rows it is 1.1-2.6x
+        faster on CPU than `scaled_dot_product_attention`, whose kernel is tiled for long sequences."""
         import torch
-        from torch.nn.functional import layer_norm, scaled_dot_product_attention
+        from torch.nn.functional import layer_norm
 
         linear = torch.ops.mkldnn._linear_pointwise
         (batch, n), width, heads = h.shape[:2], self.width, self.heads
         x = h.reshape(batch * n, width)
         qkv = linear(x, self.qkv, self.qkv_bias, "none", [], "")
         q, k, v = qkv.view(batch, n, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        attended = scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(batch * n, width)
+        scores = (q @ k.transpose(-1, -2)) * (width // heads) ** -0.5
+        if mask is not None:
+            scores = scores + mask
+        attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch * n, width)
         x = layer_norm(x + linear(attended, self.out, self.out_bias, "none", [], ""), (width,),
                        self.norm1.weight, self.norm1.bias, self.eps)  # fmt: skip
         up = linear(x, self.up, self.up_bias, "gelu", [], "none")  # "none": exact (erf) GELU, as BERT's "gelu"
@@ -205,6 +212,8 @@ class FusedBert:
     def hidden_states(self, input_ids: Any, token_type_ids: Any | None = None, attention_mask: Any | None = None) -> Any:
         """The last hidden state `(batch, n, hidden)`, as the model's own; `attention_mask` 0 on padding (the
         model's convention). Call under `torch.inference_mode()`."""
+        import torch
+
         if self.model.training:
             raise RuntimeError("fused BERT layers are for inference; the model is in training mode")
         signature = self._weights_signature()
@@ -218,7 +227,10 @@ class FusedBert:
                               attention_mask=attention_mask).last_hidden_state  # fmt: skip
         h = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         if self.backend == "onednn":
-            mask = attention_mask.bool()[:, None, None, :] if padded else None
+            mask = None
+            if padded:
+                mask = torch.zeros(attention_mask.shape, dtype=h.dtype)[:, None, None, :]
+                mask.masked_fill_(~attention_mask.bool()[:, None, None, :], torch.finfo(h.dtype).min)
             for layer in self.layers:
                 h = layer(h, mask)
             return h
