@@ -155,16 +155,24 @@ def _json_failure(e: ValueError | RecursionError) -> str:
     return "an integer with too many digits"
 
 
+_SURROGATE = "text with an unpaired surrogate (a lone \\ud800-\\udfff escape) is not valid Unicode"
+
+
 def _not_storable(record: Record) -> str | None:
     """Why a parsed record cannot be stored as JSON text, or None.
 
     Python's json reads NaN, Infinity and 1e400 (as inf) and `\\ud800` escapes (lone surrogates),
     but neither is valid JSON or UTF-8: the store would refuse the row later, mid-index.
     """
+    strings = (record.key, record.image, record.text, record.group, record.corpus, record.error)
+    if not record.meta and all(v is None or type(v) is str for v in strings):  # most records: no JSON to write
+        if all(v is None or _is_utf8(v) for v in strings):
+            return None
+        return _SURROGATE
     try:
         json.dumps(record_to_json(record), ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
-        return "text with an unpaired surrogate (a lone \\ud800-\\udfff escape) is not valid Unicode"
+        return _SURROGATE
     except ValueError:
         return "NaN or Infinity (or a number too large for a float) is not valid JSON"
     except RecursionError:
