@@ -10,11 +10,11 @@ Two backends:
 - `onednn` (the default on CPU where PyTorch has oneDNN): each projection is oneDNN's linear over a
   weight reordered once into its blocked layout (`torch.ops.mkldnn._linear_pointwise`, what PyTorch's
   own compiler emits for CPU linears), the GELU fused into the first feed-forward projection, and
-  attention through `scaled_dot_product_attention` (padding masked). For the few rows of one query
-  the projections stream their weights, and MKL's general matrix product, which eager PyTorch calls,
-  does that 2-3x slower: on this project's 2-core AMD EPYC the six layers of all-MiniLM-L6-v2 took
-  4.7 ms against 11.3 ms on the `native` kernel. Padded batches of 64 run 1.3-1.4x faster than
-  eager. It holds a reordered copy of the layer weights (42 MB for MiniLM). Before first use it is
+  attention written out with the padding keys masked. For the few rows of one query the projections
+  stream their weights, and MKL's general matrix product, which eager PyTorch calls, does that 2-3x
+  slower: on this project's 2-core AMD EPYC the six layers of all-MiniLM-L6-v2 took 4.7 ms against
+  11.3 ms on the `native` kernel. Padded batches of 64 encode 1.3-1.5x faster than
+  sentence-transformers' `encode`. It holds a reordered copy of the layer weights (42 MB for MiniLM). Before first use it is
   checked against the model's own output on a probe text; where that fails (another PyTorch build),
   `native` is used instead.
 - `native`: PyTorch's `nn.TransformerEncoderLayer`, which computes the layer in one native call in
