@@ -63,12 +63,11 @@ def onednn_usable(model: Any) -> bool:
     import torch
 
     try:
-        ops = (torch.ops.mkldnn._linear_pointwise, torch.ops.mkldnn._reorder_linear_weight)
+        torch.ops.mkldnn._linear_pointwise, torch.ops.mkldnn._reorder_linear_weight  # noqa: B018
     except (AttributeError, RuntimeError):  # an op missing from this build
         return False
-    params = list(model.encoder.parameters())
-    return bool(ops) and torch.backends.mkldnn.is_available() and all(
-        p.device.type == "cpu" and p.dtype == torch.float32 for p in params
+    return torch.backends.mkldnn.is_available() and all(
+        p.device.type == "cpu" and p.dtype == torch.float32 for p in model.encoder.parameters()
     )
 
 

@@ -23,16 +23,21 @@ def _tiny_bert(**changes: Any) -> Any:
     return BertModel(BertConfig(**{**settings, **changes}), add_pooling_layer=False).eval()
 
 
-@pytest.mark.parametrize("backend", ["onednn", "native"])
-def test_fused_hidden_states_equal_the_model_s_own(backend: str) -> None:
-    import torch
-
+def _fused(backend: str) -> tuple[Any, Any]:
+    """A tiny BERT and its fused layers on `backend` (the test skipped where this PyTorch has no oneDNN)."""
     from mmgen.encoders.fused import fuse_bert, onednn_usable
 
     bert = _tiny_bert()
     if backend == "onednn" and not onednn_usable(bert):
         pytest.skip("this PyTorch has no oneDNN")
-    fused = fuse_bert(bert, backend)
+    return bert, fuse_bert(bert, backend)
+
+
+@pytest.mark.parametrize("backend", ["onednn", "native"])
+def test_fused_hidden_states_equal_the_model_s_own(backend: str) -> None:
+    import torch
+
+    bert, fused = _fused(backend)
     assert fused is not None and fused.backend == backend and len(fused.layers) == 2
     for n in (1, 2, 6, 33):
         ids = torch.randint(0, 50, (1, n), generator=torch.Generator().manual_seed(n))
@@ -117,12 +122,7 @@ def test_weights_changed_in_place_or_moved_are_followed(backend: str) -> None:
     after fusing (an optimiser step, a load) rebuilds them, so they never answer with stale weights."""
     import torch
 
-    from mmgen.encoders.fused import fuse_bert, onednn_usable
-
-    bert = _tiny_bert()
-    if backend == "onednn" and not onednn_usable(bert):
-        pytest.skip("this PyTorch has no oneDNN")
-    fused = fuse_bert(bert, backend)
+    bert, fused = _fused(backend)
     ids = torch.tensor([[1, 7, 3, 44]])
     with torch.no_grad():
         bert.encoder.layer[1].attention.self.key.weight.mul_(1.5)
@@ -139,12 +139,7 @@ def test_padded_batches_equal_the_model_s_own_and_training_is_refused(backend: s
     """A padded batch: oneDNN's layers mask the padding keys; the native kernel hands it to the eager layers."""
     import torch
 
-    from mmgen.encoders.fused import fuse_bert, onednn_usable
-
-    bert = _tiny_bert()
-    if backend == "onednn" and not onednn_usable(bert):
-        pytest.skip("this PyTorch has no oneDNN")
-    fused = fuse_bert(bert, backend)
+    bert, fused = _fused(backend)
     assert fused.batches == (backend == "onednn")
     ids = torch.tensor([[1, 7, 3, 44, 9, 2], [1, 5, 2, 0, 0, 0], [1, 2, 0, 0, 0, 0]])
     mask = (ids != 0).long()
